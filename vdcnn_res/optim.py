@@ -1,0 +1,89 @@
+"""Optimizer and learning-rate schedule recipes, as config data.
+
+The paper's recipe (SGD, lr 0.01, momentum 0.9, lr halved every 3 epochs) and AdamW with a
+warm-up followed by cosine decay or a one-cycle schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """How the classifier is optimized; exposed on the command line as `model.optim.*`."""
+
+    name: Literal["sgd", "adamw"] = "sgd"  # the paper used SGD
+    lr: float = 0.01  # peak learning rate (paper: 0.01)
+    momentum: float = 0.9  # SGD only (paper: 0.9)
+    weight_decay: float = 0.0  # never applied to biases and norm layers
+    schedule: Literal["step", "cosine", "onecycle", "constant"] = "step"
+    step_epochs: int = 3  # "step": multiply the lr by step_gamma every this many epochs
+    step_gamma: float = 0.5  # "step": 0.5 halves the lr, as in the paper
+    warmup_fraction: float = 0.0  # "cosine": share of all optimizer steps spent warming up
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name={self.name!r} is unknown; choose one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}")
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
+            raise ValueError("optim.step_epochs must be >= 1 and optim.step_gamma in (0, 1]")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split parameters so weight decay skips biases and normalization weights (1-D tensors)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> dict | None:
+    """Return a Lightning `lr_scheduler` config dict, or None for a constant learning rate."""
+    if cfg.schedule == "constant":
+        return None
+    if cfg.schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.step_gamma)
+        return {"scheduler": sched, "interval": "epoch"}
+    total_steps = max(1, int(total_steps))
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
+        return {"scheduler": sched, "interval": "step"}
+    warmup = int(cfg.warmup_fraction * total_steps)
+
+    def warmup_cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+    return {"scheduler": sched, "interval": "step"}

@@ -1,0 +1,175 @@
+"""Length-bucketed, DDP-aware batch sampling.
+
+Texts vary a lot in length (AG News: median 231 characters, CLINC150: 38); padding every
+batch to ``max_length`` wastes most of the compute. Batches of similar lengths, each padded
+to its own longest text, do not.
+
+Under DDP every process builds the same global order from ``(seed, epoch)`` and keeps its own
+strided shard, so shards are disjoint and together hold every sample exactly once; every
+process cuts its shard into the *same number* of batches (batch sizes may differ by one), so
+no process waits forever at a collective.
+
+Lightning calls ``set_epoch`` on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``
+but not on the batch sampler itself; :class:`LengthBucketBatchSampler` therefore keeps its
+epoch in its ``sampler`` attribute (an :class:`EpochPermutation`), where Lightning finds it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["EpochPermutation", "LengthBucketBatchSampler", "SortedSampler", "num_batches_per_replica"]
+
+
+def _check_replicas(n: int, num_replicas: int, rank: int) -> None:
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
+    if n < num_replicas:
+        raise ValueError(f"a split of {n} samples cannot be shared among {num_replicas} processes; use more data or fewer devices")
+
+
+def num_batches_per_replica(n: int, batch_size: int, num_replicas: int = 1) -> int:
+    """Batches every process gets so that each is non-empty and none exceeds ``batch_size``.
+
+    ``ceil(n / (num_replicas * batch_size))``; only when ``batch_size`` is 1 and ``n`` is not a
+    multiple of ``num_replicas`` is it capped at ``n // num_replicas`` (some batches then hold 2).
+    """
+    return min(math.ceil(n / (num_replicas * batch_size)), n // num_replicas)
+
+
+def _split_sizes(n: int, k: int) -> np.ndarray:
+    """``n`` items as ``k`` near-equal batch sizes (the first ``n % k`` one larger)."""
+    sizes = np.full(k, n // k, dtype=np.int64)
+    sizes[: n % k] += 1
+    return sizes
+
+
+class EpochPermutation(Sampler[int]):
+    """A seeded permutation of ``range(n)``, different every epoch (or ``range(n)`` unshuffled)."""
+
+    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0) -> None:
+        self.n = n
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices into a dataset whose items have the given lengths.
+
+    - ``bucket=True, shuffle=True`` (training): the epoch's random order is cut into pools of
+      ``pool_batches`` batches; each pool is sorted by length and cut into batches; the batch
+      order is then shuffled. Seeded by ``(seed, epoch)``; call ``set_epoch`` every epoch.
+    - ``bucket=True, shuffle=False`` (evaluation): all samples sorted by length, longest first.
+    - ``bucket=False``: plain batches in random (``shuffle``) or file order, for fixed-length
+      padding as in the paper.
+
+    With ``num_replicas > 1`` this process (``rank``) sees a disjoint shard and exactly
+    ``len(self)`` batches, the same on every rank.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        *,
+        bucket: bool = True,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pool_batches: int = 20,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        n = len(self.lengths)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if pool_batches < 1:
+            raise ValueError(f"pool_batches must be >= 1, got {pool_batches}")
+        _check_replicas(n, num_replicas, rank)
+        self.batch_size = batch_size
+        self.bucket = bucket
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pool_batches = pool_batches
+        self.sampler = EpochPermutation(n, shuffle=shuffle, seed=seed)
+        self._num_batches = num_batches_per_replica(n, batch_size, num_replicas)
+        shard_size = len(range(rank, n, num_replicas))
+        self._sizes = _split_sizes(shard_size, self._num_batches)
+
+    @property
+    def shuffle(self) -> bool:
+        return self.sampler.shuffle
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def _cut(self, indices: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+        return np.split(indices, np.cumsum(sizes)[:-1])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.bucket and not self.shuffle:
+            order = np.argsort(-self.lengths, kind="stable")
+        else:
+            order = self.sampler.order()
+        # Strided shards: with a length-sorted order every rank gets the same length profile.
+        shard = order[self.rank :: self.num_replicas]
+        if not (self.bucket and self.shuffle):
+            batches = self._cut(shard, self._sizes)
+        else:
+            batches = []
+            start = 0
+            for p in range(0, self._num_batches, self.pool_batches):
+                sizes = self._sizes[p : p + self.pool_batches]
+                pool = shard[start : start + sizes.sum()]
+                start += sizes.sum()
+                pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+                batches.extend(self._cut(pool, sizes))
+            # Same permutation on every rank: at each step all ranks hold batches from the same
+            # place in their pools, i.e. of similar lengths, so no rank waits on a longer one.
+            rng = np.random.default_rng([self.sampler.seed, self.sampler.epoch, 1])
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        for batch in batches:
+            yield batch.tolist()
+
+
+class SortedSampler(Sampler[int]):
+    """Indices sorted by length, longest first; this rank's strided shard (for prediction).
+
+    Used with a plain ``BatchSampler`` so that Lightning's predict loop can wrap it as usual.
+    """
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray, *, num_replicas: int = 1, rank: int = 0) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if len(self.lengths) > 0:
+            _check_replicas(len(self.lengths), num_replicas, rank)
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.argsort(-self.lengths, kind="stable")
+        return iter(order[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.lengths), self.num_replicas))

@@ -1,0 +1,70 @@
+"""The `vdcnn-res` command: a thin LightningCLI whose signatures are the config schema.
+
+    vdcnn-res fit --config configs/quickstart.yaml
+    vdcnn-res test --config configs/quickstart.yaml --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
+    vdcnn-res fit --print_config
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from vdcnn_res.data import TextDataModule
+from vdcnn_res.errors import UserError
+from vdcnn_res.module import VDCNNClassifier
+
+
+class VDCNNCLI(LightningCLI):
+    """Links every derived value from the data module into the model, once."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.arch.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.padding_idx", "model.arch.padding_idx", apply_on="instantiate")
+        parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:02d}-{step}",
+            }
+        )
+
+    def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if self.trainer.is_global_zero and callback is not None and callback.best_model_path:
+            score = callback.best_model_score
+            print(f"Best checkpoint ({callback.monitor}={float(score):.4f}): {callback.best_model_path}")
+            print(f"Last checkpoint: {callback.last_model_path}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point. User errors print one line and exit 2 (VDCNN_RES_DEBUG=1 shows the trace)."""
+    try:
+        VDCNNCLI(
+            VDCNNClassifier,
+            TextDataModule,
+            args=args,
+            seed_everything_default=42,
+            auto_configure_optimizers=False,  # the module's optim config owns optimizer and schedule
+            trainer_defaults={
+                # the data module shards its own length-bucketed batches across ranks
+                "use_distributed_sampler": False,
+                "log_every_n_steps": 10,
+            },
+        )
+    except UserError as err:
+        if os.environ.get("VDCNN_RES_DEBUG"):
+            raise
+        print(f"vdcnn-res: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""LightningModule around the pure VDCNN: loss, metrics, optimizers, checkpoint contents."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from vdcnn_res.config import ModelConfig
+from vdcnn_res.model import build_model
+from vdcnn_res.optim import OptimConfig, build_optimizer, build_scheduler
+from vdcnn_res.plotting import plot_confusion_matrix
+
+TOKENIZER_KEY = "vdcnn_res_tokenizer"  # checkpoint entry holding tokenizer.json as a string
+
+
+class VDCNNClassifier(pl.LightningModule):
+    """Trains a VDCNN text classifier.
+
+    `arch.num_classes`, `arch.vocab_size`, `arch.padding_idx` and `label_names` are linked from
+    the data module by the CLI; nobody types them. The tokenizer is taken from the data module
+    at setup and stored in every checkpoint, so a checkpoint alone can encode new texts.
+    """
+
+    def __init__(
+        self,
+        arch: ModelConfig = ModelConfig(),  # a dataclass default makes `model.arch.*` a config group
+        optim: OptimConfig = OptimConfig(),
+        label_smoothing: float = 0.0,
+        label_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        # Checkpoints hold plain dicts, never pickled classes, so they load with weights_only.
+        arch = _as_dataclass(ModelConfig, arch)
+        optim = _as_dataclass(OptimConfig, optim)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if label_names is not None and len(label_names) != arch.num_classes:
+            raise ValueError(
+                f"{len(label_names)} label names given for arch.num_classes={arch.num_classes}; "
+                "let the CLI link both from the data module instead of typing them"
+            )
+        self.save_hyperparameters(
+            {
+                "arch": asdict(arch),
+                "optim": asdict(optim),
+                "label_smoothing": label_smoothing,
+                "label_names": list(label_names) if label_names else None,
+            }
+        )
+        self.arch, self.optim = arch, optim
+        self.label_names = list(label_names) if label_names else [str(i) for i in range(arch.num_classes)]
+        self.model = build_model(arch)
+        self.tokenizer_json: str | None = None
+
+        n = arch.num_classes
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_acc = MulticlassAccuracy(n, average="micro")
+        self.val_f1 = MulticlassF1Score(n, average="macro")
+        self.test_acc = MulticlassAccuracy(n, average="micro")
+        self.test_f1 = MulticlassF1Score(n, average="macro")
+        self.test_class_f1 = MulticlassF1Score(n, average="none")
+        self.test_confusion = MulticlassConfusionMatrix(n)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, lengths)  # (B, num_classes) logits
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["lengths"])
+        loss = self._loss(logits, batch["labels"])
+        self.train_acc(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["lengths"])
+        labels = batch["labels"]
+        self.log("val/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
+        self.val_acc(logits, labels)
+        self.val_f1(logits, labels)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log("val/f1_macro", self.val_f1)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["lengths"])
+        labels = batch["labels"]
+        self.log("test/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
+        for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
+            metric.update(logits, labels)
+
+    def on_test_epoch_end(self) -> None:
+        # compute() syncs the states of all ranks, so every number covers the whole split.
+        acc = self.test_acc.compute()
+        class_f1 = self.test_class_f1.compute()
+        confusion = self.test_confusion.compute()
+        self.log("test/acc", acc)
+        self.log("test/error_pct", 100.0 * (1.0 - acc))
+        self.log("test/f1_macro", self.test_f1.compute())
+        for name, f1 in zip(self.label_names, class_f1):
+            self.log(f"test/f1/{name}", f1)
+        for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
+            metric.reset()
+        if self.trainer.is_global_zero:
+            n_texts = int(confusion.sum())
+            print(f"\nTest error: {100.0 * (1.0 - float(acc)):.2f} % "
+                  f"(accuracy {100.0 * float(acc):.2f} % on {n_texts} texts)")
+            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            png = plot_confusion_matrix(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.png")
+            print(f"Confusion matrix: {png}")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["input_ids"], batch["lengths"])
+        return {"index": batch["index"], "probs": logits.float().softmax(dim=-1)}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.model, self.optim)
+        scheduler = build_scheduler(optimizer, self.optim, self.trainer.estimated_stepping_batches)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            self.tokenizer_json = tokenizer.to_str()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TOKENIZER_KEY] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        _check_compatible(saved, self.hparams, checkpoint.get(TOKENIZER_KEY), self.tokenizer_json)
+        self.tokenizer_json = checkpoint.get(TOKENIZER_KEY) or self.tokenizer_json
+
+
+def _as_dataclass(cls: type, value: Any) -> Any:
+    """Accept the dataclass or a plain dict (as stored in checkpoints)."""
+    if isinstance(value, dict):
+        return cls(**value)
+    return value
+
+
+def _check_compatible(saved: dict, current: Any, saved_tok: str | None, current_tok: str | None) -> None:
+    """Refuse a checkpoint trained on another vocabulary or label set than the data given."""
+    saved_arch, arch = saved.get("arch", {}), current["arch"]
+    for key in ("num_classes", "vocab_size"):
+        if key in saved_arch and saved_arch[key] != arch[key]:
+            raise ValueError(
+                f"the checkpoint was trained with {key}={saved_arch[key]} but the data gives "
+                f"{key}={arch[key]}: use the data (and tokenizer settings) it was trained on"
+            )
+    if saved.get("label_names") and current.get("label_names") and saved["label_names"] != current["label_names"]:
+        raise ValueError(
+            f"the checkpoint's labels {saved['label_names']} differ from the data's "
+            f"{current['label_names']}: use the data it was trained on"
+        )
+    if saved_tok and current_tok and saved_tok != current_tok:
+        raise ValueError(
+            "the checkpoint's tokenizer differs from the one built from the data config: "
+            "use the same data.tokenizer settings (and training split) as in training"
+        )

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from vdcnn_res.errors import UserError
+
 __all__ = ["EpochPermutation", "LengthBucketBatchSampler", "SortedSampler", "num_batches_per_replica"]
 
 
@@ -29,7 +31,7 @@ def _check_replicas(n: int, num_replicas: int, rank: int) -> None:
     if num_replicas < 1 or not 0 <= rank < num_replicas:
         raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
     if n < num_replicas:
-        raise ValueError(f"a split of {n} samples cannot be shared among {num_replicas} processes; use more data or fewer devices")
+        raise UserError(f"a split of {n} samples cannot be shared among {num_replicas} processes; use more data or fewer devices")
 
 
 def num_batches_per_replica(n: int, batch_size: int, num_replicas: int = 1) -> int:

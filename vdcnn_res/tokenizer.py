@@ -24,6 +24,8 @@ from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from vdcnn_res.errors import MissingFileError, UserError
+
 __all__ = [
     "ALPHABET",
     "KINDS",
@@ -98,12 +100,12 @@ def _learn_chars(
         n_texts += 1
         counts.update(normalizer.normalize_str(text) if normalizer else text)
     if n_texts == 0:
-        raise ValueError("the learned tokenizer needs training texts, got none")
+        raise UserError("the learned tokenizer needs training texts, got none")
     ranked = sorted((c for c, n in counts.items() if n >= min_frequency), key=lambda c: (-counts[c], c))
     if max_vocab is not None:
         ranked = ranked[: max_vocab - 2]
     if not ranked:
-        raise ValueError(f"no character occurs at least min_frequency={min_frequency} times in the training texts")
+        raise UserError(f"no character occurs at least min_frequency={min_frequency} times in the training texts")
     return ranked
 
 
@@ -123,22 +125,22 @@ def build_tokenizer(
     ``min_frequency`` only apply to ``learned``.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise UserError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
     if lowercase is None:
         lowercase = _DEFAULT_LOWERCASE[kind]
     if kind != "learned" and (max_vocab is not None or min_frequency != 1):
-        raise ValueError(f"max_vocab / min_frequency only apply to the 'learned' tokenizer, not {kind!r}")
+        raise UserError(f"max_vocab / min_frequency only apply to the 'learned' tokenizer, not {kind!r}")
     if kind == "char":
         return _make([" ", *ALPHABET], lowercase)
     if kind == "byte":
         table = _bytes_to_unicode()
         return _make([table[b] for b in range(256)], lowercase, byte_level=True)
     if texts is None:
-        raise ValueError("the 'learned' tokenizer needs the training texts (texts=...)")
+        raise UserError("the 'learned' tokenizer needs the training texts (texts=...)")
     if max_vocab is not None and max_vocab < 3:
-        raise ValueError(f"max_vocab={max_vocab} leaves no room for characters next to <pad> and <unk>; use >= 3")
+        raise UserError(f"max_vocab={max_vocab} leaves no room for characters next to <pad> and <unk>; use >= 3")
     if min_frequency < 1:
-        raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+        raise UserError(f"min_frequency must be >= 1, got {min_frequency}")
     return _make(_learn_chars(texts, lowercase, max_vocab, min_frequency), lowercase)
 
 
@@ -149,7 +151,7 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list
     every unit yields at least one id, so cutting at ``max_length`` (+ slack) loses nothing kept.
     """
     if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
+        raise UserError(f"max_length must be >= 1, got {max_length}")
     clipped = [t[: max_length + _TRUNCATION_SLACK] for t in texts]
     encodings = tokenizer.encode_batch(clipped, add_special_tokens=False)
     return [e.ids[:max_length] for e in encodings]
@@ -162,5 +164,5 @@ def load_tokenizer(path_or_json: str | os.PathLike[str]) -> Tokenizer:
         return Tokenizer.from_str(text)
     path = os.path.join(text, "tokenizer.json") if os.path.isdir(text) else text
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no tokenizer file at {path!r}; give a tokenizer.json path, its folder, or its JSON string")
+        raise MissingFileError(f"no tokenizer file at {path!r}; give a tokenizer.json path, its folder, or its JSON string")
     return Tokenizer.from_file(path)

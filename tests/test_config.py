@@ -44,7 +44,12 @@ def test_min_length(kmax, channels, expected):
 
 @pytest.mark.parametrize(
     "length,expected",
-    [(1024, [1024, 512, 256, 128]), (1001, [1001, 501, 251, 126]), (65, [65, 33, 17, 9]), (10, [64, 32, 16, 8])],
+    [
+        (1024, [1024, 512, 256, 128]),
+        (1001, [1001, 501, 251, 126]),
+        (65, [65, 33, 17, 9]),
+        (10, [64, 32, 16, 8]),  # shorter than min_length = 64
+    ],
 )
 def test_stage_lengths_round_up(length, expected):
     assert ModelConfig().stage_lengths(length) == expected

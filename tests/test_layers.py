@@ -14,6 +14,15 @@ from vdcnn_res.layers import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def reference_kmax(x: torch.Tensor, k: int) -> torch.Tensor:
     """top-k values, re-ordered by position (valid only when there are no ties)."""
     idx = torch.topk(x, k, dim=-1).indices.sort(dim=-1).values

@@ -29,6 +29,16 @@ NAMES = list_models()
 SMALL = dict(num_classes=7, channels=(8, 16, 16, 32), hidden_size=32, embedding_dim=8)
 BLOCK_CLASSES = (BasicConvResBlock, PreActConvResBlock, BottleneckConvResBlock)
 EVERY = list(itertools.product(NAMES, (True, False), DOWNSAMPLING_TYPES, BLOCK_TYPES))
+NAME_DS_BLOCK = list(itertools.product(NAMES, DOWNSAMPLING_TYPES, BLOCK_TYPES))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def small(name: str, **overrides) -> VDCNN:
@@ -62,6 +72,15 @@ def pad_batch(texts, length: int, padding_idx: int = 0) -> torch.Tensor:
     for i, t in enumerate(texts):
         ids[i, : len(t)] = t
     return ids
+
+
+def b_in(block: nn.Module) -> int:
+    return block.conv1.in_channels if not isinstance(block, PreActConvResBlock) else block.bn1.num_features
+
+
+def b_out(block: nn.Module) -> int:
+    last = block.conv3 if isinstance(block, BottleneckConvResBlock) else block.conv2
+    return last.out_channels
 
 
 def projection_params(config: ModelConfig) -> int:
@@ -195,7 +214,7 @@ def test_parameter_count_default_widths(name, downsampling, shortcut):
         assert n == sum(p.numel() for p in on.parameters()) - projection_params(on.config)
 
 
-@pytest.mark.parametrize("name,downsampling,block", list(itertools.product(NAMES, DOWNSAMPLING_TYPES, BLOCK_TYPES)))
+@pytest.mark.parametrize("name,downsampling,block", NAME_DS_BLOCK)
 def test_shortcut_off_removes_exactly_the_projections(name, downsampling, block):
     on = small(name, downsampling=downsampling, block=block, shortcut=True)
     off = small(name, downsampling=downsampling, block=block, shortcut=False)
@@ -210,7 +229,7 @@ def test_shortcut_off_removes_exactly_the_projections(name, downsampling, block)
             assert b.projection is None and b.shortcut is False
 
 
-@pytest.mark.parametrize("name,downsampling,block", list(itertools.product(NAMES, DOWNSAMPLING_TYPES, BLOCK_TYPES)))
+@pytest.mark.parametrize("name,downsampling,block", NAME_DS_BLOCK)
 def test_strides_and_projection_placement(name, downsampling, block):
     model = small(name, downsampling=downsampling, block=block)
     for i, stage in enumerate(blocks_of(model)):
@@ -233,15 +252,6 @@ def test_strides_and_projection_placement(name, downsampling, block):
                 assert b.projection[0].stride == ((2,) if halving else (1,))
         has_pool = i > 0 and downsampling != "conv"
         assert (model.stages[i].downsample is not None) == has_pool
-
-
-def b_in(block: nn.Module) -> int:
-    return block.conv1.in_channels if not isinstance(block, PreActConvResBlock) else block.bn1.num_features
-
-
-def b_out(block: nn.Module) -> int:
-    last = block.conv3 if isinstance(block, BottleneckConvResBlock) else block.conv2
-    return last.out_channels
 
 
 def test_equal_widths_use_identity_shortcuts_with_pooling():

@@ -464,6 +464,40 @@ def test_error_empty_split(tmp_path):
         TextDataModule(train=train, test=empty, text_columns=["title"]).setup("test")
 
 
+def test_error_label_outside_classes_file_and_untrained_class_warning(tmp_path):
+    (tmp_path / "classes.txt").write_text("sport\ntech\nworld\nweather\n")
+    classes = str(tmp_path / "classes.txt")
+    bad = header_csv(tmp_path, make_rows(6, classes=("sport", "snow")), "bad.csv")
+    with pytest.raises(ValueError, match=r"label 'snow' in the train split is none of the 4 classes of data\.classes_file"):
+        TextDataModule(train=bad, text_columns=["title"], classes_file=classes).num_classes
+    train = header_csv(tmp_path, make_rows())
+    test = header_csv(tmp_path, make_rows(4, classes=("weather", "sport")), "test.csv")
+    dm = TextDataModule(train=train, test=test, text_columns=["title"], classes_file=classes)
+    assert dm.num_classes == 4
+    with pytest.warns(UserWarning, match="no training example: weather"):
+        dm.setup("test")
+
+
+def test_error_tokenizer_setting(tmp_path):
+    test = header_csv(tmp_path, make_rows(), "test.csv")
+    with pytest.raises(ValueError, match="learned from the training split.*data.tokenizer=path/to/tokenizer.json"):
+        TextDataModule(test=test, text_columns=["title"], tokenizer="learned").vocab_size
+    with pytest.raises(ValueError, match="neither a kind \\(char, learned, byte\\) nor an existing tokenizer.json"):
+        TextDataModule(test=test, text_columns=["title"], tokenizer="words").vocab_size
+    with pytest.raises(ValueError, match="label names are unknown without a training split"):
+        TextDataModule(test=test, text_columns=["title"]).num_classes
+
+
+def test_error_hub_without_the_train_split(monkeypatch):
+    rows = make_rows()
+    hub = datasets.DatasetDict({"training": classlabel_dataset(rows, list(CLASSES))})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
+    with pytest.raises(ValueError, match="has no split 'train' \\(it has training\\); set data.hub_splits"):
+        TextDataModule(hub_dataset="x", text_columns=["title"]).num_classes
+    dm = TextDataModule(hub_dataset="x", hub_splits={"train": "training"}, text_columns=["title"])
+    assert dm.label_names == list(CLASSES)
+
+
 def test_error_missing_test_split(tmp_path):
     dm = TextDataModule(train=header_csv(tmp_path, make_rows()), text_columns=["title"])
     with pytest.raises(ValueError, match=r"no test split: set data\.test="):

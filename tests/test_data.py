@@ -385,6 +385,17 @@ def test_ddp_ranks_get_disjoint_equal_length_shards(tmp_path):
         assert sorted([*shards[0], *shards[1]]) == list(range(61))
 
 
+def test_overfit_batches_turns_shuffling_off(tmp_path):
+    path = write_csv(tmp_path / "train.csv", with_int_labels(make_rows()), ["label", "title", "description"])
+    dm = TextDataModule(train=str(path), text_columns=["title", "description"], batch_size=4)
+    attach(dm, 1, 0)
+    dm.trainer.overfit_batches = 2
+    loader = dm.train_dataloader()
+    first = list(loader.batch_sampler)
+    loader.batch_sampler.set_epoch(1)
+    assert list(loader.batch_sampler) == first
+
+
 def test_ddp_with_lightning_distributed_sampler_is_refused(tmp_path):
     path = write_csv(tmp_path / "train.csv", with_int_labels(make_rows()), ["label", "title", "description"])
     dm = TextDataModule(train=str(path), text_columns=["title", "description"])

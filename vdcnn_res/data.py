@@ -513,7 +513,9 @@ class TextDataModule(LightningDataModule):
             self._split(split)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Lightning cannot see that our batch sampler shuffles; with overfit_batches it must not.
+        overfit = self.trainer is not None and bool(getattr(self.trainer, "overfit_batches", 0))
+        return self._loader("train", shuffle=not overfit)
 
     def val_dataloader(self) -> DataLoader | list:
         if self._raw_split("valid") is None:

@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vdcnn_res.config import ModelConfig
-from vdcnn_res.module import TOKENIZER_KEY, VDCNNClassifier
+from vdcnn_res.module import VDCNNClassifier
 from vdcnn_res.optim import OptimConfig
 
 TINY = dict(num_classes=3, vocab_size=20, channels=(8, 8, 16, 16), hidden_size=16)
@@ -73,21 +73,18 @@ def test_predict_step_returns_probabilities_in_label_order():
 )
 def test_refuses_checkpoint_of_another_vocabulary_or_class_count(field, value, words):
     saved = _module()
-    checkpoint = {"hyper_parameters": dict(saved.hparams), TOKENIZER_KEY: None}
+    checkpoint = {"hyper_parameters": dict(saved.hparams)}
     checkpoint["hyper_parameters"]["arch"] = {**saved.hparams["arch"], field: value}
     with pytest.raises(ValueError, match=words):
         _module().on_load_checkpoint(checkpoint)
 
 
-def test_refuses_checkpoint_of_other_labels_or_tokenizer():
+def test_refuses_checkpoint_of_other_labels():
     module = _module(label_names=["a", "b", "c"])
-    module.tokenizer_json = '{"tok": 1}'
     other_labels = {"hyper_parameters": {**module.hparams, "label_names": ["x", "y", "z"]}}
     with pytest.raises(ValueError, match="labels"):
         module.on_load_checkpoint(other_labels)
-    other_tok = {"hyper_parameters": dict(module.hparams), TOKENIZER_KEY: '{"tok": 2}'}
-    with pytest.raises(ValueError, match="tokenizer"):
-        module.on_load_checkpoint(other_tok)
+    module.on_load_checkpoint({"hyper_parameters": dict(module.hparams)})  # same labels: fine
 
 
 class _Batches(pl.LightningDataModule):

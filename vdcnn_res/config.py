@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from .errors import UserError
+
 __all__ = ["VARIANTS", "BLOCK_TYPES", "DOWNSAMPLING_TYPES", "ModelConfig"]
 
 # Depth -> residual blocks per stage (Conneau et al. 2017, Table 2). A block holds two
@@ -31,14 +33,14 @@ DOWNSAMPLING_TYPES: tuple[str, ...] = get_args(Downsampling)
 def _positive_int_tuple(name: str, value: object) -> tuple[int, ...]:
     """Validate a non-empty sequence of positive ints (YAML/JSON lists accepted)."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}")
+        raise UserError(f"{name} must be a sequence of positive ints, got {value!r}")
     items = tuple(value)  # type: ignore[arg-type]
     if not items:
-        raise ValueError(f"{name} must have at least one stage, got {value!r}")
+        raise UserError(f"{name} must have at least one stage, got {value!r}")
     for item in items:
         # bool is an int subclass; True as a block count is almost certainly a mistake.
         if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            raise ValueError(f"{name} must contain positive ints only, got {value!r}")
+            raise UserError(f"{name} must contain positive ints only, got {value!r}")
     return items
 
 
@@ -66,23 +68,23 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
-            raise ValueError(f"num_classes must be an int, got {self.num_classes!r}")
+            raise UserError(f"num_classes must be an int, got {self.num_classes!r}")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+            raise UserError(f"num_classes must be >= 2, got {self.num_classes}")
         if not 0 <= self.padding_idx < self.vocab_size:
-            raise ValueError(
+            raise UserError(
                 f"need vocab_size > padding_idx >= 0, got vocab_size={self.vocab_size}, "
                 f"padding_idx={self.padding_idx}"
             )
         for name in ("embedding_dim", "kmax", "hidden_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.block not in BLOCK_TYPES:
-            raise ValueError(f"unknown block {self.block!r}; valid choices: {list(BLOCK_TYPES)}")
+            raise UserError(f"unknown block {self.block!r}; valid choices: {list(BLOCK_TYPES)}")
         if self.downsampling not in DOWNSAMPLING_TYPES:
-            raise ValueError(
+            raise UserError(
                 f"unknown downsampling {self.downsampling!r}; "
                 f"valid choices: {list(DOWNSAMPLING_TYPES)}"
             )
@@ -90,21 +92,21 @@ class ModelConfig:
         self.channels = _positive_int_tuple("channels", self.channels)
         if self.blocks_per_stage is None:
             if self.depth not in VARIANTS:
-                raise ValueError(
+                raise UserError(
                     f"unknown depth {self.depth!r}; valid choices: {sorted(VARIANTS)} "
                     "(or give a custom blocks_per_stage)"
                 )
         else:
             self.blocks_per_stage = _positive_int_tuple("blocks_per_stage", self.blocks_per_stage)
         if len(self.layout) != len(self.channels):
-            raise ValueError(
+            raise UserError(
                 f"blocks per stage {self.layout} and channels {self.channels} need one entry "
                 f"per stage (got {len(self.layout)} and {len(self.channels)})"
             )
 
         if self.zero_init_residual and not self.shortcut:
             # Without a shortcut a zero-initialised block outputs a constant: the net is dead.
-            raise ValueError(
+            raise UserError(
                 "zero_init_residual=True needs shortcut=True: without a shortcut the "
                 "zero-initialised blocks would output constants and block all signal"
             )

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .config import VARIANTS, ModelConfig
 from .layers import KMaxDownsample, KMaxPool1d, MaskedMaxPool1d, halve_lengths, padding_mask
+from .errors import UserError
 
 __all__ = [
     "BasicConvResBlock",
@@ -396,9 +397,9 @@ def create_model(name: str, **overrides: object) -> VDCNN:
     """
     names = list_models()
     if name not in names:
-        raise ValueError(f"unknown model {name!r}; valid choices: {names}")
+        raise UserError(f"unknown model {name!r}; valid choices: {names}")
     if "depth" in overrides:
-        raise ValueError(f"depth is set by the model name {name!r}; do not override it")
+        raise UserError(f"depth is set by the model name {name!r}; do not override it")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:

@@ -16,19 +16,18 @@ from torchmetrics.classification import (
 )
 
 from vdcnn_res.config import ModelConfig
+from vdcnn_res.errors import UserError
 from vdcnn_res.model import build_model
 from vdcnn_res.optim import OptimConfig, build_optimizer, build_scheduler
 from vdcnn_res.plotting import plot_confusion_matrix
-
-TOKENIZER_KEY = "vdcnn_res_tokenizer"  # checkpoint entry holding tokenizer.json as a string
 
 
 class VDCNNClassifier(pl.LightningModule):
     """Trains a VDCNN text classifier.
 
     `arch.num_classes`, `arch.vocab_size`, `arch.padding_idx` and `label_names` are linked from
-    the data module by the CLI; nobody types them. The tokenizer is taken from the data module
-    at setup and stored in every checkpoint, so a checkpoint alone can encode new texts.
+    the data module by the CLI; nobody types them. The tokenizer travels in the checkpoint as
+    the data module's state, so a checkpoint alone can encode new texts.
     """
 
     def __init__(
@@ -43,9 +42,9 @@ class VDCNNClassifier(pl.LightningModule):
         arch = _as_dataclass(ModelConfig, arch)
         optim = _as_dataclass(OptimConfig, optim)
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if label_names is not None and len(label_names) != arch.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"{len(label_names)} label names given for arch.num_classes={arch.num_classes}; "
                 "let the CLI link both from the data module instead of typing them"
             )
@@ -60,7 +59,6 @@ class VDCNNClassifier(pl.LightningModule):
         self.arch, self.optim = arch, optim
         self.label_names = list(label_names) if label_names else [str(i) for i in range(arch.num_classes)]
         self.model = build_model(arch)
-        self.tokenizer_json: str | None = None
 
         n = arch.num_classes
         self.train_acc = MulticlassAccuracy(n, average="micro")
@@ -132,19 +130,8 @@ class VDCNNClassifier(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None:
-            self.tokenizer_json = tokenizer.to_str()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[TOKENIZER_KEY] = self.tokenizer_json
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {})
-        _check_compatible(saved, self.hparams, checkpoint.get(TOKENIZER_KEY), self.tokenizer_json)
-        self.tokenizer_json = checkpoint.get(TOKENIZER_KEY) or self.tokenizer_json
+        _check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
 
 
 def _as_dataclass(cls: type, value: Any) -> Any:
@@ -154,22 +141,20 @@ def _as_dataclass(cls: type, value: Any) -> Any:
     return value
 
 
-def _check_compatible(saved: dict, current: Any, saved_tok: str | None, current_tok: str | None) -> None:
-    """Refuse a checkpoint trained on another vocabulary or label set than the data given."""
+def _check_compatible(saved: dict, current: Any) -> None:
+    """Refuse a checkpoint trained on another vocabulary size or label set than the data given.
+
+    Runs before the weights are loaded, so the user sees this instead of a shape mismatch.
+    """
     saved_arch, arch = saved.get("arch", {}), current["arch"]
     for key in ("num_classes", "vocab_size"):
         if key in saved_arch and saved_arch[key] != arch[key]:
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint was trained with {key}={saved_arch[key]} but the data gives "
                 f"{key}={arch[key]}: use the data (and tokenizer settings) it was trained on"
             )
     if saved.get("label_names") and current.get("label_names") and saved["label_names"] != current["label_names"]:
-        raise ValueError(
+        raise UserError(
             f"the checkpoint's labels {saved['label_names']} differ from the data's "
             f"{current['label_names']}: use the data it was trained on"
-        )
-    if saved_tok and current_tok and saved_tok != current_tok:
-        raise ValueError(
-            "the checkpoint's tokenizer differs from the one built from the data config: "
-            "use the same data.tokenizer settings (and training split) as in training"
         )

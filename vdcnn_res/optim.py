@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vdcnn_res.errors import UserError
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 
@@ -32,17 +34,17 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"optim.name={self.name!r} is unknown; choose one of {OPTIMIZERS}")
+            raise UserError(f"optim.name={self.name!r} is unknown; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}")
+            raise UserError(f"optim.schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}")
         if not self.lr > 0:
-            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+            raise UserError(f"optim.lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+            raise UserError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
-            raise ValueError("optim.step_epochs must be >= 1 and optim.step_gamma in (0, 1]")
+            raise UserError("optim.step_epochs must be >= 1 and optim.step_gamma in (0, 1]")
         if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise UserError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

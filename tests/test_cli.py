@@ -1,0 +1,98 @@
+"""The vdcnn-res command on the bundled sample: every subcommand, configs, errors, bf16."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vdcnn_res.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+# A tiny network on a few batches of the bundled sample: the CLI path, not accuracy.
+TINY = [
+    "--config", str(REPO / "configs" / "quickstart.yaml"),
+    "--model.arch.channels=[8, 8, 16, 16]",
+    "--model.arch.hidden_size=16",
+    "--data.max_length=128",
+    "--data.batch_size=16",
+]
+SHORT = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
+         "--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # configs name data/ paths relative to the repository root
+
+
+def run(*args: str) -> None:
+    main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run("fit", "--config", config, "--print_config")
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "model:" in printed and "data:" in printed and "trainer:" in printed
+
+
+def test_configs_do_not_type_derived_values():
+    for config in CONFIGS:
+        text = config.read_text()
+        for derived in ("num_classes:", "vocab_size:", "padding_idx:", "label_names:"):
+            assert derived not in text, f"{config.name} types {derived} instead of linking it"
+
+
+@pytest.mark.slow
+def test_fit_validate_test_predict_and_resume(tmp_path, capsys):
+    root = ["--trainer.default_root_dir", tmp_path]
+    run("fit", *TINY, *SHORT, *root, "--trainer.max_epochs=1")
+    version = tmp_path / "lightning_logs" / "version_0"
+    assert (version / "config.yaml").exists()
+    ckpts = version / "checkpoints"
+    last = ckpts / "last.ckpt"
+    assert last.exists() and len(list(ckpts.glob("best-*.ckpt"))) == 1
+    assert "Best checkpoint (val/acc=" in capsys.readouterr().out
+
+    run("validate", *TINY, *SHORT, *root, "--ckpt_path", last)
+    run("test", *TINY, *SHORT, *root, "--ckpt_path", last)
+    out = capsys.readouterr().out
+    assert "Test error:" in out and "on 32 texts" in out
+    assert list(tmp_path.glob("lightning_logs/version_*/confusion_matrix_test.png"))
+    run("predict", *TINY, *SHORT, *root, "--ckpt_path", last, "--data.predict", "data/ag_news_sample/test.csv")
+
+    # Resume: a second epoch continues from the saved step count.
+    steps_before = torch.load(last, weights_only=True)["global_step"]
+    run("fit", *TINY, *SHORT, *root, "--trainer.max_epochs=2", "--ckpt_path", last)
+    resumed = sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1]
+    assert torch.load(resumed, weights_only=True)["global_step"] == steps_before + 3
+
+
+@pytest.mark.slow
+def test_bf16_mixed_on_cpu(tmp_path):
+    run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_epochs=1",
+        "--trainer.precision=bf16-mixed")
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--data.train", "no/such/train.csv"], "no/such/train.csv"),
+        (["--model.arch.depth=10"], "depth"),
+        (["--model.optim.lr=-1"], "optim.lr"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(args, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, *args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vdcnn-res: error:") and words in err[-1]
+    assert not any(line.startswith("Traceback") for line in err)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable
-from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
@@ -38,7 +37,6 @@ __all__ = [
     "load_tokenizer",
 ]
 
-TokenizerKind = Literal["char", "learned", "byte"]
 KINDS: tuple[str, ...] = ("char", "learned", "byte")
 
 PAD_ID = 0
@@ -46,8 +44,8 @@ UNK_ID = 1
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 
-# Zhang et al. (2015): 69 characters in ASCII (the paper lists '-' twice) plus newline.
-# ASCII quotes on purpose: copies taken from the PDF carry typographic quotes instead.
+# Zhang et al. (2015) list 70 characters: 69 printable ones, '-' among them twice, plus newline;
+# deduplicated that is 68 + newline. ASCII quotes on purpose: PDF copies carry typographic ones.
 _ZHANG_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+-=<>()[]{}\n"
 ALPHABET: str = "".join(dict.fromkeys(_ZHANG_ALPHABET))
 

@@ -4,11 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from vdcnn_res.cli import main
+from vdcnn_res.config import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+PAPER_RECIPE = REPO / "configs" / "paper" / "recipe.yaml"
 
 # A tiny network on a few batches of the bundled sample: the CLI path, not accuracy.
 TINY = [
@@ -31,13 +34,26 @@ def run(*args: str) -> None:
     main([str(a) for a in args])
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def _config_args(config: Path) -> list[Path | str]:
+    """Paper dataset files compose with the paper recipe; overlays go on the quick start."""
+    if config == PAPER_RECIPE:
+        return ["--config", config, "--config", config.parent / "ag_news.yaml"]
+    if config.parent == PAPER_RECIPE.parent:
+        return ["--config", PAPER_RECIPE, "--config", config]
+    if config.name == "gpu_ddp.yaml":
+        return ["--config", REPO / "configs" / "quickstart.yaml", "--config", config]
+    return ["--config", config]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
 def test_every_config_parses(config, capsys):
+    """Unknown keys, wrong types and bad choices in any shipped config fail here."""
     with pytest.raises(SystemExit) as exit_:
-        run("fit", "--config", config, "--print_config")
+        run("fit", *_config_args(config), "--print_config")
     assert exit_.value.code == 0
-    printed = capsys.readouterr().out
-    assert "model:" in printed and "data:" in printed and "trainer:" in printed
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["train"] or printed["data"]["hub_dataset"], "no training data named"
+    assert printed["model"]["arch"]["depth"] in VARIANTS
 
 
 def test_configs_do_not_type_derived_values():

@@ -300,7 +300,12 @@ class VDCNN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He init for convs and linears (paper), BN to identity, zero biases."""
+        """He init for convs and hidden linears (paper), BN to identity, zero biases.
+
+        The classifier layer gets std 0.01 instead: He init there gives logits of std ~3 at
+        the start (loss far above ln C), and small-data runs spend their first epochs, or
+        all of them, undoing it.
+        """
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -312,6 +317,7 @@ class VDCNN(nn.Module):
             elif isinstance(m, nn.BatchNorm1d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        nn.init.normal_(self.head.fc.weight, std=0.01)
         if self.config.zero_init_residual:
             # Each block starts as the identity, which helps very deep nets train early.
             for m in self.modules():

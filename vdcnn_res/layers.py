@@ -115,7 +115,13 @@ class MaskedMaxPool1d(nn.Module):
 
     def forward(self, x: Tensor, pad: Tensor, lengths_out: Tensor, pad_out: Tensor) -> Tensor:
         x = x.masked_fill(pad, _lowest(x.dtype))
-        y = F.max_pool1d(x, kernel_size=3, stride=2, padding=1)  # (B, C, ceil(L/2))
+        if torch.compiler.is_exporting():
+            # torch.export fixes max_pool1d's length to the example's (no dynamic length in
+            # ONNX); the same windows' max via unfold stays dynamic. Eager keeps the kernel
+            # (4x faster); both give identical values.
+            y = F.pad(x, (1, 1), value=_lowest(x.dtype)).unfold(-1, 3, 2).amax(-1)
+        else:
+            y = F.max_pool1d(x, kernel_size=3, stride=2, padding=1)  # (B, C, ceil(L/2))
         return y.masked_fill(pad_out, 0.0)
 
 

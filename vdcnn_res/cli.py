@@ -2,6 +2,7 @@
 
     vdcnn-res fit --config configs/quickstart.yaml
     vdcnn-res test --config configs/quickstart.yaml --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
+    vdcnn-res export --ckpt_path last.ckpt --out_dir exports/model [--onnx]   (own parser, no Trainer)
     vdcnn-res fit --print_config
 """
 
@@ -11,11 +12,15 @@ import os
 import sys
 
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from vdcnn_res import export
 from vdcnn_res.data import TextDataModule
 from vdcnn_res.errors import UserError
 from vdcnn_res.module import VDCNNClassifier
+
+# ckpt_path values Lightning resolves itself to checkpoints of this run, not paths.
+_CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 
 class VDCNNCLI(LightningCLI):
@@ -36,6 +41,22 @@ class VDCNNCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Refuse unsafe checkpoints before Lightning reads one (it does so right after parsing)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        # Lightning passes weights_only=None on to torch.load, where an environment variable
+        # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn the default into full unpickling.
+        if config.get("weights_only") is None:
+            config.weights_only = True
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS and not str(ckpt_path).startswith("registry:"):
+            if "://" not in str(ckpt_path):
+                export.load_checkpoint_safely(ckpt_path)  # UserError for pickled code or a missing file
+
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
         if self.trainer.is_global_zero and callback is not None and callback.best_model_path:
@@ -45,8 +66,15 @@ class VDCNNCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point. User errors print one line and exit 2 (VDCNN_RES_DEBUG=1 shows the trace)."""
+    """Console entry point. User errors print one line and exit 2 (VDCNN_RES_DEBUG=1 shows the trace).
+
+    `export` is handled here with its own small parser: it needs no Trainer, data or config.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["export"]:
+            export.main(argv[1:])
+            return
         VDCNNCLI(
             VDCNNClassifier,
             TextDataModule,

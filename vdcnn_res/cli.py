@@ -2,6 +2,7 @@
 
     vdcnn-res fit --config configs/quickstart.yaml
     vdcnn-res test --config configs/quickstart.yaml --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
+    vdcnn-res predict --config configs/quickstart.yaml --ckpt_path last.ckpt --data.predict texts.jsonl
     vdcnn-res export --ckpt_path last.ckpt --out_dir exports/model [--onnx]   (own parser, no Trainer)
     vdcnn-res fit --print_config
 """
@@ -18,6 +19,7 @@ from vdcnn_res import export
 from vdcnn_res.data import TextDataModule
 from vdcnn_res.errors import UserError
 from vdcnn_res.module import VDCNNClassifier
+from vdcnn_res.writer import PredictionWriter
 
 # ckpt_path values Lightning resolves itself to checkpoints of this run, not paths.
 _CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
@@ -40,6 +42,7 @@ class VDCNNCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch:02d}-{step}",
             }
         )
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Refuse unsafe checkpoints before Lightning reads one (it does so right after parsing)."""
@@ -52,6 +55,8 @@ class VDCNNCLI(LightningCLI):
         # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn the default into full unpickling.
         if config.get("weights_only") is None:
             config.weights_only = True
+        if subcommand == "predict" and config.get("return_predictions") is None:
+            config.return_predictions = False  # the prediction writer saves them; don't hold them in memory
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS and not str(ckpt_path).startswith("registry:"):
             if "://" not in str(ckpt_path):

@@ -627,7 +627,8 @@ class TextDataModule(LightningDataModule):
                 if files == _resolve_files(self.paths["test"], "data.test"):
                     raise UserError("data.valid and data.test are the same file(s); validate on a split other than test")
             try:
-                return _load_files(files, fmt, self.column_names, self.cache_dir, arg)
+                names = self._predict_column_names(files, fmt) if split == "predict" else self.column_names
+                return _load_files(files, fmt, names, self.cache_dir, arg)
             except _NoRows:
                 raise UserError(f"the {split} split ({self._source(split)}) has no rows") from None
         if self.hub_dataset is None or split not in self.hub_splits:
@@ -643,6 +644,20 @@ class TextDataModule(LightningDataModule):
                 )
             return None
         return hub[name]
+
+    def _predict_column_names(self, files: list[str], fmt: str) -> list[str] | None:
+        """data.column_names for a predict file, which may lack the label column.
+
+        A header-less CSV/TSV with one field fewer than data.column_names gets the names
+        without the label; JSON and Parquet files name their own columns.
+        """
+        names = self.column_names
+        if not names or fmt not in ("csv", "tsv"):
+            return None
+        n_fields = len(_read_header(files[0], "," if fmt == "csv" else "\t"))
+        if self.label_column in names and n_fields == len(names) - 1:
+            return [n for n in names if n != self.label_column]
+        return names
 
     def _check_columns(self, ds: datasets.Dataset, split: str) -> None:
         needed = [("data.text_columns", c) for c in self.text_columns]

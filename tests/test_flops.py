@@ -12,13 +12,7 @@ from vdcnn_res.model import create_model
 SMALL = dict(num_classes=5, channels=(8, 16, 16, 32), hidden_size=32, embedding_dim=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def expected_basic_flops(c: ModelConfig, length: int) -> int:

@@ -32,13 +32,7 @@ EVERY = list(itertools.product(NAMES, (True, False), DOWNSAMPLING_TYPES, BLOCK_T
 NAME_DS_BLOCK = list(itertools.product(NAMES, DOWNSAMPLING_TYPES, BLOCK_TYPES))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(name: str, **overrides) -> VDCNN:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -227,3 +228,12 @@ def test_onnx_sort_keeps_the_stable_tie_order_of_kmax_pooling(tmp_path):
                       custom_translation_table={torch.ops.aten.sort.stable: _sort_stable})
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     np.testing.assert_array_equal(got, kmax_pool1d(x, 4).numpy())
+
+
+def test_onnx_without_its_packages_is_a_user_error_before_anything_is_written(ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path / "out"), "--onnx"])
+    assert exit_.value.code == 2
+    assert "pip install 'vdcnn-res[onnx]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -351,17 +351,23 @@ def _sort_stable(self: Any, stable: bool | None = None, dim: int = -1, descendin
     return values, indices
 
 
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter builds the graph with it
+    except ImportError:
+        raise UserError("ONNX export needs onnx and onnxscript: pip install 'vdcnn-res[onnx]'") from None
+
+
 def export_onnx(model: VDCNN, path: str | os.PathLike[str], verify: bool = True) -> Path:
     """Export to ONNX (dynamo exporter, opset 18) with dynamic batch and length axes.
 
     ``verify`` runs the file in onnxruntime (if installed) on two other shapes and compares
     the logits with PyTorch, so a silently specialised axis cannot slip through.
     """
-    try:
-        import onnx
-        import onnxscript  # noqa: F401 - needed by torch.onnx's dynamo exporter
-    except ImportError:
-        raise UserError("ONNX export needs onnx and onnxscript: pip install 'vdcnn-res[onnx]'") from None
+    _require_onnx()
+    import onnx
+
     path = Path(path)
     wrapper = _OnnxModel(model).eval()
     example_ids, example_lengths = _example_inputs(model, batch=3, length=2 * model.min_length + 5)
@@ -433,8 +439,10 @@ def export_checkpoint(
     """Checkpoint -> exported folder (+ model.onnx); returns the written paths."""
     loaded = read_checkpoint(ckpt_path)
     onnx_path = Path(out_dir) / ONNX_FILE
-    if onnx and onnx_path.exists() and not overwrite:
-        raise UserError(f"{str(onnx_path)!r} exists; choose another --out_dir or pass --overwrite")
+    if onnx:  # before anything is written
+        _require_onnx()
+        if onnx_path.exists() and not overwrite:
+            raise UserError(f"{str(onnx_path)!r} exists; choose another --out_dir or pass --overwrite")
     paths = write_pretrained(out_dir, loaded.model, loaded.tokenizer, loaded.label_names, loaded.max_length, overwrite)
     if onnx:
         paths.append(export_onnx(loaded.model, onnx_path))

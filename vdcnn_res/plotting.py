@@ -25,7 +25,7 @@ def plot_confusion_matrix(confusion: torch.Tensor, label_names: Sequence[str], p
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     accuracy = counts.diag().sum() / counts.sum().clamp(min=1)
-    ax.set_title(f"Confusion matrix ({int(counts.sum())} texts, accuracy {100 * accuracy:.2f} %)")
+    ax.set_title(f"Confusion matrix\n{int(counts.sum())} texts, accuracy {100 * accuracy:.2f} %", fontsize=10)
     if n <= 20:  # numbers stay readable up to about 20 classes
         for i in range(n):
             for j in range(n):

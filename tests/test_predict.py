@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_checkpoint import LABELS, QUIET, TINY, one_thread, sample_texts, tiny_checkpoint  # noqa: F401 - one_thread is an autouse fixture
+from tiny_checkpoint import LABELS, QUIET, REPO, TINY, one_thread, sample_texts, tiny_checkpoint  # noqa: F401 - one_thread is an autouse fixture
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.errors import MissingFileError, UserError
@@ -211,7 +211,7 @@ def test_cli_tells_lightning_weights_only_even_if_the_environment_says_otherwise
     from vdcnn_res import export
 
     path, marker = malicious
-    monkeypatch.chdir(tiny_checkpoint.__globals__["REPO"])
+    monkeypatch.chdir(REPO)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     monkeypatch.setattr(export, "load_checkpoint_safely", lambda path: None)
     monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", lambda self: None)

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_checkpoint import LABELS, one_thread, sample_texts, tiny_checkpoint  # noqa: F401 - one_thread is an autouse fixture
+from tiny_checkpoint import LABELS, sample_texts, tiny_checkpoint
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.data import texts_to_batches
 from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.export import CONFIG_FILE, FORMAT_VERSION, ONNX_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="session")

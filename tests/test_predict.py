@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_checkpoint import LABELS, QUIET, REPO, TINY, one_thread, sample_texts, tiny_checkpoint  # noqa: F401 - one_thread is an autouse fixture
+from tiny_checkpoint import LABELS, QUIET, REPO, TINY, sample_texts, tiny_checkpoint
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.errors import MissingFileError, UserError
@@ -14,6 +14,8 @@ from vdcnn_res.model import create_model
 from vdcnn_res.tokenizer import build_tokenizer
 
 MAX_LENGTH = 96
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tiny_checkpoint import LABELS, QUIET, REPO, SAMPLE, TINY, one_thread, sample_texts, tiny_checkpoint  # noqa: F401 - one_thread is an autouse fixture
+from tiny_checkpoint import LABELS, QUIET, REPO, SAMPLE, TINY, sample_texts, tiny_checkpoint
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.errors import UserError
 from vdcnn_res.writer import PredictionWriter
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -29,15 +29,6 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 _cache: dict[str, Path] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """last.ckpt of a 3-step run on the bundled sample (written under the session's temp dir)."""
     if "ckpt" not in _cache:

@@ -9,7 +9,8 @@ import datasets
 import pytest
 import torch
 
-from vdcnn_res.data import PadCollator, TextDataModule, texts_to_batches
+from vdcnn_res.batching import texts_to_batches
+from vdcnn_res.data import TextDataModule
 from vdcnn_res.tokenizer import PAD_ID, UNK_ID, encode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,11 +286,6 @@ def test_fixed_batching_pads_to_max_length(tmp_path):
     dm.setup("fit")
     shapes = {tuple(b["input_ids"].shape[1:]) for b in dm.train_dataloader()}
     assert shapes == {(100,)}
-
-
-def test_pad_collator_empty_texts():
-    batch = PadCollator(8)([(torch.zeros(0, dtype=torch.int32).numpy(), 0, 3)])
-    assert batch["input_ids"].shape == (1, 8) and batch["lengths"].tolist() == [0] and batch["index"].tolist() == [3]
 
 
 def test_in_memory_texts_reuse_the_same_encoding_and_padding(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from tiny_checkpoint import LABELS, sample_texts, tiny_checkpoint
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
-from vdcnn_res.data import texts_to_batches
+from vdcnn_res.batching import texts_to_batches
 from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.export import CONFIG_FILE, FORMAT_VERSION, ONNX_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 

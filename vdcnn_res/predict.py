@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from vdcnn_res.data import texts_to_batches
+from vdcnn_res.batching import texts_to_batches
 from vdcnn_res.errors import UserError
 from vdcnn_res.export import LoadedModel, read_checkpoint, read_pretrained, write_pretrained
 from vdcnn_res.model import VDCNN

@@ -19,7 +19,7 @@ from vdcnn_res.config import ModelConfig
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import build_model
 from vdcnn_res.optim import OptimConfig, build_optimizer, build_scheduler
-from vdcnn_res.plotting import plot_confusion_matrix
+from vdcnn_res.plotting import plot_confusion_matrix, write_confusion_csv
 
 
 class VDCNNClassifier(pl.LightningModule):
@@ -117,7 +117,8 @@ class VDCNNClassifier(pl.LightningModule):
                   f"(accuracy {100.0 * float(acc):.2f} % on {n_texts} texts)")
             out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             png = plot_confusion_matrix(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.png")
-            print(f"Confusion matrix: {png}")
+            table = write_confusion_csv(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.csv")
+            print(f"Confusion matrix: {png} (counts: {table.name})")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["input_ids"], batch["lengths"])

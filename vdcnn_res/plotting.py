@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Sequence
 
@@ -10,15 +11,63 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.ft2font import FT2Font  # noqa: E402
+
+# Tried in order, so CJK label names render where such a font is installed.
+_FONTS = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "SimHei", "Arial Unicode MS"]
+
+
+def _renderable(names: Sequence[str]) -> bool:
+    """Whether the installed fonts among _FONTS have a glyph for every character of names."""
+    chars = {ord(c) for name in names for c in name}
+    available = set()
+    for family in _FONTS:
+        try:
+            path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+        except ValueError:  # not installed
+            continue
+        available |= set(FT2Font(path).get_charmap())
+    return chars <= available
+
+
+def write_confusion_csv(confusion: torch.Tensor, label_names: Sequence[str], path: str | Path) -> Path:
+    """Counts as CSV (rows: true label, columns: predicted), with the label names in UTF-8."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *label_names])
+        for name, row in zip(label_names, confusion.tolist()):
+            writer.writerow([name, *row])
+    return path
 
 
 def plot_confusion_matrix(confusion: torch.Tensor, label_names: Sequence[str], path: str | Path) -> Path:
-    """Save a row-normalised confusion matrix (rows: true label, columns: predicted) as PNG."""
+    """Save a row-normalised confusion matrix (rows: true label, columns: predicted) as PNG.
+
+    Where no installed font can draw the label names (CJK without a CJK font), the axes show
+    class indices instead; `write_confusion_csv` keeps the names.
+    """
     counts = confusion.double()
+    if not _renderable(label_names):
+        label_names = [str(i) for i in range(len(label_names))]
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     n = len(label_names)
     size = max(4.0, min(0.45 * n + 2.0, 40.0))
-    fig, ax = plt.subplots(figsize=(size, size))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with plt.rc_context({"font.family": "sans-serif", "font.sans-serif": _FONTS}):
+        fig, ax = plt.subplots(figsize=(size, size))
+        _draw(ax, counts, rates, label_names)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _draw(ax: plt.Axes, counts: torch.Tensor, rates: torch.Tensor, label_names: Sequence[str]) -> None:
+    n = len(label_names)
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), labels=label_names, rotation=90 if n > 8 else 45, ha="right", fontsize=8)
     ax.set_yticks(range(n), labels=label_names, fontsize=8)
@@ -31,9 +80,3 @@ def plot_confusion_matrix(confusion: torch.Tensor, label_names: Sequence[str], p
             for j in range(n):
                 ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

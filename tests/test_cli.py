@@ -112,3 +112,13 @@ def test_user_errors_print_one_line_and_exit_2(args, words, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vdcnn-res: error:") and words in err[-1]
     assert not any(line.startswith("Traceback") for line in err)
+
+
+@pytest.mark.slow
+def test_early_stopping_from_the_command_line(tmp_path):
+    """The README's early-stopping flags stop the run (threshold 0: after the first validation)."""
+    run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_epochs=5",
+        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/acc",
+        "--trainer.callbacks.mode=max", "--trainer.callbacks.stopping_threshold=0.0")
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0

@@ -85,6 +85,10 @@ def main(args: list[str] | None = None) -> None:
             TextDataModule,
             args=args,
             seed_everything_default=42,
+            parser_kwargs={
+                "description": "Train, evaluate and apply VDCNN text classifiers. "
+                "Also: `vdcnn-res export --help` (safe model files and ONNX, no Trainer)."
+            },
             auto_configure_optimizers=False,  # the module's optim config owns optimizer and schedule
             trainer_defaults={
                 # the data module shards its own length-bucketed batches across ranks

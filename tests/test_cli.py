@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from tiny_checkpoint import TINY  # a tiny network on the bundled sample: the CLI path, not accuracy
 from vdcnn_res.cli import main
 from vdcnn_res.config import VARIANTS
 
@@ -13,14 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 PAPER_RECIPE = REPO / "configs" / "paper" / "recipe.yaml"
 
-# A tiny network on a few batches of the bundled sample: the CLI path, not accuracy.
-TINY = [
-    "--config", str(REPO / "configs" / "quickstart.yaml"),
-    "--model.arch.channels=[8, 8, 16, 16]",
-    "--model.arch.hidden_size=16",
-    "--data.max_length=128",
-    "--data.batch_size=16",
-]
 SHORT = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
          "--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false"]
 

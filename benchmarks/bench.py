@@ -1,0 +1,305 @@
+"""Training and inference throughput of VDCNN on real texts, in one run, as a Markdown table.
+
+    .venv/bin/python benchmarks/bench.py                      # full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/bench.py --quick              # tiny budget (smoke test)
+    .venv/bin/python benchmarks/bench.py --depths 9 --compile # also time torch.compile
+
+Every speed is compared with the paper-style baseline *of the same run* (texts padded to
+1024, fp32), so the ratios hold on a shared, loaded machine where absolute numbers do not.
+Training: samples/s over full optimizer steps (forward, loss, backward, AdamW step), after
+warm-up steps, median of several timed windows; peak memory is the process's resident-set
+high-water mark (VmHWM), reset before each configuration. Inference goes through the public
+`vdcnn_res.Predictor` (tokenization, batching and softmax included). Useful GFLOP/s counts
+only the FLOPs of the texts' real lengths (`vdcnn_res.flops`, training = 3x forward) and is
+set against the fp32 and bf16 matmul peaks measured at the start of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vdcnn_res import Predictor, create_model
+from vdcnn_res.batching import PadCollator, TokenizedSplit
+from vdcnn_res.flops import forward_flops
+from vdcnn_res.sampler import LengthBucketBatchSampler
+from vdcnn_res.tokenizer import build_tokenizer, encode
+
+DATA = Path(os.environ.get("VDCNN_BENCH_DATA", "/work/shared/data"))
+PAPER_LENGTH = 1024  # the paper pads/truncates every text to 1024 characters
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_texts(name: str, limit: int | None = None) -> list[str]:
+    """Texts of a shared split: `ag_news` (title + description) or `clinc150` (utterances).
+
+    Falls back to the repository's bundled AG News sample when the shared data is missing.
+    """
+    texts: list[str] = []
+    if name == "ag_news":
+        path = DATA / "ag_news_7600" / "train.csv"
+        if not path.is_file():
+            path = Path(__file__).resolve().parents[1] / "data" / "ag_news_sample" / "train.csv"
+        with open(path, newline="", encoding="utf-8") as f:
+            texts = [f"{row[1]} {row[2]}" for row in csv.reader(f)]
+    elif name == "clinc150":
+        with open(DATA / "clinc150" / "train.tsv", newline="", encoding="utf-8") as f:
+            texts = [row["text"] for row in csv.DictReader(f, delimiter="\t")]
+    else:
+        raise ValueError(f"unknown dataset {name!r}")
+    return texts[:limit] if limit else texts
+
+
+def make_batches(
+    ids: list[list[int]], batch_size: int, bucket: bool, fixed_length: int | None, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Training batches as the data module makes them: bucketed (pad to batch max, multiple
+    of 8) or, paper style, random batches padded to `fixed_length`."""
+    split = TokenizedSplit.from_ids(ids, [0] * len(ids))
+    sampler = LengthBucketBatchSampler(split.lengths, batch_size, bucket=bucket, shuffle=True, seed=seed)
+    collate = PadCollator(8, fixed_length)
+    return [collate([split[i] for i in b]) for b in sampler if len(b) == batch_size]
+
+
+def cycle(items: list) -> Iterator:
+    while True:
+        yield from items
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _hwm_mib() -> float:
+    """Resident-set high-water mark of this process in MiB (Linux), NaN elsewhere."""
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def _reset_hwm() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s of a square n x n matmul in `dtype` (the machine's practical peak)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds or reps < 3:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / elapsed / 1e9
+
+
+def timed_windows(step: Callable[[], int], warmup: int, windows: int, steps: int) -> float:
+    """Median over `windows` of (samples / seconds) across `steps` calls of `step`."""
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(windows):
+        n, t0 = 0, time.perf_counter()
+        for _ in range(steps):
+            n += step()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    bucket: bool = True
+    max_length: int = PAPER_LENGTH
+    batch_size: int = 64
+    bf16: bool = False
+    compile: bool = False
+
+
+def bench_train(
+    depth: int, cfg: TrainConfig, texts: list[str], tokenizer, budget: dict, flops_of: Callable[[int], int]
+) -> dict:
+    """Train-step throughput and peak memory of one configuration."""
+    torch.manual_seed(0)
+    ids = encode(tokenizer, texts, cfg.max_length)
+    batches = make_batches(ids, cfg.batch_size, cfg.bucket, None if cfg.bucket else cfg.max_length)
+    model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    forward = torch.compile(model, dynamic=True) if cfg.compile else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    it = cycle(batches)
+    useful = [0]
+
+    def step() -> int:
+        batch = next(it)
+        with autocast:
+            logits = forward(batch["input_ids"], batch["lengths"])
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        useful[0] += sum(flops_of(int(n)) for n in batch["lengths"]) * 3
+        return len(batch["labels"])
+
+    _reset_hwm()
+    t0 = time.perf_counter()
+    for _ in range(budget["warmup"]):
+        step()
+    useful[0] = 0
+    t_timed = time.perf_counter()
+    rate = timed_windows(step, 0, budget["windows"], budget["steps"])
+    seconds = time.perf_counter() - t_timed
+    return {
+        "samples_s": rate,
+        "gflops": useful[0] / seconds / 1e9,
+        "peak_mib": _hwm_mib(),
+        "warmup_s": t_timed - t0,
+        "mean_len": float(np.mean([b["input_ids"].shape[1] for b in batches])),
+    }
+
+
+def bench_inference(
+    depth: int, name: str, texts: list[str], tokenizer, budget: dict, *, fixed: bool, bf16: bool
+) -> float:
+    """Texts/s of raw texts -> probabilities through `Predictor.predict_proba` (tokenization
+    included). `fixed=True` is the paper-style baseline: every text padded to 1024."""
+    torch.manual_seed(0)
+    model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
+    predictor = Predictor(model, tokenizer, ["a", "b", "c", "d"], max_length=PAPER_LENGTH, bf16=bf16)
+    if fixed:  # same API, but the batches are padded to the paper's fixed length
+        import vdcnn_res.predict as predict_module
+
+        original = predict_module.texts_to_batches
+
+        def fixed_batches(*args, **kwargs):
+            return original(*args, **{**kwargs, "fixed_length": True})
+
+        predict_module.texts_to_batches = fixed_batches
+    try:
+        chunk = budget["infer_texts"]
+        chunks = cycle([texts[i : i + chunk] for i in range(0, len(texts) - chunk + 1, chunk)])
+        return timed_windows(
+            lambda: len(predictor.predict_proba(next(chunks), batch_size=64)),
+            budget["infer_warmup"],
+            budget["windows"],
+            1,
+        )
+    finally:
+        if fixed:
+            predict_module.texts_to_batches = original
+
+
+# --------------------------------------------------------------------------- report
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", type=int, nargs="+", default=[9, 29])
+    parser.add_argument("--dataset", default="ag_news", choices=["ag_news", "clinc150"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow warm-up)")
+    parser.add_argument("--quick", action="store_true", help="tiny budget: checks the harness, not the speed")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    quick = args.quick
+    budget = (
+        {"warmup": 1, "windows": 1, "steps": 1, "infer_texts": 8, "infer_warmup": 0, "texts": 64, "batch": 4}
+        if quick
+        else {"warmup": 2, "windows": 3, "steps": 3, "infer_texts": 512, "infer_warmup": 1, "texts": 4096, "batch": 64}
+    )
+    paper_len = 64 if quick else PAPER_LENGTH
+    texts = load_texts(args.dataset, budget["texts"])
+    tokenizer = build_tokenizer("char")
+    lengths = np.array([len(i) for i in encode(tokenizer, texts, PAPER_LENGTH)])
+    bs = budget["batch"]
+    configs = [
+        TrainConfig("paper-style: pad to 1024, fp32", bucket=False, max_length=paper_len, batch_size=bs),
+        TrainConfig("bf16 autocast alone", bucket=False, max_length=paper_len, batch_size=bs, bf16=True),
+        TrainConfig("length buckets alone", max_length=paper_len, batch_size=bs),
+        TrainConfig("buckets + max_length 512", max_length=min(512, paper_len), batch_size=bs),
+        TrainConfig("default fit (quickstart: buckets, 512, batch 32, fp32)", max_length=min(512, paper_len), batch_size=max(2, bs // 2)),
+        TrainConfig("buckets + bf16", max_length=paper_len, batch_size=bs, bf16=True),
+    ]
+    if args.compile:
+        configs += [
+            TrainConfig("buckets + torch.compile", max_length=paper_len, batch_size=bs, compile=True),
+            TrainConfig("buckets + bf16 + torch.compile", max_length=paper_len, batch_size=bs, bf16=True, compile=True),
+        ]
+
+    peak32 = matmul_peak(torch.float32, 512 if quick else 2048, 0.05 if quick else 1.0)
+    peak16 = matmul_peak(torch.bfloat16, 512 if quick else 2048, 0.05 if quick else 1.0)
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average at start {os.getloadavg()[0]:.2f}",
+        f"Data: {args.dataset}, {len(texts)} texts, median length {int(np.median(lengths))}, "
+        f"p90 {int(np.percentile(lengths, 90))} characters",
+        f"Matmul peak (2048^2, this run): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s",
+        "",
+        "| depth | workload | configuration | samples/s | x baseline | useful GFLOP/s | % fp32 peak | % bf16 peak | peak RSS MiB | mean padded length |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for depth in args.depths:
+        model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
+        cache: dict[int, int] = {}
+
+        def flops_of(n: int, model=model, cache=cache) -> int:
+            n = max(n, 1)
+            if n not in cache:
+                cache[n] = forward_flops(model, n)
+            return cache[n]
+
+        base = None
+        for cfg in configs:
+            r = bench_train(depth, cfg, texts, tokenizer, budget, flops_of)
+            base = base or r["samples_s"]
+            lines.append(
+                f"| {depth} | train | {cfg.name} | {r['samples_s']:.1f} | {r['samples_s'] / base:.2f} | "
+                f"{r['gflops']:.0f} | {100 * r['gflops'] / peak32:.0f} | {100 * r['gflops'] / peak16:.0f} | "
+                f"{r['peak_mib']:.0f} | {r['mean_len']:.0f} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+        base = None
+        for name, fixed, bf16 in [
+            ("paper-style: pad to 1024, fp32", True, False),
+            ("Predictor (length-sorted batches), fp32", False, False),
+            ("Predictor, bf16=True", False, True),
+        ]:
+            _reset_hwm()
+            rate = bench_inference(depth, name, texts, tokenizer, budget, fixed=fixed, bf16=bf16)
+            base = base or rate
+            lines.append(
+                f"| {depth} | inference | {name} | {rate:.1f} | {rate / base:.2f} | | | | {_hwm_mib():.0f} | |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        args.output.write_text(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()

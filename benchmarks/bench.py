@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import os
 import platform
 import re
@@ -112,17 +113,31 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> floa
     return 2 * n**3 * reps / elapsed / 1e9
 
 
-def timed_windows(step: Callable[[], int], warmup: int, windows: int, steps: int) -> float:
-    """Median over `windows` of (samples / seconds) across `steps` calls of `step`."""
+def timed_windows(step: Callable[[], tuple[int, float]], warmup: int, windows: int, steps: int) -> tuple[float, float]:
+    """Medians over `windows` of samples/s and useful FLOP/s across `steps` calls of `step`,
+    which returns (samples, useful FLOPs) of one call."""
     for _ in range(warmup):
         step()
-    rates = []
+    rates, flop_rates = [], []
     for _ in range(windows):
-        n, t0 = 0, time.perf_counter()
+        n, flops, t0 = 0, 0.0, time.perf_counter()
         for _ in range(steps):
-            n += step()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+            dn, df = step()
+            n, flops = n + dn, flops + df
+        seconds = time.perf_counter() - t0
+        rates.append(n / seconds)
+        flop_rates.append(flops / seconds)
+    return statistics.median(rates), statistics.median(flop_rates)
+
+
+def _release_memory() -> None:
+    """Free the previous configuration's tensors before the peak RSS is reset.
+
+    Not `malloc_trim`: handing the heap back to the OS made every later step ~10x slower
+    (fresh pages faulted in on each allocation), so the peak RSS of a configuration also
+    holds heap kept from earlier ones; compare it within a depth, first rows are cleanest.
+    """
+    gc.collect()
 
 
 @dataclass
@@ -133,6 +148,7 @@ class TrainConfig:
     batch_size: int = 64
     bf16: bool = False
     compile: bool = False
+    fused_adamw: bool = False  # one fused kernel for the whole AdamW update instead of foreach ops
 
 
 def bench_train(
@@ -144,34 +160,33 @@ def bench_train(
     batches = make_batches(ids, cfg.batch_size, cfg.bucket, None if cfg.bucket else cfg.max_length)
     model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cfg.fused_adamw or None)
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
-    it = cycle(batches)
-    useful = [0]
+    # FLOPs of each batch's real lengths, counted before timing (the counter runs a forward).
+    flops = [3 * sum(flops_of(int(n)) for n in b["lengths"]) for b in batches]  # training = 3x forward
+    it = cycle(list(zip(batches, flops)))
 
-    def step() -> int:
-        batch = next(it)
+    def step() -> tuple[int, float]:
+        batch, useful = next(it)
         with autocast:
             logits = forward(batch["input_ids"], batch["lengths"])
         loss = F.cross_entropy(logits.float(), batch["labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        useful[0] += sum(flops_of(int(n)) for n in batch["lengths"]) * 3
-        return len(batch["labels"])
+        return len(batch["labels"]), useful
 
+    _release_memory()
     _reset_hwm()
     t0 = time.perf_counter()
     for _ in range(budget["warmup"]):
         step()
-    useful[0] = 0
     t_timed = time.perf_counter()
-    rate = timed_windows(step, 0, budget["windows"], budget["steps"])
-    seconds = time.perf_counter() - t_timed
+    rate, flop_rate = timed_windows(step, 0, budget["windows"], budget["steps"])
     return {
         "samples_s": rate,
-        "gflops": useful[0] / seconds / 1e9,
+        "gflops": flop_rate / 1e9,
         "peak_mib": _hwm_mib(),
         "warmup_s": t_timed - t0,
         "mean_len": float(np.mean([b["input_ids"].shape[1] for b in batches])),
@@ -179,13 +194,15 @@ def bench_train(
 
 
 def bench_inference(
-    depth: int, name: str, texts: list[str], tokenizer, budget: dict, *, fixed: bool, bf16: bool
+    depth: int, name: str, texts: list[str], tokenizer, budget: dict, *, fixed: bool, bf16: bool, compile: bool = False
 ) -> float:
     """Texts/s of raw texts -> probabilities through `Predictor.predict_proba` (tokenization
     included). `fixed=True` is the paper-style baseline: every text padded to 1024."""
     torch.manual_seed(0)
     model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
     predictor = Predictor(model, tokenizer, ["a", "b", "c", "d"], max_length=PAPER_LENGTH, bf16=bf16)
+    if compile:
+        predictor.model = torch.compile(model, dynamic=True)  # warm-up chunk pays the compilation
     if fixed:  # same API, but the batches are padded to the paper's fixed length
         import vdcnn_res.predict as predict_module
 
@@ -199,11 +216,11 @@ def bench_inference(
         chunk = budget["infer_texts"]
         chunks = cycle([texts[i : i + chunk] for i in range(0, len(texts) - chunk + 1, chunk)])
         return timed_windows(
-            lambda: len(predictor.predict_proba(next(chunks), batch_size=64)),
+            lambda: (len(predictor.predict_proba(next(chunks), batch_size=64)), 0.0),
             budget["infer_warmup"],
             budget["windows"],
             1,
-        )
+        )[0]
     finally:
         if fixed:
             predict_module.texts_to_batches = original
@@ -228,7 +245,7 @@ def main(argv: list[str] | None = None) -> str:
     budget = (
         {"warmup": 1, "windows": 1, "steps": 1, "infer_texts": 8, "infer_warmup": 0, "texts": 64, "batch": 4}
         if quick
-        else {"warmup": 2, "windows": 3, "steps": 3, "infer_texts": 512, "infer_warmup": 1, "texts": 4096, "batch": 64}
+        else {"warmup": 2, "windows": 5, "steps": 4, "infer_texts": 512, "infer_warmup": 1, "texts": 4096, "batch": 64}
     )
     paper_len = 64 if quick else PAPER_LENGTH
     texts = load_texts(args.dataset, budget["texts"])
@@ -241,7 +258,16 @@ def main(argv: list[str] | None = None) -> str:
         TrainConfig("length buckets alone", max_length=paper_len, batch_size=bs),
         TrainConfig("buckets + max_length 512", max_length=min(512, paper_len), batch_size=bs),
         TrainConfig("default fit (quickstart: buckets, 512, batch 32, fp32)", max_length=min(512, paper_len), batch_size=max(2, bs // 2)),
+        TrainConfig("buckets + fused AdamW", max_length=paper_len, batch_size=bs, fused_adamw=True),
         TrainConfig("buckets + bf16", max_length=paper_len, batch_size=bs, bf16=True),
+        TrainConfig("buckets + bf16 + fused AdamW", max_length=paper_len, batch_size=bs, bf16=True, fused_adamw=True),
+        TrainConfig(
+            "default fit + bf16 + fused AdamW (recommended)",
+            max_length=min(512, paper_len),
+            batch_size=max(2, bs // 2),
+            bf16=True,
+            fused_adamw=True,
+        ),
     ]
     if args.compile:
         configs += [
@@ -252,10 +278,15 @@ def main(argv: list[str] | None = None) -> str:
     peak32 = matmul_peak(torch.float32, 512 if quick else 2048, 0.05 if quick else 1.0)
     peak16 = matmul_peak(torch.bfloat16, 512 if quick else 2048, 0.05 if quick else 1.0)
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average at start {os.getloadavg()[0]:.2f}",
-        f"Data: {args.dataset}, {len(texts)} texts, median length {int(np.median(lengths))}, "
-        f"p90 {int(np.percentile(lengths, 90))} characters",
+        (
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            f"load average at start {os.getloadavg()[0]:.2f}"
+        ),
+        (
+            f"Data: {args.dataset}, {len(texts)} texts, median length {int(np.median(lengths))}, "
+            f"p90 {int(np.percentile(lengths, 90))} characters"
+        ),
         f"Matmul peak (2048^2, this run): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s",
         "",
         "| depth | workload | configuration | samples/s | x baseline | useful GFLOP/s | % fp32 peak | % bf16 peak | peak RSS MiB | mean padded length |",
@@ -282,13 +313,17 @@ def main(argv: list[str] | None = None) -> str:
             )
             print(lines[-1], file=sys.stderr, flush=True)
         base = None
-        for name, fixed, bf16 in [
-            ("paper-style: pad to 1024, fp32", True, False),
-            ("Predictor (length-sorted batches), fp32", False, False),
-            ("Predictor, bf16=True", False, True),
-        ]:
+        inference = [
+            ("paper-style: pad to 1024, fp32", True, False, False),
+            ("Predictor (length-sorted batches), fp32", False, False, False),
+            ("Predictor, bf16=True", False, True, False),
+        ]
+        if args.compile:
+            inference.append(("Predictor, bf16=True, torch.compile", False, True, True))
+        for name, fixed, bf16, compiled in inference:
+            _release_memory()
             _reset_hwm()
-            rate = bench_inference(depth, name, texts, tokenizer, budget, fixed=fixed, bf16=bf16)
+            rate = bench_inference(depth, name, texts, tokenizer, budget, fixed=fixed, bf16=bf16, compile=compiled)
             base = base or rate
             lines.append(
                 f"| {depth} | inference | {name} | {rate:.1f} | {rate / base:.2f} | | | | {_hwm_mib():.0f} | |"

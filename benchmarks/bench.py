@@ -94,6 +94,14 @@ def _hwm_mib() -> float:
         return float("nan")
 
 
+def _rss_mib() -> float:
+    """Current resident set of this process in MiB (Linux), NaN elsewhere."""
+    try:
+        return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return float("nan")
+
+
 def _reset_hwm() -> None:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -113,21 +121,26 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> floa
     return 2 * n**3 * reps / elapsed / 1e9
 
 
-def timed_windows(step: Callable[[], tuple[int, float]], warmup: int, windows: int, steps: int) -> tuple[float, float]:
-    """Medians over `windows` of samples/s and useful FLOP/s across `steps` calls of `step`,
-    which returns (samples, useful FLOPs) of one call."""
-    for _ in range(warmup):
-        step()
-    rates, flop_rates = [], []
+Step = Callable[[], tuple[int, float]]  # one timed call -> (samples, useful FLOPs)
+
+
+def interleaved_windows(steps: list[Step], windows: int, calls: int) -> list[tuple[float, float]]:
+    """Per step function, medians over `windows` of samples/s and useful FLOP/s.
+
+    The windows are interleaved (window 1 of every configuration, then window 2, ...), so
+    a change in the machine's load while the run goes on hits every configuration alike
+    and the ratios between them stay fair on a shared machine.
+    """
+    rates: list[list[tuple[float, float]]] = [[] for _ in steps]
     for _ in range(windows):
-        n, flops, t0 = 0, 0.0, time.perf_counter()
-        for _ in range(steps):
-            dn, df = step()
-            n, flops = n + dn, flops + df
-        seconds = time.perf_counter() - t0
-        rates.append(n / seconds)
-        flop_rates.append(flops / seconds)
-    return statistics.median(rates), statistics.median(flop_rates)
+        for i, step in enumerate(steps):
+            n, flops, t0 = 0, 0.0, time.perf_counter()
+            for _ in range(calls):
+                dn, df = step()
+                n, flops = n + dn, flops + df
+            seconds = time.perf_counter() - t0
+            rates[i].append((n / seconds, flops / seconds))
+    return [(statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for rs in rates]
 
 
 def _release_memory() -> None:
@@ -151,10 +164,14 @@ class TrainConfig:
     fused_adamw: bool = False  # one fused kernel for the whole AdamW update instead of foreach ops
 
 
-def bench_train(
-    depth: int, cfg: TrainConfig, texts: list[str], tokenizer, budget: dict, flops_of: Callable[[int], int]
-) -> dict:
-    """Train-step throughput and peak memory of one configuration."""
+def prepare_train(
+    depth: int, cfg: TrainConfig, texts: list[str], tokenizer, warmup: int, flops_of: Callable[[int], int]
+) -> tuple[Step, dict]:
+    """Build one training configuration, run its warm-up steps; returns its step function and
+    its peak memory (resident-set high-water mark during warm-up minus the RSS before it)."""
+    gc.collect()
+    rss_before = _rss_mib()
+    _reset_hwm()
     torch.manual_seed(0)
     ids = encode(tokenizer, texts, cfg.max_length)
     batches = make_batches(ids, cfg.batch_size, cfg.bucket, None if cfg.bucket else cfg.max_length)
@@ -177,53 +194,52 @@ def bench_train(
         optimizer.step()
         return len(batch["labels"]), useful
 
-    _release_memory()
-    _reset_hwm()
     t0 = time.perf_counter()
-    for _ in range(budget["warmup"]):
+    for _ in range(warmup):
         step()
-    t_timed = time.perf_counter()
-    rate, flop_rate = timed_windows(step, 0, budget["windows"], budget["steps"])
-    return {
-        "samples_s": rate,
-        "gflops": flop_rate / 1e9,
-        "peak_mib": _hwm_mib(),
-        "warmup_s": t_timed - t0,
+    info = {
+        "peak_mib": _hwm_mib() - rss_before,
+        "warmup_s": time.perf_counter() - t0,
         "mean_len": float(np.mean([b["input_ids"].shape[1] for b in batches])),
     }
+    return step, info
 
 
-def bench_inference(
-    depth: int, name: str, texts: list[str], tokenizer, budget: dict, *, fixed: bool, bf16: bool, compile: bool = False
-) -> float:
-    """Texts/s of raw texts -> probabilities through `Predictor.predict_proba` (tokenization
-    included). `fixed=True` is the paper-style baseline: every text padded to 1024."""
+def prepare_inference(
+    depth: int, texts: list[str], tokenizer, budget: dict, *, fixed: bool, bf16: bool, compile: bool = False
+) -> tuple[Step, dict]:
+    """Raw texts -> probabilities through `Predictor.predict_proba` (tokenization included),
+    one chunk of texts per call. `fixed=True` is the paper-style baseline: the same API with
+    every text padded to 1024."""
+    import vdcnn_res.predict as predict_module
+
+    gc.collect()
+    rss_before = _rss_mib()
+    _reset_hwm()
     torch.manual_seed(0)
     model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
     predictor = Predictor(model, tokenizer, ["a", "b", "c", "d"], max_length=PAPER_LENGTH, bf16=bf16)
     if compile:
         predictor.model = torch.compile(model, dynamic=True)  # warm-up chunk pays the compilation
-    if fixed:  # same API, but the batches are padded to the paper's fixed length
-        import vdcnn_res.predict as predict_module
+    original = predict_module.texts_to_batches
 
-        original = predict_module.texts_to_batches
+    def fixed_batches(*args, **kwargs):
+        return original(*args, **{**kwargs, "fixed_length": True})
 
-        def fixed_batches(*args, **kwargs):
-            return original(*args, **{**kwargs, "fixed_length": True})
+    chunk = budget["infer_texts"]
+    chunks = cycle([texts[i : i + chunk] for i in range(0, len(texts) - chunk + 1, chunk)])
 
-        predict_module.texts_to_batches = fixed_batches
-    try:
-        chunk = budget["infer_texts"]
-        chunks = cycle([texts[i : i + chunk] for i in range(0, len(texts) - chunk + 1, chunk)])
-        return timed_windows(
-            lambda: (len(predictor.predict_proba(next(chunks), batch_size=64)), 0.0),
-            budget["infer_warmup"],
-            budget["windows"],
-            1,
-        )[0]
-    finally:
+    def step() -> tuple[int, float]:
         if fixed:
+            predict_module.texts_to_batches = fixed_batches
+        try:
+            return len(predictor.predict_proba(next(chunks), batch_size=64)), 0.0
+        finally:
             predict_module.texts_to_batches = original
+
+    for _ in range(budget["infer_warmup"]):
+        step()
+    return step, {"peak_mib": _hwm_mib() - rss_before}
 
 
 # --------------------------------------------------------------------------- report
@@ -245,7 +261,7 @@ def main(argv: list[str] | None = None) -> str:
     budget = (
         {"warmup": 1, "windows": 1, "steps": 1, "infer_texts": 8, "infer_warmup": 0, "texts": 64, "batch": 4}
         if quick
-        else {"warmup": 2, "windows": 5, "steps": 4, "infer_texts": 512, "infer_warmup": 1, "texts": 4096, "batch": 64}
+        else {"warmup": 2, "windows": 5, "steps": 3, "infer_texts": 512, "infer_warmup": 1, "texts": 4096, "batch": 64}
     )
     paper_len = 64 if quick else PAPER_LENGTH
     texts = load_texts(args.dataset, budget["texts"])
@@ -289,7 +305,7 @@ def main(argv: list[str] | None = None) -> str:
         ),
         f"Matmul peak (2048^2, this run): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s",
         "",
-        "| depth | workload | configuration | samples/s | x baseline | useful GFLOP/s | % fp32 peak | % bf16 peak | peak RSS MiB | mean padded length |",
+        "| depth | workload | configuration | samples/s | x baseline | useful GFLOP/s | % fp32 peak | % bf16 peak | peak extra RSS MiB | mean padded length |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for depth in args.depths:
@@ -302,17 +318,7 @@ def main(argv: list[str] | None = None) -> str:
                 cache[n] = forward_flops(model, n)
             return cache[n]
 
-        base = None
-        for cfg in configs:
-            r = bench_train(depth, cfg, texts, tokenizer, budget, flops_of)
-            base = base or r["samples_s"]
-            lines.append(
-                f"| {depth} | train | {cfg.name} | {r['samples_s']:.1f} | {r['samples_s'] / base:.2f} | "
-                f"{r['gflops']:.0f} | {100 * r['gflops'] / peak32:.0f} | {100 * r['gflops'] / peak16:.0f} | "
-                f"{r['peak_mib']:.0f} | {r['mean_len']:.0f} |"
-            )
-            print(lines[-1], file=sys.stderr, flush=True)
-        base = None
+        train = [prepare_train(depth, cfg, texts, tokenizer, budget["warmup"], flops_of) for cfg in configs]
         inference = [
             ("paper-style: pad to 1024, fp32", True, False, False),
             ("Predictor (length-sorted batches), fp32", False, False, False),
@@ -320,15 +326,25 @@ def main(argv: list[str] | None = None) -> str:
         ]
         if args.compile:
             inference.append(("Predictor, bf16=True, torch.compile", False, True, True))
-        for name, fixed, bf16, compiled in inference:
-            _release_memory()
-            _reset_hwm()
-            rate = bench_inference(depth, name, texts, tokenizer, budget, fixed=fixed, bf16=bf16, compile=compiled)
-            base = base or rate
+        infer = [
+            prepare_inference(depth, texts, tokenizer, budget, fixed=f, bf16=b, compile=c)
+            for _, f, b, c in inference
+        ]
+        results = interleaved_windows([s for s, _ in train], budget["windows"], budget["steps"])
+        results_inf = interleaved_windows([s for s, _ in infer], budget["windows"], 1)
+        base = results[0][0]
+        for cfg, (_, info), (rate, flop_rate) in zip(configs, train, results):
+            gflops = flop_rate / 1e9
             lines.append(
-                f"| {depth} | inference | {name} | {rate:.1f} | {rate / base:.2f} | | | | {_hwm_mib():.0f} | |"
+                f"| {depth} | train | {cfg.name} | {rate:.1f} | {rate / base:.2f} | "
+                f"{gflops:.0f} | {100 * gflops / peak32:.0f} | {100 * gflops / peak16:.0f} | "
+                f"{info['peak_mib']:.0f} | {info['mean_len']:.0f} |"
             )
-            print(lines[-1], file=sys.stderr, flush=True)
+        base = results_inf[0][0]
+        for (name, *_), (_, info), (rate, _) in zip(inference, infer, results_inf):
+            lines.append(f"| {depth} | inference | {name} | {rate:.1f} | {rate / base:.2f} | | | | {info['peak_mib']:.0f} | |")
+        print("\n".join(lines[-len(configs) - len(inference) :]), file=sys.stderr, flush=True)
+        del train, infer
     table = "\n".join(lines)
     print(table)
     if args.output:

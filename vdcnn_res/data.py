@@ -109,6 +109,16 @@ def _read_header(file: str, sep: str) -> list[str]:
         return [str(c) for c in pd.read_csv(file, sep=sep, nrows=0).columns]
     except pd.errors.EmptyDataError as err:
         raise _NoRows from err
+    except UnicodeDecodeError as err:
+        raise UserError(_not_utf8(file, err)) from None
+
+
+def _not_utf8(file: str, err: UnicodeDecodeError | Exception) -> str:
+    where = f" (it holds byte {err.object[err.start]:#04x})" if isinstance(err, UnicodeDecodeError) else ""
+    return (
+        f"{file!r} is not UTF-8 text{where}: re-save it as UTF-8, "
+        f"e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv` (texts are never decoded with replacement characters)"
+    )
 
 
 def _load_files(
@@ -134,11 +144,22 @@ def _load_files(
     else:
         builder = fmt
     try:
-        return datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, **kwargs)
+        ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, **kwargs)
     except Exception as err:  # pandas / pyarrow parse errors come in many types
         if "corresponds to no data" in str(err):  # what `datasets` says about a split of 0 rows
             raise _NoRows from err
+        cause = err
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise UserError(f"{arg}: {_not_utf8(files[0] if len(files) == 1 else str(files), cause)}") from err
         raise UserError(f"{arg}: could not read {fmt} file(s) {files if len(files) > 1 else files[0]!r}: {err}") from err
+    if builder == "json":  # pyarrow's JSON reader keeps bytes that are not UTF-8 in string columns
+        try:
+            ds.data.table.validate(full=True)
+        except Exception as err:
+            raise UserError(f"{arg}: {_not_utf8(files[0] if len(files) == 1 else str(files), err)}") from None
+    return ds
 
 
 # ----------------------------------------------------------------------------- labels

@@ -78,6 +78,7 @@ class VDCNNClassifier(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["lengths"])
         loss = self._loss(logits, batch["labels"])
+        self._stop_if_diverged(loss)
         self.train_acc(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
@@ -130,6 +131,32 @@ class VDCNNClassifier(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
+        """End the run with a UserError, before the update, when the loss is NaN or infinite.
+
+        The decision is reduced over all ranks, so under DDP every rank raises at the same step
+        and none waits in a collective. Nothing is saved after the raise (checkpoints are written
+        at validation, which does not run), so best and last stay the last finite model.
+        """
+        if self._trainer is None:
+            return
+        diverged = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if not diverged:
+            return
+        callback = self.trainer.checkpoint_callback
+        last = callback.last_model_path or callback.best_model_path if callback is not None else ""
+        self._diverged = (
+            f"the training loss became {float(loss.detach())} at step {self.trainer.global_step} (epoch {self.current_epoch}): "
+            f"training stopped without saving these weights; lower model.optim.lr (now {self.optim.lr:g}) "
+            "or clip gradients (--trainer.gradient_clip_val=1.0), then start again"
+            + (f" or resume from the last good checkpoint: --ckpt_path {last}" if last else "")
+        )
+        raise UserError(self._diverged)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if getattr(self, "_diverged", None):  # e.g. ModelCheckpoint(save_on_exception=True): never save NaN weights
+            raise UserError(self._diverged)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)

@@ -11,18 +11,37 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-from pytorch_lightning.callbacks import ModelCheckpoint
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning import Trainer
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from vdcnn_res import export
+from vdcnn_res.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast
 from vdcnn_res.data import TextDataModule
 from vdcnn_res.errors import UserError
 from vdcnn_res.module import VDCNNClassifier
 from vdcnn_res.writer import PredictionWriter
 
 # ckpt_path values Lightning resolves itself to checkpoints of this run, not paths.
-_CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
+# ("last" is resolved here, to the newest last.ckpt of earlier runs: see _resolve_last.)
+_CKPT_KEYWORDS = ("best", "hpc", "registry")
+
+
+def _resolve_last(root_dir: str | None) -> str:
+    """`--ckpt_path last`: the newest last.ckpt an earlier run wrote under the root dir.
+
+    Lightning would look in this run's new, empty version folder and start from scratch.
+    """
+    root = Path(root_dir or os.getcwd()).expanduser()
+    found = [*root.glob("lightning_logs/version_*/checkpoints/last.ckpt"), *root.glob("checkpoints/last.ckpt")]
+    if not found:
+        raise UserError(
+            f"--ckpt_path last: no last.ckpt under {str(root)!r} (looked in lightning_logs/version_*/checkpoints/ "
+            "and checkpoints/); set --trainer.default_root_dir to the earlier run's folder or give the file's path"
+        )
+    return str(max(found, key=lambda p: p.stat().st_mtime))
 
 
 class VDCNNCLI(LightningCLI):
@@ -33,7 +52,7 @@ class VDCNNCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.padding_idx", "model.arch.padding_idx", apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpointWithLast, "checkpoint")  # last.ckpt = the last state
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -58,9 +77,19 @@ class VDCNNCLI(LightningCLI):
         if subcommand == "predict" and config.get("return_predictions") is None:
             config.return_predictions = False  # the prediction writer saves them; don't hold them in memory
         ckpt_path = config.get("ckpt_path")
+        if str(ckpt_path) == "last":
+            config.ckpt_path = ckpt_path = _resolve_last(config.get("trainer.default_root_dir"))
+            print(f"Resuming from {ckpt_path}", file=sys.stderr)
         if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS and not str(ckpt_path).startswith("registry:"):
             if "://" not in str(ckpt_path):
                 export.load_checkpoint_safely(ckpt_path)  # UserError for pickled code or a missing file
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer, with write-then-rename checkpoint saves unless another CheckpointIO was chosen."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback

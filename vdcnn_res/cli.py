@@ -1,6 +1,7 @@
 """The `vdcnn-res` command: a thin LightningCLI whose signatures are the config schema.
 
     vdcnn-res fit --config configs/quickstart.yaml
+    vdcnn-res fit --config configs/quickstart.yaml --ckpt_path last   (resume: newest last.ckpt under the root dir)
     vdcnn-res test --config configs/quickstart.yaml --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
     vdcnn-res predict --config configs/quickstart.yaml --ckpt_path last.ckpt --data.predict texts.jsonl
     vdcnn-res export --ckpt_path last.ckpt --out_dir exports/model [--onnx]   (own parser, no Trainer)

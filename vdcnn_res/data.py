@@ -126,6 +126,7 @@ def _load_files(
 ) -> datasets.Dataset:
     if all(os.path.getsize(f) == 0 for f in files):
         raise _NoRows
+    shown = files[0] if len(files) == 1 else str(files)  # how the UTF-8 messages name the file(s)
     kwargs: dict[str, Any] = {}
     if fmt in ("csv", "tsv"):
         sep = "," if fmt == "csv" else "\t"
@@ -152,13 +153,13 @@ def _load_files(
         while cause is not None and not isinstance(cause, UnicodeDecodeError):
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
-            raise UserError(f"{arg}: {_not_utf8(files[0] if len(files) == 1 else str(files), cause)}") from err
+            raise UserError(f"{arg}: {_not_utf8(shown, cause)}") from err
         raise UserError(f"{arg}: could not read {fmt} file(s) {files if len(files) > 1 else files[0]!r}: {err}") from err
     if builder == "json":  # pyarrow's JSON reader keeps bytes that are not UTF-8 in string columns
         try:
             ds.data.table.validate(full=True)
         except Exception as err:
-            raise UserError(f"{arg}: {_not_utf8(files[0] if len(files) == 1 else str(files), err)}") from None
+            raise UserError(f"{arg}: {_not_utf8(shown, err)}") from None
     return ds
 
 

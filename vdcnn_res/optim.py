@@ -59,11 +59,23 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
+def _can_fuse(model: nn.Module) -> bool:
+    """Fused (single-kernel) updates need floating-point parameters on a device with fused kernels."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    supported = _get_fused_kernels_supported_devices()
+    params = list(model.parameters())
+    return bool(params) and all(p.is_floating_point() and p.device.type in supported for p in params)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Build the optimizer, fused where the device allows it (benchmarks/bench.py: the fused
+    AdamW update is a measurable share of a CPU training step)."""
     groups = parameter_groups(model, cfg.weight_decay)
+    fused = _can_fuse(model) or None
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
 def build_scheduler(

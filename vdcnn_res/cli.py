@@ -5,6 +5,7 @@
     vdcnn-res test --config configs/quickstart.yaml --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
     vdcnn-res predict --config configs/quickstart.yaml --ckpt_path last.ckpt --data.predict texts.jsonl
     vdcnn-res export --ckpt_path last.ckpt --out_dir exports/model [--onnx]   (own parser, no Trainer)
+    vdcnn-res ablate --config configs/quickstart.yaml --out_dir ablations/x --depths 9 17   (depth x shortcut grid)
     vdcnn-res fit --print_config
 """
 
@@ -100,32 +101,45 @@ class VDCNNCLI(LightningCLI):
             print(f"Last checkpoint: {callback.last_model_path}")
 
 
+def build_cli(args: ArgsType = None, run: bool = True) -> VDCNNCLI:
+    """The CLI with its defaults; `run=False` parses a fit config (no subcommand) and builds
+    model, data and Trainer without running them (as `vdcnn-res ablate` does per cell)."""
+    return VDCNNCLI(
+        VDCNNClassifier,
+        TextDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=42,
+        parser_kwargs={
+            "description": "Train, evaluate and apply VDCNN text classifiers. Also: `vdcnn-res export --help` "
+            "(safe model files and ONNX, no Trainer) and `vdcnn-res ablate --help` (depth x shortcut grids)."
+        },
+        auto_configure_optimizers=False,  # the module's optim config owns optimizer and schedule
+        trainer_defaults={
+            # the data module shards its own length-bucketed batches across ranks
+            "use_distributed_sampler": False,
+            "log_every_n_steps": 10,
+        },
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point. User errors print one line and exit 2 (VDCNN_RES_DEBUG=1 shows the trace).
 
-    `export` is handled here with its own small parser: it needs no Trainer, data or config.
+    `export` and `ablate` are handled here with their own small parsers: `export` needs no
+    Trainer, data or config; `ablate` runs many fits.
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["export"]:
             export.main(argv[1:])
             return
-        VDCNNCLI(
-            VDCNNClassifier,
-            TextDataModule,
-            args=args,
-            seed_everything_default=42,
-            parser_kwargs={
-                "description": "Train, evaluate and apply VDCNN text classifiers. "
-                "Also: `vdcnn-res export --help` (safe model files and ONNX, no Trainer)."
-            },
-            auto_configure_optimizers=False,  # the module's optim config owns optimizer and schedule
-            trainer_defaults={
-                # the data module shards its own length-bucketed batches across ranks
-                "use_distributed_sampler": False,
-                "log_every_n_steps": 10,
-            },
-        )
+        if argv[:1] == ["ablate"]:
+            from vdcnn_res import ablate
+
+            ablate.main(argv[1:])
+            return
+        build_cli(args)
     except UserError as err:
         if os.environ.get("VDCNN_RES_DEBUG"):
             raise

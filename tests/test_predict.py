@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,7 @@ def predictor() -> Predictor:
             m.running_var.uniform_(0.5, 2.0)
     with torch.no_grad():
         model.head.fc.weight.mul_(0.01)  # keep the probabilities away from 0 and 1, where texts would look alike
-    return Predictor(model, build_tokenizer("char"), LABELS, max_length=MAX_LENGTH)
+    return Predictor(model, build_tokenizer("char"), LABELS, max_length=MAX_LENGTH, bf16=False)  # exact fp32
 
 
 MIXED = [
@@ -117,6 +119,19 @@ def test_bf16_on_cpu_is_close_to_fp32(predictor):
     bf16 = Predictor(predictor.model, predictor.tokenizer, LABELS, max_length=MAX_LENGTH, bf16=True).predict_proba(texts)
     assert not np.array_equal(bf16, fp32)  # autocast really ran
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
+
+
+def test_bf16_is_the_default_exactly_where_the_device_has_native_bf16(predictor, monkeypatch):
+    from vdcnn_res import predict as predict_module
+
+    for native in (True, False):
+        monkeypatch.setattr(predict_module, "native_bf16", lambda device, native=native: native)
+        assert Predictor(predictor.model, predictor.tokenizer, LABELS).bf16 is native
+        assert Predictor(predictor.model, predictor.tokenizer, LABELS, bf16=not native).bf16 is (not native)
+    monkeypatch.undo()
+    assert predict_module.native_bf16(torch.device("meta")) is False
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    assert predict_module.native_bf16(torch.device("cpu")) == any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def test_device_is_selectable_and_checked(predictor):

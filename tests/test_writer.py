@@ -50,7 +50,7 @@ def test_predict_writes_one_jsonl_next_to_the_logs_in_input_order(ckpt, tmp_path
     texts, labels = sample_texts()
     assert [r["row"] for r in rows] == list(range(800))
     assert [r["true_label"] for r in rows] == labels
-    expected = Predictor.from_checkpoint(ckpt).predict_proba(texts)
+    expected = Predictor.from_checkpoint(ckpt, bf16=False).predict_proba(texts)
     for r, p in zip(rows, expected):
         assert [t["label"] for t in r["top_k"]] == [LABELS[j] for j in np.argsort(-p, kind="stable")[:3]]
         assert r["label"] == r["top_k"][0]["label"] and r["probability"] == r["top_k"][0]["probability"]
@@ -88,7 +88,7 @@ def test_predict_files_of_every_format_with_or_without_labels(ckpt, tmp_path, fm
     out = tmp_path / output
     predict(ckpt, tmp_path, "--data.predict", str(data), "--prediction_writer.output_path", str(out),
             "--prediction_writer.top_k=2", *extra)
-    expected = Predictor.from_checkpoint(ckpt).predict(texts, top_k=2)
+    expected = Predictor.from_checkpoint(ckpt, bf16=False).predict(texts, top_k=2)
     if out.suffix == ".csv":
         with open(out, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -169,6 +169,6 @@ def test_two_process_ddp_writes_one_file_every_row_once_in_input_order(ckpt, tmp
     assert sorted(p.name for p in tmp_path.glob("ddp*")) == ["ddp.jsonl"]
     rows = read_jsonl(out)
     assert [r["row"] for r in rows] == list(range(37))
-    expected = Predictor.from_checkpoint(ckpt).predict_proba(texts)
+    expected = Predictor.from_checkpoint(ckpt, bf16=False).predict_proba(texts)
     np.testing.assert_allclose([r["probability"] for r in rows], expected.max(axis=1), atol=1e-5)
     assert [r["label"] for r in rows] == [LABELS[j] for j in expected.argmax(axis=1)]

@@ -23,6 +23,7 @@ TINY = [
     "--model.arch.hidden_size=16",
     "--data.max_length=128",
     "--data.batch_size=16",
+    "--trainer.precision=32-true",  # exact fp32 on any CPU, so Trainer and Predictor(bf16=False) outputs compare
 ]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 

@@ -30,14 +30,30 @@ __all__ = ["Prediction", "Predictor"]
 Prediction = dict[str, Any]  # {"label": str, "probability": float, "top_k": [(label, probability), ...]}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (else bf16 autocast is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # Linux reports the x86 extensions that have bf16 dot products; elsewhere assume none
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 class Predictor:
     """A trained classifier with its tokenizer and label names, ready for raw texts.
 
     Texts are encoded exactly as in training (truncated to ``max_length``), sorted by length
     into batches (each padded only to its own longest text, so short texts cost little) and
-    returned in input order. The model runs in eval and inference mode; ``bf16=True`` runs it
-    under bfloat16 autocast: faster on CPUs with native bf16 (about 1.3x end to end on the
-    2-core dev machines), probabilities off by up to a few hundredths.
+    returned in input order. The model runs in eval and inference mode, under bfloat16 autocast
+    where the device computes bf16 natively (``bf16=None``, the default: CUDA GPUs with bf16,
+    CPUs with AVX512-BF16 or AMX; about 1.4x end to end on the 2-core dev machines, see
+    docs/performance.md). Probabilities then differ from float32 by up to a few hundredths;
+    ``bf16=False`` gives float32 results, ``bf16=True`` forces bf16.
     """
 
     def __init__(
@@ -47,7 +63,7 @@ class Predictor:
         label_names: Sequence[str],
         max_length: int = 1024,
         device: str | torch.device = "cpu",
-        bf16: bool = False,
+        bf16: bool | None = None,
     ) -> None:
         if len(label_names) != model.config.num_classes:
             raise UserError(f"{len(label_names)} label names for a model with {model.config.num_classes} classes")
@@ -61,19 +77,19 @@ class Predictor:
         self.tokenizer = tokenizer
         self.label_names = list(label_names)
         self.max_length = int(max_length)
-        self.bf16 = bf16
+        self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
 
     @classmethod
-    def _from_loaded(cls, loaded: LoadedModel, device: str | torch.device, bf16: bool) -> Predictor:
+    def _from_loaded(cls, loaded: LoadedModel, device: str | torch.device, bf16: bool | None) -> Predictor:
         return cls(loaded.model, loaded.tokenizer, loaded.label_names, loaded.max_length, device, bf16)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool = False) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool | None = None) -> Predictor:
         """Load a Lightning checkpoint written by `vdcnn-res fit`; never unpickles code (weights_only)."""
         return cls._from_loaded(read_checkpoint(path), device, bf16)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool = False) -> Predictor:
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool | None = None) -> Predictor:
         """Load a folder written by `vdcnn-res export` or `save_pretrained`: safetensors + JSON, no pickle."""
         return cls._from_loaded(read_pretrained(directory), device, bf16)
 

@@ -1,7 +1,8 @@
 """Masking helpers and pooling layers that respect each text's valid length.
 
 Convention: `pad` masks are bool tensors of shape (B, 1, L), True at padding positions,
-so `x.masked_fill(pad, 0.0)` zeros the padding of a (B, C, L) activation. Texts are
+so `x.mul(~pad)` zeros the padding of a (B, C, L) activation (a multiply: several times
+faster than `masked_fill` with a broadcast mask on CPU, docs/performance.md). Texts are
 right-padded, so a text's valid positions are 0 .. length - 1.
 """
 
@@ -122,7 +123,7 @@ class MaskedMaxPool1d(nn.Module):
             y = F.pad(x, (1, 1), value=_lowest(x.dtype)).unfold(-1, 3, 2).amax(-1)
         else:
             y = F.max_pool1d(x, kernel_size=3, stride=2, padding=1)  # (B, C, ceil(L/2))
-        return y.masked_fill(pad_out, 0.0)
+        return y.mul(~pad_out)
 
 
 class KMaxDownsample(nn.Module):

@@ -89,10 +89,10 @@ class BasicConvResBlock(nn.Module):
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: Tensor, pad_in: Tensor, pad_out: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)).masked_fill(pad_out, 0.0))  # (B, C, L_out)
-        out = self.bn2(self.conv2(out)).masked_fill(pad_out, 0.0)
+        out = F.relu(self.bn1(self.conv1(x)).mul(~pad_out))  # (B, C, L_out)
+        out = self.bn2(self.conv2(out)).mul(~pad_out)
         if self.shortcut:
-            identity = x if self.projection is None else self.projection(x).masked_fill(pad_out, 0.0)
+            identity = x if self.projection is None else self.projection(x).mul(~pad_out)
             out = out + identity
         return F.relu(out)
 
@@ -127,11 +127,11 @@ class PreActConvResBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)
 
     def forward(self, x: Tensor, pad_in: Tensor, pad_out: Tensor) -> Tensor:
-        pre = F.relu(self.bn1(x).masked_fill(pad_in, 0.0))  # (B, C_in, L_in)
-        out = F.relu(self.bn2(self.conv1(pre)).masked_fill(pad_out, 0.0))  # (B, C, L_out)
-        out = self.conv2(out).masked_fill(pad_out, 0.0)
+        pre = F.relu(self.bn1(x).mul(~pad_in))  # (B, C_in, L_in)
+        out = F.relu(self.bn2(self.conv1(pre)).mul(~pad_out))  # (B, C, L_out)
+        out = self.conv2(out).mul(~pad_out)
         if self.shortcut:
-            identity = x if self.projection is None else self.projection(pre).masked_fill(pad_out, 0.0)
+            identity = x if self.projection is None else self.projection(pre).mul(~pad_out)
             out = out + identity
         return out
 
@@ -168,11 +168,11 @@ class BottleneckConvResBlock(nn.Module):
         nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: Tensor, pad_in: Tensor, pad_out: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)).masked_fill(pad_in, 0.0))  # (B, C/4, L_in)
-        out = F.relu(self.bn2(self.conv2(out)).masked_fill(pad_out, 0.0))  # (B, C/4, L_out)
-        out = self.bn3(self.conv3(out)).masked_fill(pad_out, 0.0)  # (B, C, L_out)
+        out = F.relu(self.bn1(self.conv1(x)).mul(~pad_in))  # (B, C/4, L_in)
+        out = F.relu(self.bn2(self.conv2(out)).mul(~pad_out))  # (B, C/4, L_out)
+        out = self.bn3(self.conv3(out)).mul(~pad_out)  # (B, C, L_out)
         if self.shortcut:
-            identity = x if self.projection is None else self.projection(x).masked_fill(pad_out, 0.0)
+            identity = x if self.projection is None else self.projection(x).mul(~pad_out)
             out = out + identity
         return F.relu(out)
 
@@ -361,8 +361,8 @@ class VDCNN(nn.Module):
         """Token ids (B, L) [+ lengths (B,)] -> flattened k-max features (B, C * kmax)."""
         input_ids, lengths = self._prepare(input_ids, lengths)
         pad = padding_mask(lengths, input_ids.shape[1])  # (B, 1, L)
-        x = self.embedding(input_ids).transpose(1, 2).masked_fill(pad, 0.0)  # (B, E, L)
-        x = self.stem(x).masked_fill(pad, 0.0)  # (B, C0, L)
+        x = self.embedding(input_ids).transpose(1, 2).mul(~pad)  # (B, E, L)
+        x = self.stem(x).mul(~pad)  # (B, C0, L)
         for stage in self.stages:
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))
         if self.final_norm is not None:

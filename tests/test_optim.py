@@ -23,9 +23,14 @@ def _lrs(cfg: OptimConfig, steps: int, per: str) -> list[float]:
     return lrs
 
 
+def test_defaults_are_the_toolkit_recipe():
+    cfg = OptimConfig()
+    assert (cfg.name, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.warmup_fraction) == ("adamw", 1e-3, 0.05, "cosine", 0.05)
+
+
 def test_paper_recipe_halves_every_three_epochs():
-    cfg = OptimConfig()  # the defaults are the paper's recipe
-    assert (cfg.name, cfg.lr, cfg.momentum) == ("sgd", 0.01, 0.9)
+    cfg = OptimConfig(name="sgd", lr=0.01, weight_decay=0.0, schedule="step")  # configs/paper/recipe.yaml
+    assert cfg.momentum == 0.9
     lrs = _lrs(cfg, 10, "epoch")
     assert lrs[:3] == [0.01] * 3
     assert lrs[3:6] == pytest.approx([0.005] * 3)
@@ -65,8 +70,14 @@ def test_weight_decay_skips_biases_and_norm_weights():
 
 def test_optimizer_kinds():
     assert isinstance(build_optimizer(_net(), OptimConfig(name="adamw")), torch.optim.AdamW)
-    sgd = build_optimizer(_net(), OptimConfig(momentum=0.5))
+    sgd = build_optimizer(_net(), OptimConfig(name="sgd", momentum=0.5))
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.5
+
+
+def test_updates_are_fused_on_cpu_and_skipped_where_unsupported():
+    for name in ("adamw", "sgd"):
+        assert build_optimizer(_net(), OptimConfig(name=name)).defaults["fused"] is True
+    assert build_optimizer(_net().to(torch.float64).to("meta"), OptimConfig()).defaults["fused"] is None
 
 
 @pytest.mark.parametrize(

@@ -266,9 +266,25 @@ def train_cell(cell: Cell, fit_args: list[str], cell_dir: Path, label: str) -> C
     )
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 6) -> str:
+    """Floats with `digits` significant digits (empty for NaN), everything else as str."""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+        return "" if math.isnan(value) else f"{value:.{digits}g}"
+    return str(value)
+
+
+def _md_cell(column: str, value: Any) -> str:
+    """Readable Markdown: losses to 4 decimals, errors (%) to 2, seconds whole, params grouped."""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if column.startswith("train_loss"):
+        return f"{value:.4f}"
+    if column.endswith("_err") or "_err_" in column:
+        return f"{value:.2f}"
+    if column == "fit_seconds":
+        return f"{value:.0f}"
+    if column == "params":
+        return f"{value:,}"
     return str(value)
 
 
@@ -296,7 +312,7 @@ def write_tables(results: list[CellResult], out_dir: Path, command: str) -> tupl
     ]
     for r in results:
         row = asdict(r)
-        cells = [("%.1f" % row[c]) if c == "fit_seconds" else _fmt(row[c]) for c in shown]
+        cells = [_md_cell(c, row[c]) for c in shown]
         if r.status != "ok":
             cells[0] += f" ({r.status})"
         lines.append("| " + " | ".join(cells) + " |")
@@ -413,12 +429,12 @@ def run_ablation(
         _claim(cell_dir, "vdcnn-res fit " + shlex.join(fit_args))
         if done.is_file():
             result = _load_result(done)
-            print(f"{label}: done earlier (test error {_fmt(result.test_err)} %), skipped", flush=True)
+            print(f"{label}: done earlier (test error {_md_cell('test_err', result.test_err)} %), skipped", flush=True)
         else:
             print(f"{label}: {cell.layers} layers, shortcut {'on' if cell.shortcut else 'off'}", flush=True)
             result = train_cell(cell, fit_args, cell_dir, label)
             _save_result(result, done)
-            tested = f"test error {_fmt(result.test_err)} %" if not math.isnan(result.test_err) else "not tested"
+            tested = f"test error {_md_cell('test_err', result.test_err)} %" if not math.isnan(result.test_err) else "not tested"
             print(f"{label}: {tested} ({result.status}, {result.fit_seconds:.0f} s)", flush=True)
         results.append(result)
         write_tables(results, out, command)

@@ -225,6 +225,7 @@ def train_cell(cell: Cell, fit_args: list[str], cell_dir: Path, label: str) -> C
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume, weights_only=True)
     except UserError as err:  # e.g. the loss diverged: a result of the experiment, not a crash
         status = f"failed: {err}"
+    steps = cli.trainer.global_step
     # Testing restores the best checkpoint, callback states included: keep the recorder out of it.
     cli.trainer.callbacks.remove(recorder)
     callback = cli.trainer.checkpoint_callback
@@ -250,7 +251,7 @@ def train_cell(cell: Cell, fit_args: list[str], cell_dir: Path, label: str) -> C
         downsampling=cell.downsampling,
         seed=cell.seed,
         params=count_parameters(cli.model.model),
-        steps=cli.trainer.global_step,
+        steps=steps,
         epochs=len(epochs),
         train_loss_final=epochs[-1]["train_loss"] if epochs else math.nan,
         train_loss_best=min((e["train_loss"] for e in epochs), default=math.nan),

@@ -338,11 +338,12 @@ def plot_results(results: list[CellResult], out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    kinds = [shortcut for shortcut in (False, True) if any(r.shortcut == shortcut for r in results)]
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(5.4 * (len(kinds) + 1), 4.6))
     layers = sorted({r.layers for r in results})
     colours = {n: plt.cm.viridis(i / max(1, len(layers) - 1)) for i, n in enumerate(layers)}
     top = 0.0
-    for ax, shortcut in zip(axes[:2], (False, True)):
+    for ax, shortcut in zip(axes[:-1], kinds):
         for r in sorted(results, key=lambda r: r.layers):
             if r.shortcut != shortcut or not r.curve:
                 continue
@@ -357,9 +358,9 @@ def plot_results(results: list[CellResult], out_dir: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    for ax in axes[:2]:
+    for ax in axes[:-1]:
         ax.set_ylim(0, top * 1.05 if top > 0 else None)
-    ax = axes[2]
+    ax = axes[-1]
     for shortcut, marker in ((False, "s"), (True, "o")):
         by_depth: dict[int, list[float]] = {}
         for r in results:

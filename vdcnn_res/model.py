@@ -89,10 +89,11 @@ class BasicConvResBlock(nn.Module):
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: Tensor, pad_in: Tensor, pad_out: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)).mul(~pad_out))  # (B, C, L_out)
-        out = self.bn2(self.conv2(out)).mul(~pad_out)
+        keep = ~pad_out
+        out = F.relu(self.bn1(self.conv1(x)).mul(keep))  # (B, C, L_out)
+        out = self.bn2(self.conv2(out)).mul(keep)
         if self.shortcut:
-            identity = x if self.projection is None else self.projection(x).mul(~pad_out)
+            identity = x if self.projection is None else self.projection(x).mul(keep)
             out = out + identity
         return F.relu(out)
 
@@ -128,10 +129,11 @@ class PreActConvResBlock(nn.Module):
 
     def forward(self, x: Tensor, pad_in: Tensor, pad_out: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x).mul(~pad_in))  # (B, C_in, L_in)
-        out = F.relu(self.bn2(self.conv1(pre)).mul(~pad_out))  # (B, C, L_out)
-        out = self.conv2(out).mul(~pad_out)
+        keep = ~pad_out
+        out = F.relu(self.bn2(self.conv1(pre)).mul(keep))  # (B, C, L_out)
+        out = self.conv2(out).mul(keep)
         if self.shortcut:
-            identity = x if self.projection is None else self.projection(pre).mul(~pad_out)
+            identity = x if self.projection is None else self.projection(pre).mul(keep)
             out = out + identity
         return out
 
@@ -169,10 +171,11 @@ class BottleneckConvResBlock(nn.Module):
 
     def forward(self, x: Tensor, pad_in: Tensor, pad_out: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)).mul(~pad_in))  # (B, C/4, L_in)
-        out = F.relu(self.bn2(self.conv2(out)).mul(~pad_out))  # (B, C/4, L_out)
-        out = self.bn3(self.conv3(out)).mul(~pad_out)  # (B, C, L_out)
+        keep = ~pad_out
+        out = F.relu(self.bn2(self.conv2(out)).mul(keep))  # (B, C/4, L_out)
+        out = self.bn3(self.conv3(out)).mul(keep)  # (B, C, L_out)
         if self.shortcut:
-            identity = x if self.projection is None else self.projection(x).mul(~pad_out)
+            identity = x if self.projection is None else self.projection(x).mul(keep)
             out = out + identity
         return F.relu(out)
 
@@ -361,8 +364,9 @@ class VDCNN(nn.Module):
         """Token ids (B, L) [+ lengths (B,)] -> flattened k-max features (B, C * kmax)."""
         input_ids, lengths = self._prepare(input_ids, lengths)
         pad = padding_mask(lengths, input_ids.shape[1])  # (B, 1, L)
-        x = self.embedding(input_ids).transpose(1, 2).mul(~pad)  # (B, E, L)
-        x = self.stem(x).mul(~pad)  # (B, C0, L)
+        keep = ~pad
+        x = self.embedding(input_ids).transpose(1, 2).mul(keep)  # (B, E, L)
+        x = self.stem(x).mul(keep)  # (B, C0, L)
         for stage in self.stages:
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))
         if self.final_norm is not None:

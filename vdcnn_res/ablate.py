@@ -87,6 +87,7 @@ class CurveRecorder(pl.Callback):
         self.epochs: list[dict[str, float]] = []
         self.fit_seconds = 0.0
         self._epoch_loss: list[float] = []
+        self._val_acc = math.nan
         self._start = 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -129,7 +130,7 @@ class CurveRecorder(pl.Callback):
             "step": trainer.global_step,
             "train_loss": sum(self._epoch_loss) / max(1, len(self._epoch_loss)),
             "train_err": 100 * (1 - float(metrics["train/acc"])) if "train/acc" in metrics else math.nan,
-            "val_err": 100 * (1 - getattr(self, "_val_acc", math.nan)),
+            "val_err": 100 * (1 - self._val_acc),
         }
         self.epochs.append(row)
         print(
@@ -212,6 +213,11 @@ def _resume_path(cell_dir: Path) -> str | None:
     return str(last)
 
 
+def fit_command(fit_args: list[str]) -> str:
+    """The shell command that trains a cell: written to its folder and its results row."""
+    return "vdcnn-res fit " + shlex.join(fit_args)
+
+
 def train_cell(cell: Cell, fit_args: list[str], cell_dir: Path, label: str) -> CellResult:
     """Fit one cell (resuming its last.ckpt if any), test its best checkpoint, return its row."""
     cli = _cli(fit_args)
@@ -242,7 +248,6 @@ def train_cell(cell: Cell, fit_args: list[str], cell_dir: Path, label: str) -> C
             status = f"ok, not tested: {err}"
     epochs = recorder.epochs
     finite = [e for e in epochs if not math.isnan(e["val_err"])]
-    command = "vdcnn-res fit " + shlex.join(fit_args)
     return CellResult(
         cell=cell.name,
         layers=cell.layers,
@@ -262,7 +267,7 @@ def train_cell(cell: Cell, fit_args: list[str], cell_dir: Path, label: str) -> C
         test_err=test_err,
         fit_seconds=recorder.fit_seconds,
         status=status,
-        fit_args=command,
+        fit_args=fit_command(fit_args),
         curve=recorder.steps,
     )
 
@@ -428,7 +433,7 @@ def run_ablation(
         done = cell_dir / RESULT_FILE
         label = f"[{i}/{len(cells)}] {cell.name}"
         fit_args = cell.fit_args(base_args, budget, cell_dir)
-        _claim(cell_dir, "vdcnn-res fit " + shlex.join(fit_args))
+        _claim(cell_dir, fit_command(fit_args))
         if done.is_file():
             result = _load_result(done)
             print(f"{label}: done earlier (test error {_md_cell('test_err', result.test_err)} %), skipped", flush=True)

@@ -10,7 +10,7 @@ Training: samples/s over full optimizer steps (forward, loss, backward, AdamW st
 warm-up steps, median of several timed windows; peak memory is the process's resident-set
 high-water mark (VmHWM), reset before each configuration. Inference goes through the public
 `vdcnn_res.Predictor` (tokenization, batching and softmax included). Useful GFLOP/s counts
-only the FLOPs of the texts' real lengths (`vdcnn_res.flops`, training = 3x forward) and is
+only the FLOPs of the texts' real lengths (`vdcnn_res.model.flops`, training = 3x forward) and is
 set against the fp32 and bf16 matmul peaks measured at the start of the run.
 """
 
@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from vdcnn_res import Predictor, create_model
-from vdcnn_res.batching import PadCollator, TokenizedSplit
-from vdcnn_res.flops import forward_flops
-from vdcnn_res.sampler import LengthBucketBatchSampler
-from vdcnn_res.tokenizer import build_tokenizer, encode
+from vdcnn_res.data.batching import PadCollator, TokenizedSplit
+from vdcnn_res.model.flops import forward_flops
+from vdcnn_res.data.sampler import LengthBucketBatchSampler
+from vdcnn_res.data.tokenizer import build_tokenizer, encode
 
 DATA = Path(os.environ.get("VDCNN_BENCH_DATA", "/work/shared/data"))
 PAPER_LENGTH = 1024  # the paper pads/truncates every text to 1024 characters
@@ -211,7 +211,7 @@ def prepare_inference(
     """Raw texts -> probabilities through `Predictor.predict_proba` (tokenization included),
     one chunk of texts per call. `fixed=True` is the paper-style baseline: the same API with
     every text padded to 1024."""
-    import vdcnn_res.predict as predict_module
+    import vdcnn_res.inference.predictor as predict_module
 
     gc.collect()
     rss_before = _rss_mib()

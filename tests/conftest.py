@@ -22,3 +22,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """last.ckpt of a tiny 3-step run on the bundled sample (tests/fixtures/tiny.py), trained once."""
+    from fixtures.tiny import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Run from the repository root: configs name data/ paths relative to it."""
+    from fixtures.tiny import REPO
+
+    monkeypatch.chdir(REPO)
+
+
+class RunsCode:
+    """Unpickling this object opens (creates) `marker`: the payload of a malicious file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def malicious(tmp_path, ckpt):
+    """A real checkpoint with one extra entry whose unpickling would create `marker`."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    marker = tmp_path / "PWNED"
+    checkpoint["payload"] = RunsCode(str(marker))
+    path = tmp_path / "malicious.ckpt"
+    torch.save(checkpoint, path)
+    return path, marker

@@ -25,18 +25,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from tiny_checkpoint import QUIET, REPO, SAMPLE, TINY, tiny_checkpoint
+from conftest import RunsCode
+from fixtures.tiny import QUIET, REPO, SAMPLE, TINY
 
 from vdcnn_res import Predictor
-from vdcnn_res.checkpointing import AtomicCheckpointIO
+from vdcnn_res.training.checkpointing import AtomicCheckpointIO
 from vdcnn_res.cli import main
-from vdcnn_res.config import ModelConfig
+from vdcnn_res.model.config import ModelConfig
 from vdcnn_res.data import TextDataModule
 from vdcnn_res.errors import UserError
-from vdcnn_res.module import VDCNNClassifier
-from vdcnn_res.optim import OptimConfig
+from vdcnn_res.training.module import VDCNNClassifier
+from vdcnn_res.training.optim import OptimConfig
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread", "in_repo")  # tests/conftest.py
 
 SHORT = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
          "--trainer.max_epochs=1"]
@@ -51,15 +52,6 @@ ODD_TEXTS = {
     "right-to-left": "مرحبا بالعالم שלום עולם",
 }
 
-
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)  # the quick-start config names data/ paths relative to the repository root
 
 
 def cli(*args, capsys) -> tuple[int, list[str]]:
@@ -324,14 +316,6 @@ def test_run_killed_mid_epoch_resumes_to_the_planned_step_count(tmp_path, capsys
 # ----------------------------------------------------------------------------- untrusted files
 
 
-class _RunsCode:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickles_hidden_in_an_export_folder_are_never_read(ckpt, tmp_path, monkeypatch):
     """An exported folder is read as safetensors + JSON only: extra files (pickles named like
     PyTorch weights) are ignored, and nothing in the folder can run code."""
@@ -340,7 +324,7 @@ def test_pickles_hidden_in_an_export_folder_are_never_read(ckpt, tmp_path, monke
     marker = tmp_path / "PWNED"
     for name in ("pytorch_model.bin", "model.pt", "model.ckpt", "training_args.pkl", "optimizer.pt"):
         with open(out / name, "wb") as f:
-            pickle.dump(_RunsCode(str(marker)), f)
+            pickle.dump(RunsCode(str(marker)), f)
     config = json.loads((out / "config.json").read_text())
     config["architecture"]["__reduce__"] = "os.system"  # a key that is not a ModelConfig field
     (tmp_path / "tampered").mkdir()

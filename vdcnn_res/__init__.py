@@ -5,10 +5,8 @@
     predictor = Predictor.from_checkpoint("path/to/last.ckpt")        # trained with vdcnn-res fit
 """
 
-from vdcnn_res.config import VARIANTS, ModelConfig
 from vdcnn_res.errors import UserError
-from vdcnn_res.flops import model_summary
-from vdcnn_res.model import VDCNN, build_model, create_model, list_models
+from vdcnn_res.model import VARIANTS, VDCNN, ModelConfig, build_model, create_model, list_models, model_summary
 
 __version__ = "0.1.0"
 
@@ -29,7 +27,7 @@ def __getattr__(name: str):
     # The Predictor pulls in `datasets` and `tokenizers`; import it only when asked for, so
     # `import vdcnn_res` for the model alone stays a plain-PyTorch import.
     if name == "Predictor":
-        from vdcnn_res.predict import Predictor
+        from vdcnn_res.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'vdcnn_res' has no attribute {name!r}")

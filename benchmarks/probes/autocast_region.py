@@ -6,8 +6,8 @@ A one-off probe behind docs/performance.md ("Tried afterwards"); not part of the
 
 import csv, time, torch
 from vdcnn_res import create_model
-from vdcnn_res.tokenizer import build_tokenizer
-from vdcnn_res.batching import texts_to_batches
+from vdcnn_res.data.tokenizer import build_tokenizer
+from vdcnn_res.data.batching import texts_to_batches
 torch.set_num_threads(1)
 texts = [f"{t} {d}" for _, t, d in csv.reader(open("../shared/data/ag_news_7600/test.csv", newline=""))][:512]
 batches = list(texts_to_batches(build_tokenizer("char"), texts, max_length=1024, batch_size=64))

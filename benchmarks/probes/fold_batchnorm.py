@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from vdcnn_res import create_model
 from vdcnn_res.model import BasicConvResBlock
-from vdcnn_res.tokenizer import build_tokenizer
-from vdcnn_res.batching import texts_to_batches
+from vdcnn_res.data.tokenizer import build_tokenizer
+from vdcnn_res.data.batching import texts_to_batches
 torch.set_num_threads(1)
 def fold(model):
     m = copy.deepcopy(model).eval()
@@ -18,8 +18,8 @@ def fold(model):
         if isinstance(mod, BasicConvResBlock):
             for c, b in (("conv1", "bn1"), ("conv2", "bn2")):
                 setattr(mod, c, fuse_conv_bn_eval(getattr(mod, c), getattr(mod, b))); setattr(mod, b, nn.Identity())
-            if mod.projection is not None:
-                mod.projection = nn.Sequential(fuse_conv_bn_eval(mod.projection[0], mod.projection[1]))
+            if isinstance(mod.shortcut, nn.Sequential):  # a projection: 1x1 conv + BN
+                mod.shortcut = nn.Sequential(fuse_conv_bn_eval(mod.shortcut[0], mod.shortcut[1]))
     return m
 texts = [f"{t} {d}" for _, t, d in csv.reader(open("../shared/data/ag_news_7600/test.csv", newline=""))][:512]
 tok = build_tokenizer("char")

@@ -1,0 +1,115 @@
+"""The vdcnn-res command on the bundled sample: every subcommand, configs, errors, bf16."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fixtures.tiny import TINY  # a tiny network on the bundled sample: the CLI path, not accuracy
+from vdcnn_res.cli import main
+from vdcnn_res.model.config import VARIANTS
+
+from fixtures.tiny import REPO  # noqa: E402
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+PAPER_RECIPE = REPO / "configs" / "paper" / "recipe.yaml"
+
+SHORT = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
+         "--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false"]
+
+
+pytestmark = pytest.mark.usefixtures("in_repo")
+
+
+def run(*args: str) -> None:
+    main([str(a) for a in args])
+
+
+def _config_args(config: Path) -> list[Path | str]:
+    """Paper dataset files compose with the paper recipe; overlays go on the quick start."""
+    if config == PAPER_RECIPE:
+        return ["--config", config, "--config", config.parent / "ag_news.yaml"]
+    if config.parent == PAPER_RECIPE.parent:
+        return ["--config", PAPER_RECIPE, "--config", config]
+    if config.name == "gpu_ddp.yaml":
+        return ["--config", REPO / "configs" / "quickstart.yaml", "--config", config]
+    return ["--config", config]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
+def test_every_config_parses(config, capsys):
+    """Unknown keys, wrong types and bad choices in any shipped config fail here."""
+    with pytest.raises(SystemExit) as exit_:
+        run("fit", *_config_args(config), "--print_config")
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["train"] or printed["data"]["hub_dataset"], "no training data named"
+    assert printed["model"]["arch"]["depth"] in VARIANTS
+
+
+def test_configs_do_not_type_derived_values():
+    for config in CONFIGS:
+        text = config.read_text()
+        for derived in ("num_classes:", "vocab_size:", "padding_idx:", "label_names:"):
+            assert derived not in text, f"{config.name} types {derived} instead of linking it"
+
+
+@pytest.mark.slow
+def test_fit_validate_test_predict_and_resume(tmp_path, capsys):
+    root = ["--trainer.default_root_dir", tmp_path]
+    run("fit", *TINY, *SHORT, *root, "--trainer.max_epochs=1")
+    version = tmp_path / "lightning_logs" / "version_0"
+    assert (version / "config.yaml").exists()
+    ckpts = version / "checkpoints"
+    last = ckpts / "last.ckpt"
+    assert last.exists() and len(list(ckpts.glob("best-*.ckpt"))) == 1
+    assert "Best checkpoint (val/acc=" in capsys.readouterr().out
+
+    run("validate", *TINY, *SHORT, *root, "--ckpt_path", last)
+    run("test", *TINY, *SHORT, *root, "--ckpt_path", last)
+    out = capsys.readouterr().out
+    assert "Test error:" in out and "on 32 texts" in out
+    assert list(tmp_path.glob("lightning_logs/version_*/confusion_matrix_test.png"))
+    run("predict", *TINY, *SHORT, *root, "--ckpt_path", last, "--data.predict", "data/ag_news_sample/test.csv")
+
+    # Resume: a second epoch continues from the saved step count.
+    steps_before = torch.load(last, weights_only=True)["global_step"]
+    run("fit", *TINY, *SHORT, *root, "--trainer.max_epochs=2", "--ckpt_path", last)
+    resumed = sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1]
+    assert torch.load(resumed, weights_only=True)["global_step"] == steps_before + 3
+
+
+@pytest.mark.slow
+def test_bf16_mixed_on_cpu(tmp_path):
+    run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_epochs=1",
+        "--trainer.precision=bf16-mixed")
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--data.train", "no/such/train.csv"], "no/such/train.csv"),
+        (["--model.arch.depth=10"], "depth"),
+        (["--model.optim.lr=-1"], "optim.lr"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(args, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, *args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vdcnn-res: error:") and words in err[-1]
+    assert not any(line.startswith("Traceback") for line in err)
+
+
+@pytest.mark.slow
+def test_early_stopping_from_the_command_line(tmp_path):
+    """The README's early-stopping flags stop the run (threshold 0: after the first validation)."""
+    run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_epochs=5",
+        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/acc",
+        "--trainer.callbacks.mode=max", "--trainer.callbacks.stopping_threshold=0.0")
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0

@@ -1,0 +1,212 @@
+"""Predictor: raw texts in, labels and probabilities out, in input order; safe checkpoint loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures.tiny import LABELS, QUIET, REPO, TINY, sample_texts
+from vdcnn_res import Predictor
+from vdcnn_res.cli import main
+from vdcnn_res.errors import MissingFileError, UserError
+from vdcnn_res.model import create_model
+from vdcnn_res.data.tokenizer import build_tokenizer
+
+MAX_LENGTH = 96
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    """Known weights (seeded init, randomised BatchNorm statistics, a small output layer), char tokenizer."""
+    torch.manual_seed(0)
+    model = create_model("vdcnn9", num_classes=4, channels=(8, 8, 16, 16), hidden_size=16)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        model.head.fc.weight.mul_(0.01)  # keep the probabilities away from 0 and 1, where texts would look alike
+    return Predictor(model, build_tokenizer("char"), LABELS, max_length=MAX_LENGTH, bf16=False)  # exact fp32
+
+
+MIXED = [
+    "Stocks rallied.",
+    "",
+    "   \t\n ",
+    "The striker scored twice as the home team won the final. " * 4,
+    "日本語のニュース — café, naïve, emoji 🚀",
+    "x" * 100_000,
+    "Rebels and troops agreed to a ceasefire.",
+]
+
+
+def test_one_string_gives_one_result_a_list_gives_a_list(predictor):
+    one = predictor.predict("Stocks rallied after the Fed decision.", top_k=3)
+    assert set(one) == {"label", "probability", "top_k"}
+    assert one["label"] in LABELS and one["top_k"][0] == (one["label"], one["probability"])
+    probs = [p for _, p in one["top_k"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+    many = predictor.predict(["a", "b"])
+    assert isinstance(many, list) and len(many) == 2 and all(len(r["top_k"]) == 1 for r in many)
+    assert predictor.predict([]) == []
+    assert predictor.predict_proba([]).shape == (0, 4)
+
+
+def test_results_come_back_in_input_order_whatever_the_batching(predictor):
+    # Batches are sorted by length internally; every text's row must still be its own.
+    alone = np.stack([predictor.predict_proba(t)[0] for t in MIXED])
+    for batch_size in (1, 3, 64):
+        np.testing.assert_allclose(predictor.predict_proba(MIXED, batch_size=batch_size), alone, atol=1e-5)
+    reversed_probs = predictor.predict_proba(MIXED[::-1])
+    np.testing.assert_allclose(reversed_probs[::-1], alone, atol=1e-5)
+    assert len({tuple(np.round(row, 4)) for row in alone}) > 3  # the texts really differ
+
+
+def test_every_text_gets_a_prediction_long_ones_truncated(predictor):
+    probs = predictor.predict_proba(MIXED)
+    assert probs.shape == (len(MIXED), 4) and probs.dtype == np.float32
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # A very long text is cut to the model's max_length: same prediction as its first MAX_LENGTH characters.
+    long = "Markets " * 50_000
+    np.testing.assert_allclose(predictor.predict_proba(long), predictor.predict_proba(long[:MAX_LENGTH]), atol=1e-6)
+    assert not np.allclose(predictor.predict_proba(long), predictor.predict_proba(long[: MAX_LENGTH // 2]), atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [None, 5, b"bytes", {"text": "a"}, ["fine", None], ["fine", 3.0], [b"bytes"]])
+def test_wrong_input_types_raise_type_error(predictor, bad):
+    with pytest.raises(TypeError, match="string"):
+        predictor.predict(bad)
+    with pytest.raises(TypeError, match="string"):
+        predictor.predict_proba(bad)
+
+
+def test_other_iterables_of_strings_are_accepted(predictor):
+    expected = predictor.predict_proba(["a b", "c"])
+    np.testing.assert_allclose(predictor.predict_proba(("a b", "c")), expected)
+    np.testing.assert_allclose(predictor.predict_proba(np.array(["a b", "c"])), expected)
+
+
+@pytest.mark.parametrize("kwargs", [{"top_k": 0}, {"top_k": 5}, {"top_k": True}, {"batch_size": 0}])
+def test_bad_settings_are_user_errors(predictor, kwargs):
+    with pytest.raises(UserError, match="top_k|batch_size"):
+        predictor.predict(["a"], **kwargs)
+
+
+def test_runs_in_eval_mode_and_leaves_batchnorm_statistics_alone(predictor):
+    predictor.model.train()
+    before = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    fresh = Predictor(predictor.model, predictor.tokenizer, LABELS, max_length=MAX_LENGTH)
+    assert not fresh.model.training
+    fresh.predict_proba(MIXED)
+    after = predictor.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bf16_on_cpu_is_close_to_fp32(predictor):
+    texts, _ = sample_texts(n=32)
+    fp32 = predictor.predict_proba(texts)
+    bf16 = Predictor(predictor.model, predictor.tokenizer, LABELS, max_length=MAX_LENGTH, bf16=True).predict_proba(texts)
+    assert not np.array_equal(bf16, fp32)  # autocast really ran
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
+
+
+def test_bf16_is_the_default_exactly_where_the_device_has_native_bf16(predictor, monkeypatch):
+    from vdcnn_res.inference import predictor as predict_module
+
+    for native in (True, False):
+        monkeypatch.setattr(predict_module, "native_bf16", lambda device, native=native: native)
+        assert Predictor(predictor.model, predictor.tokenizer, LABELS).bf16 is native
+        assert Predictor(predictor.model, predictor.tokenizer, LABELS, bf16=not native).bf16 is (not native)
+    monkeypatch.undo()
+    assert predict_module.native_bf16(torch.device("meta")) is False
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    assert predict_module.native_bf16(torch.device("cpu")) == any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def test_device_is_selectable_and_checked(predictor):
+    assert Predictor(predictor.model, predictor.tokenizer, LABELS, device="cpu").device.type == "cpu"
+    with pytest.raises(UserError, match="device"):
+        Predictor(predictor.model, predictor.tokenizer, LABELS, device="no-such-device")
+
+
+def test_label_count_must_match_the_model(predictor):
+    with pytest.raises(UserError, match="3 label names"):
+        Predictor(predictor.model, predictor.tokenizer, LABELS[:3])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_from_checkpoint_reads_model_tokenizer_labels_and_max_length(ckpt):
+    p = Predictor.from_checkpoint(ckpt)
+    assert p.label_names == LABELS and p.max_length == 128
+    assert p.model.config.channels == (8, 8, 16, 16) and not p.model.training
+    texts, _ = sample_texts(n=20)
+    results = p.predict(texts, top_k=4)
+    assert [sorted(lbl for lbl, _ in r["top_k"]) for r in results] == [sorted(LABELS)] * 20
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path, ckpt):
+    with pytest.raises(MissingFileError, match="does not exist"):
+        Predictor.from_checkpoint(tmp_path / "nope.ckpt")
+    with pytest.raises(MissingFileError, match="from_pretrained"):
+        Predictor.from_checkpoint(tmp_path)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        Predictor.from_checkpoint(garbage)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(UserError, match="not a vdcnn-res checkpoint"):
+        Predictor.from_checkpoint(other)
+    # Weights that do not fit the stored architecture: a clear message, not a load_state_dict trace.
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["arch"]["hidden_size"] = 32
+    resized = tmp_path / "resized.ckpt"
+    torch.save(checkpoint, resized)
+    with pytest.raises(UserError, match="do not match the architecture.*shape mismatch"):
+        Predictor.from_checkpoint(resized)
+
+
+def test_malicious_checkpoint_is_refused_by_the_predictor(malicious):
+    path, marker = malicious
+    with pytest.raises(UserError, match="refusing to load checkpoint .*pickled Python objects"):
+        Predictor.from_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_malicious_checkpoint_is_refused_by_the_cli(malicious, subcommand, tmp_path, capsys):
+    path, marker = malicious
+    with pytest.raises(SystemExit) as exit_:
+        main([subcommand, *TINY, *QUIET, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(path),
+              "--data.predict", "data/ag_news_sample/test.csv"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vdcnn-res: error: refusing to load checkpoint") and "pickled" in err[-1], err
+    assert not any(line.startswith("Traceback") for line in err)
+    assert not marker.exists()
+
+
+def test_cli_tells_lightning_weights_only_even_if_the_environment_says_otherwise(malicious, tmp_path, monkeypatch):
+    """Second line of defence: with our pre-check and LightningCLI's own hparams read switched off,
+    and torch's default flipped by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, Lightning's load must still refuse."""
+    from pytorch_lightning.cli import LightningCLI
+
+    from vdcnn_res.cli import lightning
+
+    path, marker = malicious
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.setattr(lightning, "load_checkpoint_safely", lambda path: None)
+    monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", lambda self: None)
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl|global"):
+        main(["predict", *TINY, *QUIET, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(path),
+              "--data.predict", "data/ag_news_sample/test.csv", "--trainer.logger=false"])
+    assert not marker.exists()

@@ -1,0 +1,110 @@
+"""ModelConfig: defaults, variants table, validation messages, JSON round-trip."""
+
+import dataclasses
+import json
+
+import pytest
+
+from vdcnn_res.model.config import VARIANTS, ModelConfig
+
+
+def test_defaults_are_the_papers_depth9():
+    c = ModelConfig()
+    assert c.layout == (1, 1, 1, 1)
+    assert c.channels == (64, 128, 256, 512)
+    assert (c.block, c.shortcut, c.downsampling, c.kmax) == ("basic", True, "maxpool", 8)
+    assert c.min_length == 64
+    assert c.num_features == 4096
+
+
+@pytest.mark.parametrize("depth", sorted(VARIANTS))
+def test_variant_depth_counts_convs(depth):
+    # Two k=3 convs per block plus the stem conv (Table 2 of the paper).
+    layout = ModelConfig(depth=depth).layout
+    assert 2 * sum(layout) + 1 == depth
+
+
+def test_variants_table_is_the_paper():
+    assert VARIANTS == {9: (1, 1, 1, 1), 17: (2, 2, 2, 2), 29: (5, 5, 2, 2), 49: (8, 8, 5, 3)}
+
+
+def test_custom_layout_overrides_depth():
+    c = ModelConfig(depth=49, blocks_per_stage=[3, 1], channels=[16, 32])
+    assert c.layout == (3, 1)
+    assert c.channels == (16, 32)
+    assert isinstance(c.blocks_per_stage, tuple) and isinstance(c.channels, tuple)
+    assert c.min_length == 8 * 2
+
+
+@pytest.mark.parametrize("kmax,channels,expected", [(8, (1, 1, 1, 1), 64), (4, (2, 2, 2), 16), (3, (5,), 3)])
+def test_min_length(kmax, channels, expected):
+    c = ModelConfig(kmax=kmax, channels=channels, blocks_per_stage=(1,) * len(channels))
+    assert c.min_length == expected
+
+
+@pytest.mark.parametrize(
+    "length,expected",
+    [
+        (1024, [1024, 512, 256, 128]),
+        (1001, [1001, 501, 251, 126]),
+        (65, [65, 33, 17, 9]),
+        (10, [64, 32, 16, 8]),  # shorter than min_length = 64
+    ],
+)
+def test_stage_lengths_round_up(length, expected):
+    assert ModelConfig().stage_lengths(length) == expected
+
+
+def test_roundtrip_asdict_and_json():
+    c = ModelConfig(
+        num_classes=7,
+        blocks_per_stage=(2, 1, 3),
+        channels=(8, 16, 32),
+        block="bottleneck",
+        downsampling="kmax",
+        dropout=0.1,
+        zero_init_residual=True,
+    )
+    assert ModelConfig(**dataclasses.asdict(c)) == c
+    # JSON turns tuples into lists; __post_init__ turns them back.
+    assert ModelConfig(**json.loads(json.dumps(dataclasses.asdict(c)))) == c
+    d = ModelConfig()
+    assert ModelConfig(**json.loads(json.dumps(dataclasses.asdict(d)))) == d
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"depth": 11}, r"unknown depth 11; valid choices: \[9, 17, 29, 49\]"),
+        ({"depth": 18}, r"valid choices: \[9, 17, 29, 49\]"),
+        ({"blocks_per_stage": ()}, "at least one stage"),
+        ({"blocks_per_stage": (1, 0, 1, 1)}, "positive ints"),
+        ({"blocks_per_stage": (1, -2, 1, 1)}, "positive ints"),
+        ({"blocks_per_stage": (1, 1.5, 1, 1)}, "positive ints"),
+        ({"blocks_per_stage": (1, True, 1, 1)}, "positive ints"),
+        ({"blocks_per_stage": "1111"}, "sequence of positive ints"),
+        ({"blocks_per_stage": (1, 1, 1)}, "one entry per stage"),
+        ({"channels": (64, 128)}, "one entry per stage"),
+        ({"channels": ()}, "at least one stage"),
+        ({"channels": (64, 0, 256, 512)}, "positive ints"),
+        ({"block": "dense"}, r"unknown block 'dense'; valid choices: \['basic', 'preact', 'bottleneck'\]"),
+        ({"downsampling": "avg"}, r"valid choices: \['conv', 'maxpool', 'kmax'\]"),
+        ({"num_classes": 1}, "num_classes must be >= 2"),
+        ({"vocab_size": 5, "padding_idx": 5}, "vocab_size > padding_idx >= 0"),
+        ({"padding_idx": -1}, "vocab_size > padding_idx >= 0"),
+        ({"kmax": 0}, "kmax must be >= 1"),
+        ({"hidden_size": 0}, "hidden_size must be >= 1"),
+        ({"embedding_dim": 0}, "embedding_dim must be >= 1"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+        ({"zero_init_residual": True, "shortcut": False}, "zero_init_residual=True needs shortcut=True"),
+    ],
+)
+def test_invalid_configs_raise_clear_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_unknown_depth_is_fine_with_a_custom_layout():
+    # depth is only a key into VARIANTS; a custom layout makes it irrelevant.
+    assert ModelConfig(depth=11, blocks_per_stage=(1, 1, 1, 1)).layout == (1, 1, 1, 1)

@@ -1,0 +1,100 @@
+"""vdcnn_res.training.checkpointing: write-then-rename saves, a last.ckpt that is the last state, `--ckpt_path last`."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from test_module import _Batches, _module
+from fixtures.tiny import QUIET, REPO, TINY
+from vdcnn_res.training import checkpointing
+from vdcnn_res.training.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast, atomic_torch_save
+from vdcnn_res.cli.lightning import VDCNNCLI, _resolve_last
+from vdcnn_res.data import TextDataModule
+from vdcnn_res.errors import UserError
+from vdcnn_res.training.module import VDCNNClassifier
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+class _HalfWriter:
+    """A file that takes half of the bytes, then fails (a full disk or a kill in the middle of the write)."""
+
+    def __init__(self, path, mode, error):
+        self.f = open(path, mode)
+        self.error = error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        data = bytes(data)
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise self.error
+
+    def fileno(self):
+        return self.f.fileno()
+
+    def flush(self):
+        self.f.flush()
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_write_failing_midway_leaves_the_previous_file_intact(tmp_path, monkeypatch, error):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"global_step": 1, "w": torch.ones(1000)}, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpointing, "open", lambda p, m: _HalfWriter(p, m, error), raising=False)
+    with pytest.raises(type(error)):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2, "w": torch.zeros(1000)}, path)
+    assert path.read_bytes() == before
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the partial temporary file is gone
+    monkeypatch.undo()
+    AtomicCheckpointIO().save_checkpoint({"global_step": 2}, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 2
+
+
+def test_last_ckpt_is_the_last_state_even_without_improvement(tmp_path):
+    """Lightning 2.6 writes last.ckpt only with a new top-k checkpoint; ours writes it at every validation."""
+    steps = {}
+    for cls in (ModelCheckpoint, ModelCheckpointWithLast):
+        # monitor "epoch" with mode "min": only the first epoch is ever "best"
+        callback = cls(dirpath=tmp_path / cls.__name__, monitor="epoch", mode="min", save_last=True)
+        trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[callback], plugins=[AtomicCheckpointIO()])
+        trainer.fit(_module(), datamodule=_Batches())
+        assert trainer.global_step == 9
+        steps[cls.__name__] = torch.load(callback.last_model_path, weights_only=True)["global_step"]
+        assert torch.load(callback.best_model_path, weights_only=True)["global_step"] == 3
+    assert steps == {"ModelCheckpoint": 3, "ModelCheckpointWithLast": 9}  # the first documents Lightning 2.6
+
+
+def test_the_cli_trainer_saves_atomically_and_keeps_last(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cli = VDCNNCLI(VDCNNClassifier, TextDataModule, run=False, auto_configure_optimizers=False,
+                   args=[*TINY, *QUIET, "--trainer.default_root_dir", str(tmp_path)])
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    assert type(cli.trainer.checkpoint_callback) is ModelCheckpointWithLast
+
+
+def test_ckpt_path_last_finds_the_newest_last_ckpt_of_earlier_runs(tmp_path):
+    with pytest.raises(UserError, match="no last.ckpt under"):
+        _resolve_last(str(tmp_path))
+    paths = [tmp_path / "lightning_logs" / f"version_{v}" / "checkpoints" / "last.ckpt" for v in (0, 1, 10)]
+    paths.append(tmp_path / "checkpoints" / "last.ckpt")  # --trainer.logger=false layout
+    now = time.time()
+    for age, path in zip((30, 10, 20, 40), paths):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        os.utime(path, (now - age, now - age))
+    assert _resolve_last(str(tmp_path)) == str(paths[1])  # newest, not the highest version number

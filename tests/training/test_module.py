@@ -1,0 +1,123 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from vdcnn_res.model.config import ModelConfig
+from vdcnn_res.training.module import VDCNNClassifier
+from vdcnn_res.training.optim import OptimConfig
+
+TINY = dict(num_classes=3, vocab_size=20, channels=(8, 8, 16, 16), hidden_size=16)
+
+
+def _batch(n: int = 12, length: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(10, length + 1, (n,), generator=g)
+    ids = torch.randint(2, 20, (n, length), generator=g)
+    ids[torch.arange(length)[None, :] >= lengths[:, None]] = 0
+    return {"input_ids": ids, "lengths": lengths, "labels": torch.arange(n) % 3, "index": torch.arange(n)}
+
+
+def _module(**kwargs) -> VDCNNClassifier:
+    return VDCNNClassifier(arch=ModelConfig(**TINY), **kwargs)
+
+
+def test_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    module = _module(optim=OptimConfig(name="adamw", lr=3e-3, schedule="constant"), label_smoothing=0.0)
+    batch = _batch()
+    opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = module._loss(module(batch["input_ids"], batch["lengths"]), batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_hparams_are_plain_data_and_rebuild_the_module():
+    module = _module(label_names=["a", "b", "c"], label_smoothing=0.1)
+    hp = dict(module.hparams)
+    assert isinstance(hp["arch"], dict) and isinstance(hp["optim"], dict)
+    again = VDCNNClassifier(**hp)
+    assert again.arch == module.arch and again.label_names == ["a", "b", "c"]
+
+
+def test_label_names_must_match_num_classes():
+    with pytest.raises(ValueError, match="label names"):
+        _module(label_names=["a", "b"])
+
+
+def test_label_smoothing_is_checked():
+    with pytest.raises(ValueError, match="label_smoothing"):
+        _module(label_smoothing=1.0)
+
+
+def test_default_label_names_are_indices():
+    assert _module().label_names == ["0", "1", "2"]
+
+
+def test_predict_step_returns_probabilities_in_label_order():
+    module = _module().eval()
+    out = module.predict_step(_batch(), 0)
+    assert out["probs"].shape == (12, 3)
+    torch.testing.assert_close(out["probs"].sum(-1), torch.ones(12))
+    assert torch.equal(out["index"], torch.arange(12))
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [("num_classes", 5, "num_classes=3"), ("vocab_size", 30, "vocab_size=20")],
+)
+def test_refuses_checkpoint_of_another_vocabulary_or_class_count(field, value, words):
+    saved = _module()
+    checkpoint = {"hyper_parameters": dict(saved.hparams)}
+    checkpoint["hyper_parameters"]["arch"] = {**saved.hparams["arch"], field: value}
+    with pytest.raises(ValueError, match=words):
+        _module().on_load_checkpoint(checkpoint)
+
+
+def test_refuses_checkpoint_of_other_labels():
+    module = _module(label_names=["a", "b", "c"])
+    other_labels = {"hyper_parameters": {**module.hparams, "label_names": ["x", "y", "z"]}}
+    with pytest.raises(ValueError, match="labels"):
+        module.on_load_checkpoint(other_labels)
+    module.on_load_checkpoint({"hyper_parameters": dict(module.hparams)})  # same labels: fine
+
+
+class _Batches(pl.LightningDataModule):
+    def __init__(self):
+        super().__init__()
+        self.batches = [_batch(seed=i) for i in range(3)]
+
+    def train_dataloader(self):
+        return DataLoader(self.batches, batch_size=None)
+
+    def val_dataloader(self):
+        return DataLoader(self.batches[:1], batch_size=None)
+
+    def test_dataloader(self):
+        return DataLoader(self.batches, batch_size=None)
+
+
+def test_fit_and_test_write_checkpoint_and_confusion_matrix(tmp_path, capsys):
+    trainer = pl.Trainer(max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False,
+                         enable_model_summary=False, log_every_n_steps=1)
+    module = _module(optim=OptimConfig(name="adamw", lr=1e-3, schedule="cosine", warmup_fraction=0.2),
+                     label_names=["x", "y", "z"])
+    trainer.fit(module, datamodule=_Batches())
+    ckpt = trainer.checkpoint_callback.best_model_path
+    loaded = torch.load(ckpt, weights_only=True)  # no pickled classes inside
+    assert loaded["hyper_parameters"]["label_names"] == ["x", "y", "z"]
+    restored = VDCNNClassifier.load_from_checkpoint(ckpt, weights_only=True)
+    torch.testing.assert_close(restored.model.state_dict(), module.model.state_dict())
+
+    trainer.test(module, datamodule=_Batches())
+    out = capsys.readouterr().out
+    assert "Test error:" in out and "on 36 texts" in out
+    assert (tmp_path / "lightning_logs" / "version_0" / "confusion_matrix_test.png").exists()
+    metrics = trainer.callback_metrics
+    assert metrics["test/error_pct"] == pytest.approx(100 * (1 - metrics["test/acc"].item()), abs=1e-3)
+    assert {"test/f1/x", "test/f1/y", "test/f1/z", "test/f1_macro"} <= set(metrics)

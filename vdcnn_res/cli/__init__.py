@@ -1,0 +1,39 @@
+"""The `vdcnn-res` command line: a table of subcommands over the LightningCLI.
+
+    vdcnn-res fit|validate|test|predict ...   LightningCLI (cli/lightning.py): the config schema
+    vdcnn-res export ...                      safe model files and ONNX, no Trainer (cli/export.py)
+    vdcnn-res ablate ...                      depth x shortcut grids of fits (cli/ablate/)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from vdcnn_res.errors import UserError
+
+__all__ = ["SUBCOMMANDS", "main"]
+
+# Subcommands with their own small parsers: module whose main(argv) runs them.
+SUBCOMMANDS = {
+    "export": "vdcnn_res.cli.export",
+    "ablate": "vdcnn_res.cli.ablate",
+}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point. User errors print one line and exit 2 (VDCNN_RES_DEBUG=1 shows the trace)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+            return
+        from vdcnn_res.cli.lightning import build_cli
+
+        build_cli(args)
+    except UserError as err:
+        if os.environ.get("VDCNN_RES_DEBUG"):
+            raise
+        print(f"vdcnn-res: error: {err}", file=sys.stderr)
+        sys.exit(2)

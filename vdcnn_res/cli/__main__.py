@@ -1,0 +1,3 @@
+from vdcnn_res.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""`vdcnn-res ablate`: a depth x shortcut (x downsampling x seed) grid of fits: grid, run, report."""
+
+from vdcnn_res.cli.ablate.run import main, run_ablation, train_cell
+
+__all__ = ["main", "run_ablation", "train_cell"]

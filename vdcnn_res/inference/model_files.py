@@ -1,0 +1,262 @@
+"""Model files, the only loader: safe checkpoint reading and the exported directory format.
+
+An exported model is a directory that loads without unpickling anything:
+
+    model.safetensors   the VDCNN weights (safetensors: raw tensors and a JSON header)
+    config.json         {"format_version", "architecture" (= asdict(ModelConfig)),
+                         "label_names", "max_length"}, validated strictly on load
+    tokenizer.json      the `tokenizers` tokenizer used in training
+    model.onnx          optional, written by `vdcnn-res export --onnx` (see onnx.py)
+
+Lightning checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data
+only, so a checkpoint cannot run code while it is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from vdcnn_res.data.tokenizer import load_tokenizer
+from vdcnn_res.errors import MissingFileError, UserError
+from vdcnn_res.model import VDCNN, ModelConfig, build_model, upgrade_state_dict
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "ONNX_FILE",
+    "TOKENIZER_FILE",
+    "WEIGHTS_FILE",
+    "LoadedModel",
+    "load_checkpoint_safely",
+    "read_checkpoint",
+    "read_pretrained",
+    "write_pretrained",
+]
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+ONNX_FILE = "model.onnx"
+_CONFIG_KEYS = ("format_version", "architecture", "label_names", "max_length")
+_DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state_dict() in a checkpoint
+
+
+@dataclass
+class LoadedModel:
+    """Everything a Predictor needs, read from a checkpoint or an exported directory."""
+
+    model: VDCNN
+    tokenizer: Tokenizer
+    label_names: list[str]
+    max_length: int
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _architecture(arch: Any, where: str) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(arch, strict=True)
+    except UserError as err:  # say which file
+        raise UserError(f"{where}: {err}") from None
+
+
+def _label_names(names: Any, config: ModelConfig, where: str) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{where}: label_names must be a list of strings, got {names!r:.100}")
+    if len(names) != config.num_classes:
+        raise UserError(
+            f"{where}: {len(names)} label names for architecture.num_classes={config.num_classes}; "
+            "list exactly one name per class"
+        )
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: label_names must be distinct, got {names}")
+    return list(names)
+
+
+def _max_length(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{where}: max_length must be a positive int, got {value!r}")
+    return value
+
+
+def _load_weights(model: VDCNN, weights: dict[str, Tensor], where: str) -> VDCNN:
+    """Load weights after checking names and shapes against the model the config describes."""
+    weights = upgrade_state_dict(weights)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    problems = []
+    missing = sorted(expected.keys() - got.keys())
+    unexpected = sorted(got.keys() - expected.keys())
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    wrong = [f"{k}: {got[k]} in the file, {expected[k]} from the config" for k in expected if k in got and got[k] != expected[k]]
+    if wrong:
+        problems.append("shape mismatch " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
+    if problems:
+        raise UserError(
+            f"{where}: the weights do not match the architecture ({', '.join(problems)}); "
+            "the files must come from one export of one model"
+        )
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _tokenizer(tokenizer: Tokenizer, config: ModelConfig, where: str) -> Tokenizer:
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise UserError(
+            f"{where}: the tokenizer has {tokenizer.get_vocab_size()} ids but architecture.vocab_size is "
+            f"{config.vocab_size}; use the tokenizer the model was trained with"
+        )
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def load_checkpoint_safely(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a local file; pickled code is refused with a UserError.
+
+    weights_only unpickles only tensors and plain containers/numbers/strings; a global such
+    as ``os.system`` in the file stops loading before anything is called.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MissingFileError(
+            f"checkpoint {str(path)!r} is a folder; give a .ckpt file (an exported folder loads with Predictor.from_pretrained)"
+        )
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {str(path)!r} does not exist; pass the path of a .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ... all mean "refuse"
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found or re.search(r"Unsupported (global|class)", str(err)):
+            what = f" (it references {found.group(1)!r})" if found else ""
+            raise UserError(
+                f"refusing to load checkpoint {str(path)!r}: it holds pickled Python objects{what} that could run "
+                "code when loaded; only checkpoints of plain tensors and data are loaded (torch.load weights_only=True). "
+                "Use a checkpoint written by `vdcnn-res fit`, or an exported folder (`vdcnn-res export`)"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(err)) or re.search(r"(.+)", str(err))
+        raise UserError(
+            f"cannot read checkpoint {str(path)!r} ({type(err).__name__}: {detail.group(1)[:200] if detail else ''}); "
+            "it may be truncated, corrupted or not a PyTorch checkpoint"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{str(path)!r} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
+    """Model, tokenizer, label names and max_length from a checkpoint written by `vdcnn-res fit`."""
+    checkpoint = load_checkpoint_safely(path)
+    where = f"checkpoint {str(path)!r}"
+    hparams = checkpoint.get("hyper_parameters")
+    data_state = checkpoint.get(_DATA_STATE_KEY)
+    if not isinstance(hparams, dict) or "arch" not in hparams or not isinstance(data_state, dict) or "tokenizer" not in data_state:
+        raise UserError(f"{where} is not a vdcnn-res checkpoint (no model config or tokenizer inside); train with `vdcnn-res fit`")
+    config = _architecture(hparams["arch"], where)
+    # Label names live in the model's hparams; vdcnn-res 0.1.0 also kept a copy in the data state.
+    names = hparams.get("label_names") or data_state.get("label_names") or [str(i) for i in range(config.num_classes)]
+    labels = _label_names(names, config, where)
+    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    max_length = _max_length(data_hparams.get("max_length", 1024), where)
+    try:
+        tokenizer = load_tokenizer(data_state["tokenizer"])
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        raise UserError(f"{where}: its tokenizer cannot be read ({err})") from None
+    state = checkpoint.get("state_dict") or {}
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    model = _load_weights(build_model(config), weights, where)
+    return LoadedModel(model, _tokenizer(tokenizer, config, where), labels, max_length)
+
+
+# ----------------------------------------------------------------------------- exported folder
+
+
+def write_pretrained(
+    out_dir: str | os.PathLike[str],
+    model: VDCNN,
+    tokenizer: Tokenizer,
+    label_names: list[str],
+    max_length: int,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write model.safetensors, config.json and tokenizer.json into ``out_dir``; returns the paths."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    paths = [out / WEIGHTS_FILE, out / CONFIG_FILE, out / TOKENIZER_FILE]
+    existing = [p.name for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{str(out)!r} already holds {existing}; choose another --out_dir or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "architecture": asdict(model.config),
+        "label_names": list(label_names),
+        "max_length": int(max_length),
+    }
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, paths[0], metadata={"format": "pt", "vdcnn_res_format_version": str(FORMAT_VERSION)})
+    paths[1].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tokenizer.save(str(paths[2]))
+    return paths
+
+
+def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
+    """Read an exported folder: JSON and safetensors only, nothing unpickled; validated strictly."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not d.is_dir():
+        hint = " (a .ckpt file loads with Predictor.from_checkpoint)" if d.is_file() else ""
+        raise MissingFileError(f"{str(d)!r} is not a folder{hint}; give the --out_dir of `vdcnn-res export`")
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (d / name).is_file():
+            raise MissingFileError(f"{str(d)!r} has no {name}; export the model again with `vdcnn-res export`")
+    where = str(d / CONFIG_FILE)
+    try:
+        raw = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{where} is not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must hold a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_CONFIG_KEYS))
+    missing = [k for k in _CONFIG_KEYS if k not in raw]
+    if unknown or missing:
+        problem = "; ".join(filter(None, [unknown and f"unknown key(s) {unknown}", missing and f"missing {missing}"]))
+        raise UserError(f"{where}: {problem}; the file holds exactly {list(_CONFIG_KEYS)}")
+    version = raw["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"{where}: format_version must be a positive int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{where}: format_version {version} is newer than this vdcnn-res reads ({FORMAT_VERSION}); upgrade vdcnn-res"
+        )
+    config = _architecture(raw["architecture"], where)
+    labels = _label_names(raw["label_names"], config, where)
+    max_length = _max_length(raw["max_length"], where)
+    try:
+        tokenizer = load_tokenizer(str(d / TOKENIZER_FILE))
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        raise UserError(f"{d / TOKENIZER_FILE} cannot be read as a tokenizer ({err})") from None
+    try:
+        weights = load_file(d / WEIGHTS_FILE)
+    except Exception as err:  # noqa: BLE001 - SafetensorError and OSError
+        raise UserError(f"{d / WEIGHTS_FILE} cannot be read as safetensors ({err}); export the model again") from None
+    model = _load_weights(build_model(config), weights, str(d))
+    return LoadedModel(model, _tokenizer(tokenizer, config, str(d / TOKENIZER_FILE)), labels, max_length)

@@ -1,0 +1,154 @@
+"""Prediction from Python without a Trainer.
+
+    from vdcnn_res import Predictor
+    predictor = Predictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
+    predictor.predict("Stocks rallied after the Fed decision.", top_k=2)
+    # {"label": "Business", "probability": 0.91, "top_k": [("Business", 0.91), ("World", 0.05)]}
+    predictor.save_pretrained("exports/agnews")     # safetensors + JSON, no pickle
+    Predictor.from_pretrained("exports/agnews").predict_proba(["...", "..."])  # (2, n_classes)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from vdcnn_res.data.batching import texts_to_batches
+from vdcnn_res.errors import UserError
+from vdcnn_res.inference.model_files import LoadedModel, read_checkpoint, read_pretrained, write_pretrained
+from vdcnn_res.model import VDCNN
+
+__all__ = ["Prediction", "Predictor"]
+
+Prediction = dict[str, Any]  # {"label": str, "probability": float, "top_k": [(label, probability), ...]}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (else bf16 autocast is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # Linux reports the x86 extensions that have bf16 dot products; elsewhere assume none
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+class Predictor:
+    """A trained classifier with its tokenizer and label names, ready for raw texts.
+
+    Texts are encoded exactly as in training (truncated to ``max_length``), sorted by length
+    into batches (each padded only to its own longest text, so short texts cost little) and
+    returned in input order. The model runs in eval and inference mode, under bfloat16 autocast
+    where the device computes bf16 natively (``bf16=None``, the default: CUDA GPUs with bf16,
+    CPUs with AVX512-BF16 or AMX; its speed-up is measured in docs/performance.md).
+    Probabilities then differ from float32 by up to a few hundredths; ``bf16=False`` gives
+    float32 results, ``bf16=True`` forces bf16.
+    """
+
+    def __init__(
+        self,
+        model: VDCNN,
+        tokenizer: Tokenizer,
+        label_names: Sequence[str],
+        max_length: int = 1024,
+        device: str | torch.device = "cpu",
+        bf16: bool | None = None,
+    ) -> None:
+        if len(label_names) != model.config.num_classes:
+            raise UserError(f"{len(label_names)} label names for a model with {model.config.num_classes} classes")
+        if max_length < 1:
+            raise UserError(f"max_length must be >= 1, got {max_length}")
+        try:
+            self.device = torch.device(device)
+            self.model = model.to(self.device).eval()
+        except (AssertionError, RuntimeError, TypeError) as err:  # AssertionError: torch built without CUDA
+            raise UserError(f"device {device!r} is not usable here ({err}); use e.g. 'cpu' or an available 'cuda:0'") from None
+        self.tokenizer = tokenizer
+        self.label_names = list(label_names)
+        self.max_length = int(max_length)
+        self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
+
+    @classmethod
+    def _from_loaded(cls, loaded: LoadedModel, device: str | torch.device, bf16: bool | None) -> Predictor:
+        return cls(loaded.model, loaded.tokenizer, loaded.label_names, loaded.max_length, device, bf16)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool | None = None) -> Predictor:
+        """Load a Lightning checkpoint written by `vdcnn-res fit`; never unpickles code (weights_only)."""
+        return cls._from_loaded(read_checkpoint(path), device, bf16)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool | None = None) -> Predictor:
+        """Load a folder written by `vdcnn-res export` or `save_pretrained`: safetensors + JSON, no pickle."""
+        return cls._from_loaded(read_pretrained(directory), device, bf16)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], overwrite: bool = False) -> list[Path]:
+        """Write model.safetensors, config.json and tokenizer.json (what `from_pretrained` reads)."""
+        return write_pretrained(directory, self.model, self.tokenizer, self.label_names, self.max_length, overwrite)
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: str | Iterable[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (float32), shape (n_texts, n_classes), columns in `label_names` order.
+
+        One string gives one row. Empty texts and texts without a known character still get a
+        prediction (the model sees padding only); long texts are cut to `max_length`.
+        """
+        items = _as_list(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
+        probs = np.zeros((len(items), len(self.label_names)), dtype=np.float32)
+        if not items:
+            return probs
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        for batch in texts_to_batches(self.tokenizer, items, max_length=self.max_length, batch_size=batch_size):
+            with autocast:
+                logits = self.model(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
+            probs[batch["index"].numpy()] = logits.float().softmax(-1).cpu().numpy()
+        return probs
+
+    def predict(
+        self, texts: str | Iterable[str], top_k: int = 1, batch_size: int = 64
+    ) -> Prediction | list[Prediction]:
+        """Best label, its probability and the `top_k` (label, probability) pairs, most likely first.
+
+        One string in gives one result; a list gives a list in input order. Ties rank the
+        class listed first in `label_names` first.
+        """
+        n = len(self.label_names)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
+            raise UserError(f"top_k must be an int between 1 and {n} (the number of classes), got {top_k!r}")
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        results = [
+            {
+                "label": self.label_names[row[0]],
+                "probability": float(p[row[0]]),
+                "top_k": [(self.label_names[j], float(p[j])) for j in row],
+            }
+            for p, row in zip(probs, order)
+        ]
+        return results[0] if isinstance(texts, str) else results
+
+
+def _as_list(texts: str | Iterable[str]) -> list[str]:
+    """One string or an iterable of strings (list, tuple, NumPy array, pandas Series) as a list."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    items = list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"every text must be a string; item {i} is {type(text).__name__}: {text!r:.60}")
+    return items

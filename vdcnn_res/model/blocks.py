@@ -1,0 +1,153 @@
+"""Residual 1D conv blocks: the paper's BasicConvResBlock and two extensions.
+
+Every block is called as block(x, pad_in, pad_out): x (B, C_in, L_in) with its padding
+already zero, pad_in (B, 1, L_in) and pad_out (B, 1, L_out) the padding masks before and
+after the block's stride. Only a block's first strided conv strides.
+
+The stage builder decides each block's shortcut and hands it over: ``None`` (a plain block:
+no addition and no module at all, so parameter counts are honest and DDP sees no unused
+parameters), ``nn.Identity()``, or a projection (1x1 conv + BN with the block's stride).
+Blocks never re-decide it; they only say which input the shortcut reads and which layer
+``zero_init_last`` zeros.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BLOCKS",
+    "BasicConvResBlock",
+    "BottleneckConvResBlock",
+    "PreActConvResBlock",
+    "ResidualBlock",
+    "conv1",
+    "conv3",
+    "projection",
+]
+
+
+def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:
+    """k=3 conv, 'same' padding; no bias (a BatchNorm follows)."""
+    return nn.Conv1d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:
+    """1x1 conv; no bias (a BatchNorm follows)."""
+    return nn.Conv1d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """Projection shortcut: 1x1 conv with the block's stride + BatchNorm."""
+    return nn.Sequential(conv1(in_channels, out_channels, stride), nn.BatchNorm1d(out_channels))
+
+
+class ResidualBlock(nn.Module):
+    """out = branch(x) (+ shortcut(x)), then ReLU unless the block is pre-activated.
+
+    Subclasses implement ``build`` (the branch's layers), ``branch`` (returning the masked
+    residual and the tensor a projection shortcut reads) and ``zero_init_last``.
+    """
+
+    relu_after_add = True
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.build(in_channels, out_channels, stride)
+        self.shortcut = shortcut  # registered last: parameter order (and so seeded init) as in vdcnn-res 0.1.0
+
+    def build(self, in_channels: int, out_channels: int, stride: int) -> None:
+        raise NotImplementedError
+
+    def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def zero_init_last(self) -> None:
+        """Zero the branch's last scale so the block starts as its shortcut (timm's pattern)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, pad_in: Tensor, pad_out: Tensor) -> Tensor:
+        keep = ~pad_out
+        out, projected_input = self.branch(x, pad_in, keep)  # (B, C, L_out)
+        if isinstance(self.shortcut, nn.Identity):
+            out = out + x
+        elif self.shortcut is not None:
+            out = out + self.shortcut(projected_input).mul(keep)
+        return F.relu(out) if self.relu_after_add else out
+
+
+class BasicConvResBlock(ResidualBlock):
+    """conv(k3, stride) -> BN -> ReLU -> conv(k3) -> BN -> (+ shortcut) -> ReLU (paper)."""
+
+    def build(self, in_channels: int, out_channels: int, stride: int) -> None:
+        self.conv1 = conv3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm1d(out_channels)
+        self.conv2 = conv3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm1d(out_channels)
+
+    def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        out = F.relu(self.bn1(self.conv1(x)).mul(keep))
+        return self.bn2(self.conv2(out)).mul(keep), x
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+
+class PreActConvResBlock(ResidualBlock):
+    """BN -> ReLU -> conv(k3, stride) -> BN -> ReLU -> conv(k3) (+ shortcut), no ReLU after the add.
+
+    "Identity Mappings in Deep Residual Networks" ordering. A projection shortcut reads the
+    pre-activated input, as in that paper; the network adds a final BN-ReLU.
+    """
+
+    relu_after_add = False
+
+    def build(self, in_channels: int, out_channels: int, stride: int) -> None:
+        self.bn1 = nn.BatchNorm1d(in_channels)
+        self.conv1 = conv3(in_channels, out_channels, stride)
+        self.bn2 = nn.BatchNorm1d(out_channels)
+        self.conv2 = conv3(out_channels, out_channels)
+
+    def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        pre = F.relu(self.bn1(x).mul(~pad_in))  # (B, C_in, L_in)
+        out = F.relu(self.bn2(self.conv1(pre)).mul(keep))
+        return self.conv2(out).mul(keep), pre
+
+    def zero_init_last(self) -> None:
+        # Not bn2's gamma: with gamma = beta = 0 the ReLU after it outputs 0 with zero
+        # gradient and the branch would never wake up. Zeroing conv2 keeps it trainable.
+        nn.init.zeros_(self.conv2.weight)
+
+
+class BottleneckConvResBlock(ResidualBlock):
+    """1x1 reduce (C // 4) -> k3 (stride) -> 1x1 expand to C, BN after each, ReLU between,
+    (+ shortcut) -> ReLU.
+
+    The stride sits on the k3 conv (ResNet v1.5): a strided 1x1 conv would just drop every
+    other position.
+    """
+
+    def build(self, in_channels: int, out_channels: int, stride: int) -> None:
+        mid = max(1, out_channels // 4)
+        self.conv1 = conv1(in_channels, mid)
+        self.bn1 = nn.BatchNorm1d(mid)
+        self.conv2 = conv3(mid, mid, stride)
+        self.bn2 = nn.BatchNorm1d(mid)
+        self.conv3 = conv1(mid, out_channels)
+        self.bn3 = nn.BatchNorm1d(out_channels)
+
+    def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        out = F.relu(self.bn1(self.conv1(x)).mul(~pad_in))  # (B, C/4, L_in)
+        out = F.relu(self.bn2(self.conv2(out)).mul(keep))  # (B, C/4, L_out)
+        return self.bn3(self.conv3(out)).mul(keep), x  # (B, C, L_out)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+
+BLOCKS: dict[str, type[ResidualBlock]] = {
+    "basic": BasicConvResBlock,
+    "preact": PreActConvResBlock,
+    "bottleneck": BottleneckConvResBlock,
+}

@@ -1,0 +1,199 @@
+"""Model configuration: the `ModelConfig` schema and the table of paper variants.
+
+Plain stdlib on purpose: the CLI exposes `ModelConfig` as `model.arch.*`, and the same
+dict is saved as `config.json` next to exported weights, so it must round-trip through
+`dataclasses.asdict` and JSON (tuples come back as lists; `__post_init__` converts them).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from ..errors import UserError
+
+__all__ = ["VARIANTS", "BLOCK_TYPES", "DOWNSAMPLING_TYPES", "ModelConfig"]
+
+# Depth -> residual blocks per stage (Conneau et al. 2017, Table 2). A block holds two
+# k=3 convs, so depth = 2 * sum(blocks) + 1 (the stem conv), fully connected layers excluded.
+VARIANTS: dict[int, tuple[int, ...]] = {
+    9: (1, 1, 1, 1),
+    17: (2, 2, 2, 2),
+    29: (5, 5, 2, 2),
+    49: (8, 8, 5, 3),
+}
+
+BlockType = Literal["basic", "preact", "bottleneck"]
+Downsampling = Literal["conv", "maxpool", "kmax"]
+BLOCK_TYPES: tuple[str, ...] = get_args(BlockType)
+DOWNSAMPLING_TYPES: tuple[str, ...] = get_args(Downsampling)
+
+
+def _positive_int_tuple(name: str, value: object) -> tuple[int, ...]:
+    """Validate a non-empty sequence of positive ints (YAML/JSON lists accepted)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise UserError(f"{name} must be a sequence of positive ints, got {value!r}")
+    items = tuple(value)  # type: ignore[arg-type]
+    if not items:
+        raise UserError(f"{name} must have at least one stage, got {value!r}")
+    for item in items:
+        # bool is an int subclass; True as a block count is almost certainly a mistake.
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            raise UserError(f"{name} must contain positive ints only, got {value!r}")
+    return items
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a VDCNN text classifier; validated at construction time.
+
+    Defaults are the paper's depth-9 network with max-pool downsampling and shortcuts on.
+    """
+
+    num_classes: int = 2  # output logits; linked from the data module by the CLI
+    vocab_size: int = 72  # embedding rows; linked from the tokenizer by the CLI
+    padding_idx: int = 0  # id used for right padding; its embedding is the zero vector
+    embedding_dim: int = 16  # paper: a 16-dimensional character lookup table
+    depth: int = 9  # paper variant (a key of VARIANTS); ignored when blocks_per_stage is set
+    blocks_per_stage: tuple[int, ...] | None = None  # custom layout; overrides depth
+    channels: tuple[int, ...] = (64, 128, 256, 512)  # feature maps per stage (paper)
+    block: BlockType = "basic"  # basic = paper; preact / bottleneck are extensions
+    shortcut: bool = True  # the ablation switch: residual shortcuts on/off
+    downsampling: Downsampling = "maxpool"  # how length halves between stages (paper's best)
+    kmax: int = 8  # k of the head's k-max pooling (paper: 8 -> 512 * 8 = 4096 features)
+    hidden_size: int = 2048  # width of the two hidden fully connected layers (paper)
+    dropout: float = 0.0  # dropout after each hidden fc layer; the paper uses none
+    zero_init_residual: bool = False  # zero the last BN gamma of each block (starts as identity)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise UserError(f"num_classes must be an int, got {self.num_classes!r}")
+        if self.num_classes < 2:
+            raise UserError(f"num_classes must be >= 2, got {self.num_classes}")
+        if not 0 <= self.padding_idx < self.vocab_size:
+            raise UserError(
+                f"need vocab_size > padding_idx >= 0, got vocab_size={self.vocab_size}, "
+                f"padding_idx={self.padding_idx}"
+            )
+        for name in ("embedding_dim", "kmax", "hidden_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.block not in BLOCK_TYPES:
+            raise UserError(f"unknown block {self.block!r}; valid choices: {list(BLOCK_TYPES)}")
+        if self.downsampling not in DOWNSAMPLING_TYPES:
+            raise UserError(
+                f"unknown downsampling {self.downsampling!r}; "
+                f"valid choices: {list(DOWNSAMPLING_TYPES)}"
+            )
+
+        self.channels = _positive_int_tuple("channels", self.channels)
+        if self.blocks_per_stage is None:
+            if self.depth not in VARIANTS:
+                raise UserError(
+                    f"unknown depth {self.depth!r}; valid choices: {sorted(VARIANTS)} "
+                    "(or give a custom blocks_per_stage)"
+                )
+        else:
+            self.blocks_per_stage = _positive_int_tuple("blocks_per_stage", self.blocks_per_stage)
+        if len(self.layout) != len(self.channels):
+            raise UserError(
+                f"blocks per stage {self.layout} and channels {self.channels} need one entry "
+                f"per stage (got {len(self.layout)} and {len(self.channels)})"
+            )
+
+        if self.zero_init_residual and not self.shortcut:
+            # Without a shortcut a zero-initialised block outputs a constant: the net is dead.
+            raise UserError(
+                "zero_init_residual=True needs shortcut=True: without a shortcut the "
+                "zero-initialised blocks would output constants and block all signal"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Any, strict: bool = True) -> ModelConfig:
+        """The one way a dict (YAML, checkpoint hparams, an exported config.json) becomes a config.
+
+        Missing keys take their defaults (files written before a field existed keep loading).
+        ``strict`` refuses unknown keys and values of the wrong JSON type (lists stand for
+        tuples); the dataclass then checks the values themselves. Errors are UserErrors.
+        """
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise UserError(f"the architecture must be a JSON object (mapping) of ModelConfig fields, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown and strict:
+            raise UserError(f"unknown architecture key(s) {unknown}; valid keys: {known}")
+        if strict:
+            hints = get_type_hints(cls)
+            for key, value in data.items():
+                if not _matches(value, hints[key]):
+                    raise UserError(
+                        f"architecture.{key} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
+                    )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def layout(self) -> tuple[int, ...]:
+        """Resolved residual blocks per stage (custom layout or the depth's variant)."""
+        if self.blocks_per_stage is not None:
+            return tuple(self.blocks_per_stage)
+        return VARIANTS[self.depth]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.channels)
+
+    @property
+    def min_length(self) -> int:
+        """Shortest valid length that still leaves `kmax` positions for the head.
+
+        Length halves (rounding up) between consecutive stages, so the last stage sees
+        ceil(L / 2**(n_stages - 1)) positions; shorter texts are right-padded to this.
+        """
+        return self.kmax * 2 ** (self.num_stages - 1)
+
+    @property
+    def num_features(self) -> int:
+        """Width of the flattened head input: channels[-1] * kmax."""
+        return self.channels[-1] * self.kmax
+
+    def stage_lengths(self, length: int) -> list[int]:
+        """Valid length after each stage for a text of `length` tokens (after min padding)."""
+        n = max(int(length), self.min_length)
+        out = [n]
+        for _ in range(self.num_stages - 1):
+            n = math.ceil(n / 2)
+            out.append(n)
+        return out
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a ModelConfig annotation (JSON lists stand for tuples)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return isinstance(value, str) and value in get_args(hint)
+    if origin is tuple:
+        item = get_args(hint)[0]
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(hint)))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -1,0 +1,133 @@
+"""Masking helpers and pooling layers that respect each text's valid length.
+
+Convention: `pad` masks are bool tensors of shape (B, 1, L), True at padding positions,
+so `x.mul(~pad)` zeros the padding of a (B, C, L) activation (a multiply: several times
+faster than `masked_fill` with a broadcast mask on CPU, docs/performance.md). Texts are
+right-padded, so a text's valid positions are 0 .. length - 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "halve_lengths",
+    "padding_mask",
+    "kmax_pool1d",
+    "KMaxPool1d",
+    "MaskedMaxPool1d",
+    "KMaxDownsample",
+]
+
+
+def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """Bool mask (B, 1, max_len), True where position >= the text's length."""
+    positions = torch.arange(max_len, device=lengths.device)
+    return (positions[None, :] >= lengths[:, None]).unsqueeze(1)  # (B, 1, L)
+
+
+def halve_lengths(lengths: Tensor) -> Tensor:
+    """Valid length after a halving step: ceil(n / 2).
+
+    Holds for conv(k=3, stride=2, padding=1), max_pool(3, stride=2, padding=1) and the
+    k-max downsampling alike: output j looks at inputs 2j-1 .. 2j+1, so it is inside the
+    text exactly when 2j <= n - 1.
+    """
+    return torch.div(lengths + 1, 2, rounding_mode="floor")
+
+
+def _lowest(dtype: torch.dtype) -> float:
+    """Smallest finite value of `dtype`: padding filled with it never wins a max."""
+    return torch.finfo(dtype).min
+
+
+def kmax_pool1d(
+    x: Tensor,
+    k: int | Tensor,
+    pad: Tensor | None = None,
+    out_len: int | None = None,
+) -> Tensor:
+    """Order-preserving k-max pooling along time, per channel.
+
+    Keeps the k largest values of each (text, channel) row among its valid positions, in
+    their original temporal order. Ties are broken by position (earliest first) through a
+    stable descending sort; ReLU outputs contain many exact zeros, so this matters for
+    determinism and padding invariance (torch.topk does not promise a tie order).
+
+    Args:
+        x: (B, C, L) activations.
+        k: how many values to keep, an int or a per-text (B,) LongTensor.
+        pad: optional (B, 1, L) bool mask, True at padding; padding is never selected.
+            A text with fewer than k valid positions keeps all of them.
+        out_len: output length K (default: k, or max(k) for a tensor k). Positions past a
+            text's own k are zero.
+
+    Returns:
+        (B, C, K) tensor.
+    """
+    B, C, L = x.shape
+    if out_len is None:
+        out_len = int(k) if isinstance(k, int) else int(k.max())
+    if out_len > L:
+        raise ValueError(f"k-max pooling needs out_len <= length, got {out_len} > {L}")
+
+    scores = x if pad is None else x.masked_fill(pad, _lowest(x.dtype))
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # (B, C, L)
+    idx = order[..., :out_len]  # (B, C, K) candidate positions, best first
+
+    # Number kept per text: min(k, valid length), as a (B, 1, 1) tensor.
+    keep_n = torch.as_tensor(k, device=x.device).reshape(-1, 1, 1).expand(B, 1, 1)
+    if pad is not None:
+        valid = (~pad).sum(dim=-1, keepdim=True)  # (B, 1, 1)
+        keep_n = torch.minimum(keep_n, valid)
+    drop = torch.arange(out_len, device=x.device)[None, None, :] >= keep_n  # (B, 1, K)
+
+    # Push dropped ranks past the end, then sort positions to restore temporal order.
+    idx = idx.masked_fill(drop, L).sort(dim=-1).values  # (B, C, K)
+    out = x.gather(-1, idx.clamp(max=L - 1))  # (B, C, K)
+    return out.masked_fill(drop, 0.0)
+
+
+class KMaxPool1d(nn.Module):
+    """Fixed-k order-preserving k-max pooling over valid positions (the VDCNN head).
+
+    Not `AdaptiveMaxPool1d(k)`: that takes the max of k windows, not the top-k values.
+    """
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: Tensor, pad: Tensor | None = None) -> Tensor:
+        return kmax_pool1d(x, self.k, pad)  # (B, C, k)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
+
+
+class MaskedMaxPool1d(nn.Module):
+    """MaxPool1d(kernel 3, stride 2, padding 1) that never lets padding win.
+
+    Padding is filled with the dtype's lowest value before pooling (equal to the implicit
+    -inf padding at a sequence end), and the output's padding is zeroed afterwards.
+    """
+
+    def forward(self, x: Tensor, pad: Tensor, lengths_out: Tensor, pad_out: Tensor) -> Tensor:
+        x = x.masked_fill(pad, _lowest(x.dtype))
+        return self.pool(x).mul(~pad_out)  # (B, C, ceil(L/2))
+
+    def pool(self, x: Tensor) -> Tensor:
+        return F.max_pool1d(x, kernel_size=3, stride=2, padding=1)
+
+
+class KMaxDownsample(nn.Module):
+    """Halve each text's length by k-max pooling with k = ceil(valid length / 2).
+
+    The output length of the batch is ceil(L / 2), the same as the other downsampling
+    kinds, so shapes depend only on the padded length.
+    """
+
+    def forward(self, x: Tensor, pad: Tensor, lengths_out: Tensor, pad_out: Tensor) -> Tensor:
+        return kmax_pool1d(x, lengths_out, pad, out_len=pad_out.shape[-1])

@@ -1,0 +1,296 @@
+"""VDCNN: very deep character-level (residual) CNN text classifier, plain PyTorch.
+
+File order is dependency order: the stage builder, the network, then the registry
+(`list_models`, `create_model`, `build_model`). Blocks live in `blocks.py`, masked pooling in
+`layers.py`.
+
+Padding invariance. In eval mode a text's logits do not depend on how much right padding
+its batch adds. Every activation carries a (B, 1, L) padding mask (True at padding) and
+padded positions are zeroed after each layer whose output feeds a conv or the residual
+stream, so a conv sees zeros past a text's end exactly as zero padding at a sequence end.
+Max pooling fills padding with the dtype's lowest value first; k-max pooling only ever
+selects valid positions. Texts shorter than `min_length` are right-padded to it and the
+padded part counts as real (zero-embedding) content, so the head always has `kmax`
+positions to choose from. In training mode BatchNorm's batch statistics still include the
+padded zeros (and a one-position conv spill past each text's end, zeroed right after the
+BN): accepted, the alternative is a masked BatchNorm that torch does not provide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UserError
+from .blocks import BLOCKS, ResidualBlock, projection
+from .config import VARIANTS, ModelConfig
+from .layers import KMaxDownsample, KMaxPool1d, MaskedMaxPool1d, halve_lengths, padding_mask
+
+__all__ = [
+    "Stage",
+    "VDCNN",
+    "build_model",
+    "create_model",
+    "list_models",
+    "make_stage",
+    "upgrade_state_dict",
+]
+
+
+# --------------------------------------------------------------------------- stages
+# How the shortcut crosses each kind of downsampling (channels double at the same place):
+# - "conv":    the next stage's first block strides its first conv by 2 (k3 conv for the
+#              bottleneck) and its shortcut is a 1x1 conv with stride 2 + BN, so both
+#              paths halve the length and change the channels together.
+# - "maxpool", "kmax": the pooling sits between stages, outside every residual branch;
+#              the next stage's first block sees the pooled tensor, and its shortcut is a
+#              stride-1 1x1 conv + BN when the channels change (identity when they don't).
+# - shortcut=False: no shortcut and no projection module anywhere.
+
+
+class Stage(nn.Module):
+    """Optional halving (pooling, or a strided first block) followed by residual blocks.
+
+    forward(x, lengths, pad) -> (x, lengths, pad) at the stage's output resolution.
+    """
+
+    def __init__(self, blocks: list[ResidualBlock], halves: bool, downsample: nn.Module | None) -> None:
+        super().__init__()
+        self.halves = halves  # True for every stage but the first
+        self.downsample = downsample  # MaskedMaxPool1d / KMaxDownsample, None for "conv"
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor, lengths: Tensor, pad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pad_in = pad
+        if self.halves:
+            lengths = halve_lengths(lengths)
+            pad = padding_mask(lengths, (x.shape[-1] + 1) // 2)  # (B, 1, ceil(L/2))
+            if self.downsample is not None:
+                x = self.downsample(x, pad_in, lengths, pad)  # (B, C, ceil(L/2))
+                pad_in = pad
+        for block in self.blocks:
+            x = block(x, pad_in, pad)
+            pad_in = pad
+        return x, lengths, pad
+
+
+def make_stage(
+    block: str,
+    in_channels: int,
+    out_channels: int,
+    num_blocks: int,
+    halves: bool,
+    downsampling: str,
+    shortcut: bool,
+) -> Stage:
+    """Build one stage; decides every block's shortcut (a projection only for the first block)."""
+    block_cls = BLOCKS[block]
+    stride = 2 if halves and downsampling == "conv" else 1
+
+    def make_shortcut(cin: int, s: int) -> nn.Module | None:
+        if not shortcut:
+            return None
+        if s != 1 or cin != out_channels:
+            return projection(cin, out_channels, s)
+        return nn.Identity()
+
+    blocks = [block_cls(in_channels, out_channels, stride, make_shortcut(in_channels, stride))]
+    blocks += [block_cls(out_channels, out_channels, 1, make_shortcut(out_channels, 1)) for _ in range(num_blocks - 1)]
+    downsample: nn.Module | None = None
+    if halves and downsampling == "maxpool":
+        downsample = MaskedMaxPool1d()
+    elif halves and downsampling == "kmax":
+        downsample = KMaxDownsample()
+    return Stage(blocks, halves, downsample)
+
+
+# --------------------------------------------------------------------------- network
+
+
+class VDCNN(nn.Module):
+    """Very deep character CNN: embedding -> conv stem -> stages -> k-max -> 3 fc layers.
+
+    Input: right-padded token ids (B, L) of any length, optional lengths (B,). Output:
+    logits (B, num_classes), no softmax. Texts shorter than `min_length` are right-padded
+    to it with `padding_idx` inside the model.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=c.padding_idx)
+        self.stem = nn.Conv1d(c.embedding_dim, c.channels[0], 3, padding=1)  # paper: first conv
+        in_channels = c.channels[0]
+        stages = []
+        for i, (out_channels, num_blocks) in enumerate(zip(c.channels, c.layout)):
+            stages.append(
+                make_stage(c.block, in_channels, out_channels, num_blocks, i > 0, c.downsampling, c.shortcut)
+            )
+            in_channels = out_channels
+        self.stages = nn.ModuleList(stages)
+        # Pre-activation blocks end without BN-ReLU; the network adds it once before the head.
+        self.final_norm = nn.BatchNorm1d(in_channels) if c.block == "preact" else None
+        self.pool = KMaxPool1d(c.kmax)
+        self.head = nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(c.num_features, c.hidden_size),
+                act1=nn.ReLU(),
+                drop1=nn.Dropout(c.dropout),
+                fc2=nn.Linear(c.hidden_size, c.hidden_size),
+                act2=nn.ReLU(),
+                drop2=nn.Dropout(c.dropout),
+                fc=nn.Linear(c.hidden_size, c.num_classes),
+            )
+        )
+        self.reset_parameters()
+        self.register_load_state_dict_pre_hook(_upgrade_hook)
+
+    def reset_parameters(self) -> None:
+        """He init for convs and hidden linears (paper), BN to identity, zero biases.
+
+        The classifier layer gets std 0.01 instead: He init there gives logits of std ~3 at
+        the start (loss far above ln C), and small-data runs spend their first epochs, or
+        all of them, undoing it.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm1d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.head.fc.weight, std=0.01)
+        if self.config.zero_init_residual:
+            # Each block starts as the identity, which helps very deep nets train early.
+            for m in self.modules():
+                if isinstance(m, ResidualBlock):
+                    m.zero_init_last()
+
+    @property
+    def min_length(self) -> int:
+        """Shortest effective length; shorter texts are right-padded to it."""
+        return self.config.min_length
+
+    @property
+    def num_features(self) -> int:
+        """Width of forward_features' output (channels[-1] * kmax)."""
+        return self.config.num_features
+
+    def stage_lengths(self, length: int) -> list[int]:
+        """Valid length after each stage for a text of `length` tokens."""
+        return self.config.stage_lengths(length)
+
+    def _prepare(self, input_ids: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Derive/check lengths, pad to min_length; returns (ids, effective lengths)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        if lengths is None:
+            lengths = (input_ids != self.config.padding_idx).sum(dim=1)  # right padding assumed
+        else:
+            lengths = torch.as_tensor(lengths, device=input_ids.device).long()
+            if lengths.shape != (B,):
+                raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+            if bool(((lengths < 0) | (lengths > L)).any()):
+                raise ValueError(f"lengths must lie in [0, {L}] (the padded length), got {lengths.tolist()}")
+        return self.pad_to_min_length(input_ids, lengths)
+
+    def pad_to_min_length(self, input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Right-pad ids shorter than min_length; padding below min_length counts as real zero content."""
+        short_by = torch.sym_max(self.min_length - input_ids.shape[1], 0)  # one traced graph for any length
+        input_ids = F.pad(input_ids, (0, short_by), value=self.config.padding_idx)
+        return input_ids, lengths.clamp(min=self.min_length)
+
+    def features(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
+        """Checked, min-length ids (B, L) and lengths (B,) -> flattened k-max features (B, C * kmax)."""
+        pad = padding_mask(lengths, input_ids.shape[1])  # (B, 1, L)
+        keep = ~pad
+        x = self.embedding(input_ids).transpose(1, 2).mul(keep)  # (B, E, L)
+        x = self.stem(x).mul(keep)  # (B, C0, L)
+        for stage in self.stages:
+            x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))
+        if self.final_norm is not None:
+            x = F.relu(self.final_norm(x))  # padding left as is: the k-max skips it
+        x = self.pool(x, pad)  # (B, C, kmax)
+        return x.flatten(1)  # (B, C * kmax)
+
+    def forward_features(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Token ids (B, L) [+ lengths (B,)] -> flattened k-max features (B, C * kmax)."""
+        return self.features(*self._prepare(input_ids, lengths))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Features (B, C * kmax) -> logits (B, num_classes)."""
+        return self.head(features)
+
+    def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Token ids (B, L), optional lengths (B,) -> logits (B, num_classes)."""
+        return self.forward_head(self.forward_features(input_ids, lengths))
+
+
+# --------------------------------------------------------------------------- old files
+
+# vdcnn-res 0.1.0 kept a block's projection shortcut under `projection.*`; it is `shortcut.*` now.
+_OLD_PROJECTION = re.compile(r"(^|\.)(stages\.\d+\.blocks\.\d+\.)projection\.")
+
+
+def _new_key(key: str) -> str:
+    return _OLD_PROJECTION.sub(r"\1\2shortcut.", key)
+
+
+def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Weights written by an older vdcnn-res with today's key names (a new dict)."""
+    return {_new_key(key): value for key, value in state_dict.items()}
+
+
+def _upgrade_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    # load_state_dict hands every module the whole dict: rename this model's old keys in place.
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + _new_key(key[len(prefix) :])
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
+
+
+# --------------------------------------------------------------------------- registry
+
+_NAME_PREFIX = "vdcnn"
+
+
+def list_models() -> list[str]:
+    """Registered model names, one per paper depth: vdcnn9, vdcnn17, vdcnn29, vdcnn49."""
+    return [f"{_NAME_PREFIX}{depth}" for depth in sorted(VARIANTS)]
+
+
+def build_model(config: ModelConfig) -> VDCNN:
+    """The one builder: a VDCNN from a validated ModelConfig."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"build_model needs a ModelConfig, got {type(config).__name__}")
+    return VDCNN(config)
+
+
+def create_model(name: str, **overrides: object) -> VDCNN:
+    """A registered variant by name, with any ModelConfig field overridden.
+
+    Example: create_model("vdcnn29", num_classes=4, shortcut=False).
+    """
+    names = list_models()
+    if name not in names:
+        raise UserError(f"unknown model {name!r}; valid choices: {names}")
+    if "depth" in overrides:
+        raise UserError(f"depth is set by the model name {name!r}; do not override it")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown ModelConfig field(s) {unknown}; valid: {sorted(fields)}")
+    depth = int(name[len(_NAME_PREFIX) :])
+    return build_model(ModelConfig(depth=depth, **overrides))  # type: ignore[arg-type]

@@ -1,0 +1,74 @@
+"""Training callbacks that are not Lightning's own."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+__all__ = ["CurveRecorder"]
+
+
+class CurveRecorder(pl.Callback):
+    """Per-step training loss and per-epoch summaries; stored in checkpoints so a resumed cell keeps them."""
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
+        self.steps: list[tuple[int, float]] = []
+        self.epochs: list[dict[str, float]] = []
+        self.fit_seconds = 0.0
+        self._epoch_loss: list[float] = []
+        self._val_acc = math.nan
+        self._start = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "epochs": self.epochs, "fit_seconds": self.fit_seconds + self._elapsed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = [tuple(s) for s in state["steps"]]
+        self.epochs = list(state["epochs"])
+        self.fit_seconds = float(state["fit_seconds"])
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._start if self._start else 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_seconds += self._elapsed()
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_loss = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        value = float(loss.detach())
+        self._epoch_loss.append(value)
+        self.steps.append((trainer.global_step, value))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        self._val_acc = float(metrics["val/acc"]) if "val/acc" in metrics else math.nan
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "step": trainer.global_step,
+            "train_loss": sum(self._epoch_loss) / max(1, len(self._epoch_loss)),
+            "train_err": 100 * (1 - float(metrics["train/acc"])) if "train/acc" in metrics else math.nan,
+            "val_err": 100 * (1 - self._val_acc),
+        }
+        self.epochs.append(row)
+        print(
+            f"  {self.label} epoch {row['epoch']}/{trainer.max_epochs}: train loss {row['train_loss']:.4f}, "
+            f"train error {row['train_err']:.2f} %, val error {row['val_err']:.2f} % "
+            f"({self.fit_seconds + self._elapsed():.0f} s)",
+            flush=True,
+        )

@@ -42,8 +42,8 @@ class _OnnxModel(nn.Module):
     """The VDCNN with explicit lengths and export-friendly pooling, for tracing only.
 
     The model's input checks are data-dependent Python branches that torch.export would fix
-    to the example's outcome; this wrapper skips them and keeps the min-length padding
-    (written with `sym_max`, so one graph serves every length).
+    to the example's outcome; this wrapper skips them (`features` pads to min_length with
+    `sym_max`, so one graph serves every length).
     """
 
     def __init__(self, model: VDCNN) -> None:
@@ -54,7 +54,7 @@ class _OnnxModel(nn.Module):
                 stage.downsample = _ExportMaxPool1d()
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        return self.model.forward_head(self.model.features(*self.model.pad_to_min_length(input_ids, lengths)))
+        return self.model.forward_head(self.model.features(input_ids, lengths))
 
 
 def _sort_stable(self: Any, stable: bool | None = None, dim: int = -1, descending: bool = False) -> Any:

@@ -3,12 +3,14 @@
 from .blocks import BLOCKS, BasicConvResBlock, BottleneckConvResBlock, PreActConvResBlock, ResidualBlock
 from .config import BLOCK_TYPES, DOWNSAMPLING_TYPES, VARIANTS, ModelConfig
 from .flops import count_parameters, forward_flops, model_summary
+from .ngrams import HashedNGramBag
 from .network import VDCNN, Stage, build_model, create_model, list_models, make_stage, upgrade_state_dict
 
 __all__ = [
     "BLOCKS",
     "BLOCK_TYPES",
     "DOWNSAMPLING_TYPES",
+    "HashedNGramBag",
     "VARIANTS",
     "BasicConvResBlock",
     "BottleneckConvResBlock",

@@ -66,6 +66,11 @@ class ModelConfig:
     hidden_size: int = 2048  # width of the two hidden fully connected layers (paper)
     dropout: float = 0.0  # dropout after each hidden fc layer; the paper uses none
     zero_init_residual: bool = False  # zero the last BN gamma of each block (starts as identity)
+    # Beyond the paper: a bag of hashed character n-grams (ngrams.py) whose linear logits are
+    # added to the CNN's; () = off (the pure CNN). E.g. (1, 2, 3, 4, 5) with 2**18 buckets.
+    ngram_orders: tuple[int, ...] = ()
+    ngram_buckets: int = 262144  # rows of the n-gram embedding table (hash collisions share a row)
+    ngram_dim: int = 64  # width of the n-gram embedding
 
     def __post_init__(self) -> None:
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
@@ -91,6 +96,12 @@ class ModelConfig:
             )
 
         self.channels = _positive_int_tuple("channels", self.channels)
+        self.ngram_orders = _positive_int_tuple("ngram_orders", self.ngram_orders) if self.ngram_orders else ()
+        if self.ngram_orders:
+            if self.ngram_buckets < 1 or self.ngram_dim < 1:
+                raise UserError(
+                    f"ngram_buckets and ngram_dim must be >= 1, got {self.ngram_buckets} and {self.ngram_dim}"
+                )
         if self.blocks_per_stage is None:
             if self.depth not in VARIANTS:
                 raise UserError(
@@ -159,7 +170,7 @@ class ModelConfig:
 
     @property
     def num_features(self) -> int:
-        """Width of the flattened head input: channels[-1] * kmax."""
+        """Width of the CNN's flattened head input: channels[-1] * kmax."""
         return self.channels[-1] * self.kmax
 
     def stage_lengths(self, length: int) -> list[int]:

@@ -31,6 +31,7 @@ from ..errors import UserError
 from .blocks import BLOCKS, ResidualBlock, projection
 from .config import VARIANTS, ModelConfig
 from .layers import KMaxDownsample, KMaxPool1d, MaskedMaxPool1d, halve_lengths, padding_mask
+from .ngrams import HashedNGramBag
 
 __all__ = [
     "Stage",
@@ -149,6 +150,13 @@ class VDCNN(nn.Module):
                 fc=nn.Linear(c.hidden_size, c.num_classes),
             )
         )
+        # Optional bag of hashed n-grams with its own linear classifier; its logits are added.
+        self.ngrams = HashedNGramBag(c.ngram_orders, c.ngram_buckets, c.ngram_dim) if c.ngram_orders else None
+        self.ngram_head = (
+            nn.Sequential(OrderedDict(drop=nn.Dropout(c.dropout), fc=nn.Linear(c.ngram_dim, c.num_classes)))
+            if c.ngram_orders
+            else None
+        )
         self.reset_parameters()
         self.register_load_state_dict_pre_hook(_upgrade_hook)
 
@@ -171,6 +179,9 @@ class VDCNN(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.fc.weight, std=0.01)
+        if self.ngrams is not None:
+            nn.init.normal_(self.ngrams.embedding.weight, std=0.05)
+            nn.init.normal_(self.ngram_head.fc.weight, std=0.01)
         if self.config.zero_init_residual:
             # Each block starts as the identity, which helps very deep nets train early.
             for m in self.modules():
@@ -184,27 +195,26 @@ class VDCNN(nn.Module):
 
     @property
     def num_features(self) -> int:
-        """Width of forward_features' output (channels[-1] * kmax)."""
-        return self.config.num_features
+        """Width of forward_features' output: channels[-1] * kmax (+ ngram_dim with the n-gram bag)."""
+        return self.config.num_features + (self.config.ngram_dim if self.ngrams is not None else 0)
 
     def stage_lengths(self, length: int) -> list[int]:
         """Valid length after each stage for a text of `length` tokens."""
         return self.config.stage_lengths(length)
 
     def _prepare(self, input_ids: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Derive/check lengths, pad to min_length; returns (ids, effective lengths)."""
+        """Check the ids and derive or check the lengths (B,)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         B, L = input_ids.shape
         if lengths is None:
-            lengths = (input_ids != self.config.padding_idx).sum(dim=1)  # right padding assumed
-        else:
-            lengths = torch.as_tensor(lengths, device=input_ids.device).long()
-            if lengths.shape != (B,):
-                raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
-            if bool(((lengths < 0) | (lengths > L)).any()):
-                raise ValueError(f"lengths must lie in [0, {L}] (the padded length), got {lengths.tolist()}")
-        return self.pad_to_min_length(input_ids, lengths)
+            return input_ids, (input_ids != self.config.padding_idx).sum(dim=1)  # right padding assumed
+        lengths = torch.as_tensor(lengths, device=input_ids.device).long()
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        if bool(((lengths < 0) | (lengths > L)).any()):
+            raise ValueError(f"lengths must lie in [0, {L}] (the padded length), got {lengths.tolist()}")
+        return input_ids, lengths
 
     def pad_to_min_length(self, input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Right-pad ids shorter than min_length; padding below min_length counts as real zero content."""
@@ -213,7 +223,15 @@ class VDCNN(nn.Module):
         return input_ids, lengths.clamp(min=self.min_length)
 
     def features(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Checked, min-length ids (B, L) and lengths (B,) -> flattened k-max features (B, C * kmax)."""
+        """Checked ids (B, L) and lengths (B,) -> features (B, num_features): flattened k-max
+        features of the CNN, then the n-gram bag's mean embedding when the model has one."""
+        cnn = self.cnn_features(*self.pad_to_min_length(input_ids, lengths))
+        if self.ngrams is None:
+            return cnn
+        return torch.cat([cnn, self.ngrams(input_ids, lengths).to(cnn.dtype)], dim=1)
+
+    def cnn_features(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
+        """Ids of at least min_length (B, L), lengths (B,) -> flattened k-max features (B, C * kmax)."""
         pad = padding_mask(lengths, input_ids.shape[1])  # (B, 1, L)
         keep = ~pad
         x = self.embedding(input_ids).transpose(1, 2).mul(keep)  # (B, E, L)
@@ -226,12 +244,15 @@ class VDCNN(nn.Module):
         return x.flatten(1)  # (B, C * kmax)
 
     def forward_features(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Token ids (B, L) [+ lengths (B,)] -> flattened k-max features (B, C * kmax)."""
+        """Token ids (B, L) [+ lengths (B,)] -> features (B, num_features)."""
         return self.features(*self._prepare(input_ids, lengths))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """Features (B, C * kmax) -> logits (B, num_classes)."""
-        return self.head(features)
+        """Features (B, num_features) -> logits (B, num_classes)."""
+        if self.ngrams is None:
+            return self.head(features)
+        cnn, ngrams = features.split([self.config.num_features, self.config.ngram_dim], dim=1)
+        return self.head(cnn) + self.ngram_head(ngrams)
 
     def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids (B, L), optional lengths (B,) -> logits (B, num_classes)."""

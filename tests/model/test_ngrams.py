@@ -1,0 +1,94 @@
+"""The hashed character n-gram bag beside the CNN (ModelConfig.ngram_orders)."""
+
+import pytest
+import torch
+
+from vdcnn_res.errors import UserError
+from vdcnn_res.model import HashedNGramBag, ModelConfig, create_model, list_models
+
+SMALL = dict(num_classes=5, channels=(8, 8, 16, 16), hidden_size=16, embedding_dim=8)
+NGRAMS = dict(ngram_orders=(1, 2, 3), ngram_buckets=997, ngram_dim=6)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def padded(rows: list[list[int]], length: int) -> torch.Tensor:
+    return torch.tensor([r + [0] * (length - len(r)) for r in rows])
+
+
+def test_bag_counts_only_ngrams_inside_the_text():
+    bag = HashedNGramBag((1, 2), buckets=101, dim=3)
+    ids = padded([[5, 6, 7]], 6)
+    # 3 unigrams + 2 bigrams, the mean of their rows; padding never contributes
+    got = bag(ids, torch.tensor([3]))
+    rows = torch.stack([bag.embedding.weight[r] for r in _rows(bag, [5, 6, 7])]).mean(0)
+    torch.testing.assert_close(got[0], rows)
+
+
+def _rows(bag: HashedNGramBag, ids: list[int]) -> list[int]:
+    """The table rows of every n-gram of `ids`, computed by hand with the documented hash."""
+    P, Q, OFFSET = 1_000_003, 2_147_483_647, 0x9E3779B1
+    rows = []
+    for n in bag.orders:
+        for i in range(len(ids) - n + 1):
+            h = 0
+            for t in ids[i : i + n]:
+                h = (h * P + t) % Q
+            rows.append((h + n * OFFSET) % bag.buckets)
+    return rows
+
+
+def test_same_ngram_same_row_in_any_text_and_position():
+    bag = HashedNGramBag((3,), buckets=10_007, dim=4)
+    a = bag(padded([[9, 1, 2, 3]], 4)[:, 1:], torch.tensor([3]))
+    b = bag(padded([[1, 2, 3, 0, 0]], 5), torch.tensor([3]))
+    torch.testing.assert_close(a, b)
+
+
+def test_empty_text_gives_zeros():
+    bag = HashedNGramBag((1, 2), buckets=11, dim=3)
+    assert bag(padded([[]], 4), torch.tensor([0])).abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_with_ngrams_is_padding_invariant_and_trains(name):
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL, **NGRAMS).eval()
+    ids = padded([[3, 4, 5] * 30, [7, 8] * 5, [9]], 90)
+    lengths = torch.tensor([90, 10, 1])
+    logits = model(ids, lengths)
+    longer = torch.cat([ids, torch.zeros(3, 77, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(longer, lengths), logits, atol=1e-5, rtol=1e-5)
+    assert model.num_features == 16 * 8 + 6 == model.forward_features(ids, lengths).shape[1]
+    model.train()
+    model(ids, lengths).sum().backward()
+    assert model.ngrams.embedding.weight.grad.abs().sum() > 0
+    assert model.ngram_head.fc.weight.grad.abs().sum() > 0
+
+
+def test_ngram_branch_adds_its_logits_to_the_cnn():
+    torch.manual_seed(0)
+    model = create_model("vdcnn9", **SMALL, **NGRAMS).eval()
+    ids = padded([[3, 4, 5, 6]], 4)
+    feats = model.forward_features(ids)
+    cnn, ngram = feats.split([model.config.num_features, 6], dim=1)
+    torch.testing.assert_close(model(ids), model.head(cnn) + model.ngram_head(ngram))
+
+
+def test_off_by_default_and_validated():
+    assert ModelConfig().ngram_orders == ()
+    assert create_model("vdcnn9", **SMALL).ngrams is None
+    with pytest.raises(UserError, match="ngram_orders must contain positive ints"):
+        ModelConfig(ngram_orders=(0, 2))
+    with pytest.raises(UserError, match="ngram_buckets and ngram_dim must be >= 1"):
+        ModelConfig(ngram_orders=(1,), ngram_buckets=0)
+    assert ModelConfig.from_dict({"ngram_orders": [1, 2]}).ngram_orders == (1, 2)
+
+
+def test_onnx_export_keeps_the_ngram_branch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vdcnn_res.inference.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("vdcnn9", **SMALL, **NGRAMS).eval()
+    export_onnx(model, tmp_path / "model.onnx")  # verifies against PyTorch on two other shapes

@@ -1,0 +1,173 @@
+"""Where each split comes from: local files (``data.train`` ...) or a hub dataset, checked.
+
+:class:`SplitSources` loads each raw split once, checks its columns, refuses to validate on the
+test data, and carves the validation split out of train when none is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+
+from vdcnn_res.data.files import NoRows, infer_format, load_files, read_header, resolve_files
+from vdcnn_res.data.labels import stratified_split
+from vdcnn_res.errors import UserError
+
+__all__ = ["DEFAULT_HUB_SPLITS", "SPLITS", "SplitSources"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test", "predict")
+DEFAULT_HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+
+
+@dataclass
+class SplitSources:
+    """The raw (untokenized) splits of a data module's settings, loaded lazily and cached.
+
+    ``paths`` maps every split in :data:`SPLITS` to a file path or glob (or None);
+    ``hub_splits`` is already merged with :data:`DEFAULT_HUB_SPLITS`; the other fields are the
+    `TextDataModule` settings of the same names.
+    """
+
+    paths: dict[str, str | None]
+    hub_dataset: str | None
+    hub_config: str | None
+    hub_splits: dict[str, str]
+    file_format: str | None
+    column_names: list[str] | None
+    text_columns: list[str]
+    label_column: str
+    valid_fraction: float
+    seed: int
+    cache_dir: str | None
+    _hub: datasets.DatasetDict | None = field(default=None, init=False, repr=False)
+    _raw: dict[str, datasets.Dataset | None] = field(default_factory=dict, init=False, repr=False)
+
+    def has(self, split: str) -> bool:
+        """Whether the split has a source (without loading it, except a hub's split list)."""
+        if self.paths[split] is not None:
+            return True
+        if self.hub_dataset is None or split not in self.hub_splits:
+            return False
+        return split in ("train", "valid") or self.hub_splits[split] in self._hub_dict()
+
+    def describe(self, split: str) -> str:
+        """The split's source as the user set it, for messages."""
+        if self.paths[split] is not None:
+            return f"data.{split}={self.paths[split]!r}"
+        return f"hub dataset {self.hub_dataset!r} split {self.hub_splits.get(split)!r}"
+
+    def get(self, split: str) -> datasets.Dataset | None:
+        """The raw split, checked, or None without a source; train and valid after carving."""
+        if split in self._raw:
+            return self._raw[split]
+        if split in ("train", "valid"):
+            train, valid = self._load("train"), self._load("valid")
+            if train is not None:
+                self._check_columns(train, "train")
+                if valid is None and self.valid_fraction > 0:
+                    train, valid = self._carve(train)
+            if valid is not None:
+                self._check_columns(valid, "valid")
+            self._raw["train"], self._raw["valid"] = train, valid
+        else:
+            ds = self._load(split)
+            if ds is not None:
+                self._check_columns(ds, split)
+            self._raw[split] = ds
+        return self._raw[split]
+
+    def require(self, split: str) -> datasets.Dataset:
+        """The raw split; an error saying which setting to add when it has no source."""
+        ds = self.get(split)
+        if ds is None:
+            hint = {"valid": "data.valid or data.valid_fraction > 0"}.get(split, f"data.{split}=path/to/{split}.csv")
+            raise UserError(f"no {split} split: set {hint}")
+        return ds
+
+    def _carve(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
+        labels = train[self.label_column]
+        if any(v is None for v in labels):
+            raise UserError(f"the train split has rows without a label in column {self.label_column!r}")
+        train_rows, valid_rows = stratified_split(list(labels), self.valid_fraction, self.seed)
+        if len(train_rows) == 0:
+            raise UserError("data.valid_fraction leaves no training rows; lower it or give data.valid")
+        log.info("validation: %d of %d training rows (seed %d)", len(valid_rows), len(train), self.seed)
+        return train.select(train_rows), train.select(valid_rows)
+
+    def _hub_dict(self) -> datasets.DatasetDict:
+        if self._hub is None:
+            try:
+                loaded = datasets.load_dataset(self.hub_dataset, self.hub_config, cache_dir=self.cache_dir)
+            except Exception as err:  # offline, unknown name, bad config: many exception types
+                raise UserError(
+                    f"could not load hub dataset {self.hub_dataset!r}"
+                    f"{f' (config {self.hub_config!r})' if self.hub_config else ''}: the hub is unreachable "
+                    f"or the name is wrong ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                    "to use local files instead set data.train=path/to/train.csv (and data.valid, data.test)"
+                ) from err
+            if not isinstance(loaded, datasets.DatasetDict):
+                raise UserError(f"hub dataset {self.hub_dataset!r} did not load as a dict of splits")
+            self._hub = loaded
+        return self._hub
+
+    def _load(self, split: str) -> datasets.Dataset | None:
+        """The split as loaded, or None when it has no source."""
+        if self.paths[split] is not None:
+            return self._load_local(split)
+        if self.hub_dataset is None or split not in self.hub_splits:
+            return None
+        hub = self._hub_dict()
+        name = self.hub_splits[split]
+        if split == "valid" and name == self.hub_splits.get("test"):
+            raise UserError("data.hub_splits maps valid and test to the same split; validate on a split other than test")
+        if name not in hub:
+            if split == "train":
+                raise UserError(
+                    f"hub dataset {self.hub_dataset!r} has no split {name!r} (it has {', '.join(hub)}); set data.hub_splits"
+                )
+            return None
+        return hub[name]
+
+    def _load_local(self, split: str) -> datasets.Dataset:
+        arg = f"data.{split}"
+        files = resolve_files(self.paths[split], arg)
+        fmt = self.file_format or infer_format(files, arg)
+        if split == "valid" and self.paths["test"] is not None:
+            if files == resolve_files(self.paths["test"], "data.test"):
+                raise UserError("data.valid and data.test are the same file(s); validate on a split other than test")
+        try:
+            names = self._predict_column_names(files, fmt) if split == "predict" else self.column_names
+            return load_files(files, fmt, names, self.cache_dir, arg)
+        except NoRows:
+            raise UserError(f"the {split} split ({self.describe(split)}) has no rows") from None
+
+    def _predict_column_names(self, files: list[str], fmt: str) -> list[str] | None:
+        """data.column_names for a predict file, which may lack the label column.
+
+        A header-less CSV/TSV with one field fewer than data.column_names gets the names
+        without the label; JSON and Parquet files name their own columns.
+        """
+        names = self.column_names
+        if not names or fmt not in ("csv", "tsv"):
+            return None
+        n_fields = len(read_header(files[0], fmt))
+        if self.label_column in names and n_fields == len(names) - 1:
+            return [n for n in names if n != self.label_column]
+        return names
+
+    def _check_columns(self, ds: datasets.Dataset, split: str) -> None:
+        needed = [("data.text_columns", c) for c in self.text_columns]
+        if split != "predict":
+            needed.append(("data.label_column", self.label_column))
+        for arg, column in needed:
+            if column not in ds.column_names:
+                raise UserError(
+                    f"{arg}: no column {column!r} in the {split} split ({self.describe(split)}); its columns are: "
+                    f"{', '.join(map(str, ds.column_names))} (for header-less CSV/TSV files set data.column_names)"
+                )
+        if len(ds) == 0:
+            raise UserError(f"the {split} split ({self.describe(split)}) has no rows")

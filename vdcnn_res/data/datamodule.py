@@ -67,7 +67,10 @@ class TextDataModule(LightningDataModule):
             from the ClassLabel feature or the sorted distinct training labels.
         tokenizer: char | learned | byte, or a path to a saved ``tokenizer.json`` to reuse.
         lowercase, max_vocab, min_frequency: tokenizer settings (see `build_tokenizer`).
-        max_length: texts are truncated to this many ids (the paper: 1024).
+        max_length: texts are truncated to this many ids (default 512, the recommended recipe;
+            the paper: 1024).
+        batch_size: training batch size (default 32, the recommended recipe; the paper: 128);
+            ``eval_batch_size`` defaults to it.
         batching: ``bucket`` pads each batch to its longest text (rounded up to
             ``pad_multiple``); ``fixed`` pads every batch to ``max_length`` like the paper.
         pool_batches: ``bucket`` sorts this many batches' worth of random samples together.
@@ -98,8 +101,8 @@ class TextDataModule(LightningDataModule):
         lowercase: bool | None = None,
         max_vocab: int | None = None,
         min_frequency: int = 1,
-        max_length: int = 1024,
-        batch_size: int = 128,
+        max_length: int = 512,
+        batch_size: int = 32,
         eval_batch_size: int | None = None,
         batching: Literal["bucket", "fixed"] = "bucket",
         pad_multiple: int = 8,

@@ -305,6 +305,22 @@ def test_in_memory_texts_reuse_the_same_encoding_and_padding(tmp_path):
     assert {label for _, label in from_file.values()} == {-1}  # no label column in predict data
 
 
+@pytest.mark.parametrize("header", [None, ["title", "description"], ["label", "title", "description"]],
+                         ids=["header-less", "header without the label", "header equal to column_names"])
+def test_predict_csv_with_or_without_a_header_when_column_names_is_set(tmp_path, header):
+    """data.column_names describes the header-less training files; a predict file may have a header."""
+    rows = with_int_labels(make_rows(12), offset=1)
+    train = write_csv(tmp_path / "train.csv", rows, ["label", "title", "description"], header=False)
+    columns = header or ["title", "description"]
+    predict = write_csv(tmp_path / "predict.csv", rows, columns, header=header is not None)
+    dm = TextDataModule(train=str(train), predict=str(predict), column_names=["label", "title", "description"],
+                        text_columns=["title", "description"], label_offset=1)
+    dm.setup("predict")
+    seen = collect(dm.predict_dataloader(), dm.tokenizer)
+    assert sorted(seen) == list(range(len(rows)))  # the header is never predicted as a text
+    assert [seen[i][0] for i in range(len(rows))] == [text(r) for r in rows]
+
+
 # ----------------------------------------------------------------------------- linked attributes
 
 

@@ -146,17 +146,22 @@ class SplitSources:
             raise UserError(f"the {split} split ({self.describe(split)}) has no rows") from None
 
     def _predict_column_names(self, files: list[str], fmt: str) -> list[str] | None:
-        """data.column_names for a predict file, which may lack the label column.
+        """data.column_names for a predict file, which may lack the label column, or None
+        when the file names its own columns.
 
-        A header-less CSV/TSV with one field fewer than data.column_names gets the names
-        without the label; JSON and Parquet files name their own columns.
+        A CSV/TSV file whose first row equals data.column_names, with or without the label
+        column, has a header and is read with it; a header-less one with one field fewer than
+        data.column_names gets the names without the label. JSON and Parquet name their columns.
         """
         names = self.column_names
         if not names or fmt not in ("csv", "tsv"):
             return None
-        n_fields = len(read_header(files[0], fmt))
-        if self.label_column in names and n_fields == len(names) - 1:
-            return [n for n in names if n != self.label_column]
+        first_row = read_header(files[0], fmt)
+        unlabelled = [n for n in names if n != self.label_column]
+        if first_row in (names, unlabelled):
+            return None
+        if self.label_column in names and len(first_row) == len(unlabelled):
+            return unlabelled
         return names
 
     def _check_columns(self, ds: datasets.Dataset, split: str) -> None:

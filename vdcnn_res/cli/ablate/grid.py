@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ RESULT_FILE = "result.json"
 COLUMNS = (
     "cell", "layers", "blocks_per_stage", "shortcut", "downsampling", "seed", "params", "steps", "epochs",
     "train_loss_final", "train_loss_best", "train_err_final", "train_err_best",
-    "val_err_final", "val_err_best", "test_err", "fit_seconds", "status", "fit_args",
+    "val_err_final", "val_err_best", "test_err", "fit_seconds", "threads", "host", "status", "fit_args",
 )  # fmt: skip
 
 
@@ -35,9 +36,13 @@ class Cell:
         return 1 + 2 * sum(self.layout)
 
     @property
+    def arch(self) -> str:
+        """The architecture's name: d<depth> for a paper variant, b<blocks-per-stage> for a layout."""
+        return f"d{self.depth}" if self.depth is not None else "b" + "-".join(map(str, self.layout))
+
+    @property
     def name(self) -> str:
-        arch = f"d{self.depth}" if self.depth is not None else "b" + "-".join(map(str, self.layout))
-        return f"{arch}_{'res' if self.shortcut else 'plain'}_{self.downsampling}_seed{self.seed}"
+        return f"{self.arch}_{'res' if self.shortcut else 'plain'}_{self.downsampling}_seed{self.seed}"
 
     def fit_args(self, base: list[str], budget: list[str], cell_dir: Path) -> list[str]:
         """The `vdcnn-res fit` arguments (without the subcommand) that train this cell."""
@@ -108,7 +113,25 @@ class CellResult:
     fit_seconds: float
     status: str  # "ok", or why the cell has no usable result (e.g. "diverged: ...")
     fit_args: str
+    # Where it ran: results move with the thread count, so a seed's row says what it had (0/"": not recorded).
+    threads: int = 0
+    host: str = ""
     curve: list[tuple[int, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def group(self) -> str:
+        """The cell's name without its seed: the seeds of one group are repeats of one configuration."""
+        return self.cell.rsplit("_seed", 1)[0]
+
+    @property
+    def arch(self) -> str:
+        """The architecture (Cell.arch): residual and plain cells of one arch, downsampling and seed pair up."""
+        return self.cell.split("_", 1)[0]
+
+    @property
+    def ok(self) -> bool:
+        """Trained to the end (tested or not); failed cells (e.g. diverged) have no usable numbers."""
+        return self.status.startswith("ok")
 
 
 def load_result(path: Path) -> CellResult:
@@ -117,7 +140,12 @@ def load_result(path: Path) -> CellResult:
     return CellResult(**data)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file that other workers (or machines) may read at any moment: whole or not at all."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # one per writer
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def save_result(result: CellResult, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(result)), encoding="utf-8")
-    os.replace(tmp, path)  # a finished cell is either fully recorded or not at all
+    write_atomically(path, json.dumps(asdict(result)))  # a finished cell is either fully recorded or not at all

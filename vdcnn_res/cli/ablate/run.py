@@ -6,8 +6,11 @@
 Every cell is a `vdcnn-res fit` of the base config with the cell's architecture, the same data
 order and seed, followed by a test of its best (validation) checkpoint. Each finished cell
 leaves `result.json` in its folder and is never retrained; an interrupted cell resumes from its
-`last.ckpt`. After every cell the tables (`results.csv`, `results.md`) and the figure
-(`ablation.png`) are rewritten from all finished cells.
+`last.ckpt`. After every cell the tables (`results.csv`, `summary.csv`, `results.md`) and the
+figure (`ablation.png`) are rewritten from all finished cells.
+
+`--workers N` trains N cells at once, one process each; processes on several machines may share
+the folder too: a claim file per cell (claims.py) gives each cell to exactly one of them.
 """
 
 from __future__ import annotations
@@ -16,11 +19,25 @@ import argparse
 import math
 import os
 import shlex
+import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from vdcnn_res.cli.ablate.grid import RESULT_FILE, Cell, CellResult, build_cells, load_result, save_result
+import torch
+
+from vdcnn_res.cli.ablate.claims import CLAIM_FILE, claim, release
+from vdcnn_res.cli.ablate.grid import (
+    RESULT_FILE,
+    Cell,
+    CellResult,
+    build_cells,
+    load_result,
+    save_result,
+    write_atomically,
+)
 from vdcnn_res.cli.ablate.report import md_cell, plot_results, write_tables
 from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.model import DOWNSAMPLING_TYPES, count_parameters
@@ -99,25 +116,50 @@ def train_cell(cell: Cell, fit_args: list[str], cell_dir: Path, label: str) -> C
         val_err_best=min((e["val_err"] for e in finite), default=math.nan),
         test_err=test_err,
         fit_seconds=recorder.fit_seconds,
+        threads=torch.get_num_threads(),
+        host=socket.gethostname(),
         status=status,
         fit_args=fit_command(fit_args),
         curve=recorder.steps,
     )
 
 
-def _claim(cell_dir: Path, command: str) -> None:
-    """Tie a cell's folder to its fit command, so results or checkpoints of another command are never mixed in."""
+def _check_command(cell_dir: Path, command: str) -> None:
+    """Refuse a cell folder holding a run of another command: its results or checkpoints are never mixed in."""
     path = cell_dir / "fit_command.txt"
-    if path.is_file():
-        earlier = path.read_text(encoding="utf-8").strip()
-        if earlier != command:
-            raise UserError(
-                f"{cell_dir} holds a run of another command (the base config, extra fit arguments or budget "
-                f"differ; see {path}); use a new --out_dir, or delete that folder to retrain the cell"
-            )
-        return
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(command + "\n", encoding="utf-8")
+    if path.is_file() and path.read_text(encoding="utf-8").strip() != command:
+        raise UserError(
+            f"{cell_dir} holds a run of another command (the base config, extra fit arguments or budget "
+            f"differ; see {path}); use a new --out_dir, or delete that folder to retrain the cell"
+        )
+
+
+def finished_results(cells: list[Cell], out_dir: Path) -> list[CellResult]:
+    """The result rows of the grid's finished cells, in grid order."""
+    paths = [out_dir / "cells" / cell.name / RESULT_FILE for cell in cells]
+    return [load_result(path) for path in paths if path.is_file()]
+
+
+def write_report(cells: list[Cell], out_dir: Path, command: str) -> list[CellResult]:
+    """Rewrite the tables and the figure from every finished cell; returns their rows.
+
+    Another worker may finish a cell while this one writes (and its own report, written from an
+    older list, may land after this one): the files are rewritten until no cell finished meanwhile,
+    so the last report written by anyone includes every cell saved before it.
+    """
+    out = Path(out_dir)
+    seen: list[tuple[str, int]] | None = None
+    results: list[CellResult] = []
+    for _ in range(len(cells) + 1):
+        done = [(out / "cells" / c.name / RESULT_FILE) for c in cells]
+        now = [(str(p), p.stat().st_mtime_ns) for p in done if p.is_file()]
+        if now == seen:
+            break
+        results, seen = finished_results(cells, out), now
+        if results:
+            write_tables(results, out, command)
+            plot_results(results, out)
+    return results
 
 
 def run_ablation(
@@ -126,30 +168,99 @@ def run_ablation(
     cells: list[Cell],
     budget: list[str],
     command: str = "",
+    worker: str = "",
 ) -> list[CellResult]:
-    """Train every unfinished cell, then (re)write the tables and the figure; returns all rows."""
+    """Train every cell that is neither finished nor claimed by another worker, then (re)write the tables
+    and the figure; returns the rows of all finished cells.
+
+    Workers (processes, or machines sharing `out_dir`) run this same loop: a cell's claim file lets one
+    of them train it; the others skip it. `worker` tags the progress lines of a worker process.
+    """
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    results: list[CellResult] = []
     for i, cell in enumerate(cells, 1):
         cell_dir = out / "cells" / cell.name
         done = cell_dir / RESULT_FILE
-        label = f"[{i}/{len(cells)}] {cell.name}"
+        label = f"[{i}/{len(cells)}{' ' + worker if worker else ''}] {cell.name}"
         fit_args = cell.fit_args(base_args, budget, cell_dir)
-        _claim(cell_dir, fit_command(fit_args))
+        command_line = fit_command(fit_args)
+        _check_command(cell_dir, command_line)
         if done.is_file():
-            result = load_result(done)
-            print(f"{label}: done earlier (test error {md_cell('test_err', result.test_err)} %), skipped", flush=True)
-        else:
-            print(f"{label}: {cell.layers} layers, shortcut {'on' if cell.shortcut else 'off'}", flush=True)
+            if not worker:  # a worker process leaves this to the command that started it
+                result = load_result(done)
+                print(f"{label}: done earlier (test error {md_cell('test_err', result.test_err)} %), skipped", flush=True)
+            continue
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        claim_path = cell_dir / CLAIM_FILE
+        holder = claim(claim_path)
+        if holder is not None:
+            print(f"{label}: being trained by {holder} ({claim_path}), skipped", flush=True)
+            continue
+        try:
+            if done.is_file():  # finished by another worker between the check above and the claim
+                continue
+            _check_command(cell_dir, command_line)  # written by another command while this one claimed it
+            write_atomically(cell_dir / "fit_command.txt", command_line + "\n")
+            threads = f", {torch.get_num_threads()} threads" if worker else ""
+            print(f"{label}: {cell.layers} layers, shortcut {'on' if cell.shortcut else 'off'}{threads}", flush=True)
             result = train_cell(cell, fit_args, cell_dir, label)
             save_result(result, done)
-            tested = f"test error {md_cell('test_err', result.test_err)} %" if not math.isnan(result.test_err) else "not tested"
-            print(f"{label}: {tested} ({result.status}, {result.fit_seconds:.0f} s)", flush=True)
-        results.append(result)
-        write_tables(results, out, command)
-        plot_results(results, out)
-    return results
+        finally:
+            release(claim_path)
+        tested = f"test error {md_cell('test_err', result.test_err)} %" if not math.isnan(result.test_err) else "not tested"
+        print(f"{label}: {tested} ({result.status}, {result.fit_seconds:.0f} s)", flush=True)
+        write_report(cells, out, command)
+    return write_report(cells, out, command)
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cuda_devices() -> list[str]:
+    """The CUDA devices this process sees, as CUDA_VISIBLE_DEVICES entries for the workers."""
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()][:count]
+    return [str(i) for i in range(count)]
+
+
+def run_workers(grid_argv: list[str], extra: list[str], workers: int, threads: int | None) -> None:
+    """Start `workers` processes of the same ablation (each the loop of run_ablation) and wait for them.
+
+    Each worker is `python -m vdcnn_res.cli ablate <the same grid>` with its own thread count and, when
+    CUDA devices are visible, its own device: a worker is exactly what another machine sharing the
+    folder would run, and a crash (or the out-of-memory killer) ends one worker, not the others.
+    """
+    devices = _cuda_devices()
+    threads = threads or max(1, _cpu_count() // workers)
+    procs: list[subprocess.Popen[bytes]] = []
+    for k in range(1, workers + 1):
+        env = dict(os.environ)
+        where = ""
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[(k - 1) % len(devices)]
+            where = f", CUDA device {env['CUDA_VISIBLE_DEVICES']}"
+        args = [*grid_argv, "--threads", str(threads), "--worker_id", str(k), "--", *extra]
+        procs.append(subprocess.Popen([sys.executable, "-m", "vdcnn_res.cli", "ablate", *args], env=env))
+        print(f"worker w{k}: pid {procs[-1].pid}, {threads} threads{where}", flush=True)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: let them release their claims
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+        raise
+    failed = [f"w{k} (exit code {code})" for k, code in enumerate(codes, 1) if code != 0]
+    if failed:
+        raise UserError(
+            f"worker {', '.join(failed)} stopped early (its output is above); the other cells are recorded: "
+            "re-run the same command to train the cells it left"
+        )
 
 
 def _bool(text: str) -> bool:
@@ -161,15 +272,44 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not on/off")
 
 
+# Options that say how to run the grid, not what it is: left out of the recorded command, so workers
+# and machines with other thread counts share one folder and one command line in results.md.
+_EXECUTION_OPTIONS = ("--workers", "--threads", "--worker_id")
+
+
+def _without_execution_options(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _EXECUTION_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in _EXECUTION_OPTIONS)):
+            kept.append(arg)
+    return kept
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value
+
+
 def main(argv: list[str]) -> None:
     """`vdcnn-res ablate`: its own argparse; everything after `--` goes to every cell's `fit` unchanged."""
     parser = argparse.ArgumentParser(
         prog="vdcnn-res ablate",
         description="Train a grid of depths x shortcut on/off (x downsampling x seeds) with identical data "
-        "order, seed and budget; write results.csv, results.md and ablation.png to --out_dir. Re-running "
-        "the same command skips finished cells and resumes an interrupted one.",
+        "order, seed and budget; write results.csv, summary.csv (mean ± sd over seeds, paired residual - "
+        "plain differences), results.md and ablation.png to --out_dir. Re-running the same command skips "
+        "finished cells and resumes an interrupted one; several workers or machines may share --out_dir.",
         epilog="Example: vdcnn-res ablate --config configs/quickstart.yaml --out_dir ablations/sample "
-        "--depths 9 17 --max_epochs 2 -- --trainer.precision bf16-mixed",
+        "--depths 9 17 --seeds 1 2 3 --max_epochs 2 --workers 2 -- --trainer.precision bf16-mixed",
+        allow_abbrev=False,  # the recorded command drops the execution options by their full names
     )
     parser.add_argument("--config", action="append", default=[], help="base fit config (repeatable, composed in order)")
     parser.add_argument("--out_dir", required=True, help="folder for the cells, tables and figure")
@@ -181,13 +321,19 @@ def main(argv: list[str]) -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max_epochs", type=int, help="training budget in epochs (default: the base config's)")
     budget.add_argument("--max_steps", type=int, help="training budget in optimizer steps")
+    parser.add_argument("--workers", type=_positive, default=1,
+                        help="cells trained at once, one process each (one CUDA device each when there are any)")  # fmt: skip
+    parser.add_argument("--threads", type=_positive,
+                        help="torch threads per worker (default: CPUs / workers with --workers, else torch's own)")  # fmt: skip
+    parser.add_argument("--worker_id", type=_positive, help=argparse.SUPPRESS)  # set on the processes --workers starts
     argv = list(argv)
-    command = "vdcnn-res ablate " + shlex.join(argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    grid_argv = _without_execution_options(argv)
+    command = "vdcnn-res ablate " + shlex.join(grid_argv + (["--", *extra] if extra else []))
     if not args.config:
         parser.error("--config is required: the base fit config every cell starts from")
     for path in args.config:
@@ -201,6 +347,25 @@ def main(argv: list[str]) -> None:
     else:
         limit = []
     cells = build_cells(args.depths, args.layouts, args.shortcut, args.downsampling, args.seeds)
-    print(f"Ablation: {len(cells)} cells -> {args.out_dir}", flush=True)
-    results = run_ablation(base, args.out_dir, cells, limit, command)
-    print(f"Wrote {Path(args.out_dir) / 'results.md'}, results.csv and ablation.png ({len(results)} cells)")
+    out = Path(args.out_dir)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.worker_id is not None:  # one of the processes of --workers
+        run_ablation(base, out, cells, limit, command, worker=f"w{args.worker_id}")
+        return
+    print(f"Ablation: {len(cells)} cells -> {out}", flush=True)
+    if args.workers > 1:
+        todo = []
+        for cell in cells:
+            cell_dir = out / "cells" / cell.name
+            _check_command(cell_dir, fit_command(cell.fit_args(base, limit, cell_dir)))  # refuse before starting
+            if (cell_dir / RESULT_FILE).is_file():
+                print(f"{cell.name}: done earlier, skipped", flush=True)
+            else:
+                todo.append(cell)
+        if todo:
+            run_workers(grid_argv, extra, min(args.workers, len(todo)), args.threads)
+        results = write_report(cells, out, command)
+    else:
+        results = run_ablation(base, out, cells, limit, command)
+    print(f"Wrote {out / 'results.md'}, results.csv, summary.csv and ablation.png ({len(results)} of {len(cells)} cells)")

@@ -68,6 +68,12 @@ def test_weight_decay_skips_biases_and_norm_weights():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
 
 
+def test_lr_auto_is_a_valid_setting_but_builds_nothing():
+    cfg = OptimConfig(lr="auto")  # resolved by the range test (training/lr_finder.py) before any build
+    with pytest.raises(ValueError, match="range test"):
+        build_scheduler(torch.optim.SGD(_net().parameters(), lr=0.1), cfg, 10)
+
+
 def test_optimizer_kinds():
     assert isinstance(build_optimizer(_net(), OptimConfig(name="adamw")), torch.optim.AdamW)
     sgd = build_optimizer(_net(), OptimConfig(name="sgd", momentum=0.5))
@@ -86,6 +92,7 @@ def test_updates_are_fused_on_cpu_and_skipped_where_unsupported():
         ({"name": "adam"}, "optim.name"),
         ({"schedule": "linear"}, "optim.schedule"),
         ({"lr": 0.0}, "optim.lr"),
+        ({"lr": "fast"}, "optim.lr"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"step_gamma": 0.0}, "step_gamma"),
         ({"warmup_fraction": 1.0}, "warmup_fraction"),

@@ -1,7 +1,9 @@
 """Optimizer and learning-rate schedule recipes, as config data.
 
 AdamW with a warm-up followed by cosine decay (the default), a one-cycle schedule, and the
-paper's recipe (SGD, lr 0.01, momentum 0.9, lr halved every 3 epochs).
+paper's recipe (SGD, lr 0.01, momentum 0.9, lr halved every 3 epochs). ``lr="auto"`` asks for
+a learning-rate range test before training (vdcnn_res.training.lr_finder.LRRangeTest), which
+replaces it with a number before any optimizer is built.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from vdcnn_res.errors import UserError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
+AUTO = "auto"
+# Each optimizer's recipe lr: the fallback of `lr: auto` when its range test is inconclusive.
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.01}
 
 
 @dataclass
@@ -26,7 +31,7 @@ class OptimConfig:
     # Defaults: the toolkit's recipe (docs/results.md). The paper's: name=sgd, lr=0.01,
     # weight_decay=0, schedule=step (configs/paper/recipe.yaml).
     name: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3  # peak learning rate (paper: 0.01 with SGD)
+    lr: float | Literal["auto"] = 1e-3  # peak learning rate (paper: 0.01 with SGD); "auto": range test
     momentum: float = 0.9  # SGD only (paper: 0.9)
     weight_decay: float = 0.05  # never applied to biases and norm layers (paper: none)
     schedule: Literal["step", "cosine", "onecycle", "constant"] = "cosine"
@@ -39,8 +44,11 @@ class OptimConfig:
             raise UserError(f"optim.name={self.name!r} is unknown; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"optim.schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}")
-        if not self.lr > 0:
-            raise UserError(f"optim.lr must be positive, got {self.lr}")
+        if isinstance(self.lr, str):
+            if self.lr != AUTO:
+                raise UserError(f"optim.lr must be a positive number or 'auto', got {self.lr!r}")
+        elif isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise UserError(f"optim.lr must be a positive number or 'auto', got {self.lr!r}")
         if self.weight_decay < 0:
             raise UserError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
@@ -70,9 +78,18 @@ def _can_fuse(model: nn.Module) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in supported for p in params)
 
 
+def _require_number(cfg: OptimConfig) -> None:
+    if cfg.lr == AUTO:
+        raise UserError(
+            "optim.lr='auto' needs the learning-rate range test before the optimizer is built: `vdcnn-res fit` "
+            "runs it; in Python add vdcnn_res.training.lr_finder.LRRangeTest() to the Trainer's callbacks"
+        )
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Build the optimizer, fused where the device allows it (benchmarks/bench.py: the fused
     AdamW update is a measurable share of a CPU training step)."""
+    _require_number(cfg)
     groups = parameter_groups(model, cfg.weight_decay)
     fused = _can_fuse(model) or None
     if cfg.name == "sgd":
@@ -84,6 +101,7 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> dict | None:
     """Return a Lightning `lr_scheduler` config dict, or None for a constant learning rate."""
+    _require_number(cfg)
     if cfg.schedule == "constant":
         return None
     if cfg.schedule == "step":

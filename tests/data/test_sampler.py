@@ -5,7 +5,12 @@ import pytest
 from lightning_fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
-from vdcnn_res.data.sampler import LengthBucketBatchSampler, SortedSampler, num_batches_per_replica
+from vdcnn_res.data.sampler import (
+    LengthBucketBatchSampler,
+    ResumableDataLoader,
+    SortedSampler,
+    num_batches_per_replica,
+)
 
 
 def lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -120,3 +125,72 @@ def test_sorted_sampler_shards():
     parts = [list(SortedSampler(lens, num_replicas=2, rank=r)) for r in (0, 1)]
     assert sorted(parts[0] + parts[1]) == list(range(11)) and not set(parts[0]) & set(parts[1])
     assert [len(SortedSampler(lens, num_replicas=2, rank=r)) for r in (0, 1)] == [6, 5]
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("bucket", [True, False])
+def test_state_dict_resumes_after_the_batches_already_yielded(replicas, bucket):
+    lens = lengths(203)
+    for rank in range(replicas):
+        def make():
+            return LengthBucketBatchSampler(lens, 8, bucket=bucket, num_replicas=replicas, rank=rank, pool_batches=3)
+
+        full = make()
+        full.set_epoch(3)
+        next_epoch = list(full)
+        full.set_epoch(2)
+        epoch = list(full)
+        for k in (0, 1, 7, len(epoch) - 1):
+            interrupted = make()
+            interrupted.set_epoch(2)
+            it = iter(interrupted)
+            head = [next(it) for _ in range(k)]
+            state = interrupted.state_dict()
+            assert state == {"epoch": 2, "batches": k, "num_batches": len(epoch)}
+            resumed = make()
+            resumed.load_state_dict(state)
+            resumed.set_epoch(2)  # what Lightning does before iterating
+            assert head + list(resumed) == epoch
+            resumed.set_epoch(3)  # the next epoch is whole again
+            assert list(resumed) == next_epoch
+
+
+def test_state_of_a_finished_epoch_resumes_with_the_next_one():
+    lens = lengths(50)
+    done = LengthBucketBatchSampler(lens, 8)
+    list(done)
+    resumed = LengthBucketBatchSampler(lens, 8)
+    resumed.load_state_dict(done.state_dict())
+    nxt = LengthBucketBatchSampler(lens, 8)
+    nxt.set_epoch(1)
+    assert resumed.sampler.epoch == 1 and list(resumed) == list(nxt)
+
+
+def test_state_from_other_batches_restarts_the_epoch_with_a_warning():
+    state = LengthBucketBatchSampler(lengths(50), 8).state_dict() | {"batches": 3}
+    resumed = LengthBucketBatchSampler(lengths(50), 4)
+    with pytest.warns(UserWarning, match="13 batches per epoch, the checkpoint 7: epoch 0 restarts"):
+        resumed.load_state_dict(state)
+    assert len(list(resumed)) == 13
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resumable_loader_counts_the_batches_it_returned(num_workers):
+    """Workers draw indices ahead of the training loop; the loader's count is the loop's."""
+    lens = lengths(120)
+
+    def loader():
+        return ResumableDataLoader(list(range(120)), batch_sampler=LengthBucketBatchSampler(lens, 8),
+                                   num_workers=num_workers)
+
+    epoch = [b.tolist() for b in loader()]
+    interrupted = loader()
+    it = iter(interrupted)
+    head = [next(it).tolist() for _ in range(5)]
+    state = interrupted.state_dict()
+    del it
+    assert state == {"epoch": 0, "batches": 5, "num_batches": len(epoch)}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["batches"] == 5
+    assert head + [b.tolist() for b in resumed] == epoch

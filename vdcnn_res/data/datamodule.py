@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from vdcnn_res.data.batching import PadCollator, TokenizedSplit
 from vdcnn_res.data.files import FORMATS
 from vdcnn_res.data.labels import LabelTable, read_classes
-from vdcnn_res.data.sampler import LengthBucketBatchSampler, SortedSampler
+from vdcnn_res.data.sampler import LengthBucketBatchSampler, ResumableDataLoader, SortedSampler
 from vdcnn_res.data.sources import DEFAULT_HUB_SPLITS, SPLITS, SplitSources
 from vdcnn_res.data.tokenizer import KINDS, PAD_ID, build_tokenizer, encode, load_tokenizer
 from vdcnn_res.errors import UserError
@@ -298,7 +298,8 @@ class TextDataModule(LightningDataModule):
             rank=rank,
             pool_batches=hp.pool_batches,
         )
-        return DataLoader(
+        # Resumable: Lightning checkpoints the training loader's position (mid-epoch resume).
+        return ResumableDataLoader(
             split,
             batch_sampler=sampler,
             collate_fn=self._collator(),

@@ -12,19 +12,34 @@ no process waits forever at a collective.
 Lightning calls ``set_epoch`` on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``
 but not on the batch sampler itself; :class:`LengthBucketBatchSampler` therefore keeps its
 epoch in its ``sampler`` attribute (an :class:`EpochPermutation`), where Lightning finds it.
+
+Resuming mid-epoch: Lightning (2.x) saves ``state_dict()`` of every training loader that has
+one in the checkpoint (``loops.fit_loop.state_dict.combined_loader``) and calls its
+``load_state_dict`` before iterating again when it restarts an unfinished epoch. A
+:class:`ResumableDataLoader` records the epoch and how many batches the training loop took;
+restored, its batch sampler skips them, so the resumed run sees exactly the batches the
+interrupted one had not seen.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from vdcnn_res.errors import UserError
 
-__all__ = ["EpochPermutation", "LengthBucketBatchSampler", "SortedSampler", "num_batches_per_replica"]
+__all__ = [
+    "EpochPermutation",
+    "LengthBucketBatchSampler",
+    "ResumableDataLoader",
+    "SortedSampler",
+    "num_batches_per_replica",
+]
 
 
 def _check_replicas(n: int, num_replicas: int, rank: int) -> None:
@@ -86,6 +101,9 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     With ``num_replicas > 1`` this process (``rank``) sees a disjoint shard and exactly
     ``len(self)`` batches, the same on every rank.
+
+    ``state_dict()`` is ``{"epoch", "batches" (yielded so far this epoch), "num_batches"}``;
+    after ``load_state_dict`` the next iteration of that epoch starts after those batches.
     """
 
     def __init__(
@@ -116,16 +134,50 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self._num_batches = num_batches_per_replica(n, batch_size, num_replicas)
         shard_size = len(range(rank, n, num_replicas))
         self._sizes = _split_sizes(shard_size, self._num_batches)
+        self._yielded = 0  # batches of the current epoch handed out, skipped ones included
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from load_state_dict
 
     @property
     def shuffle(self) -> bool:
         return self.sampler.shuffle
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self._num_batches
+
+    def pending_skip(self) -> int:
+        """Batches the next iteration skips: those of a restored epoch already consumed, else 0."""
+        if self._resume is None or self._resume[0] != self.epoch:
+            return 0
+        return self._resume[1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self._yielded, "num_batches": self._num_batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved epoch after its first ``state["batches"]`` batches.
+
+        A finished epoch continues with the next one; if the number of batches per epoch changed
+        (other data, batch size or process count) the saved epoch restarts from its first batch.
+        """
+        epoch, done = int(state["epoch"]), int(state["batches"])
+        if int(state.get("num_batches", self._num_batches)) != self._num_batches:
+            warnings.warn(
+                f"the training data gives {self._num_batches} batches per epoch, the checkpoint "
+                f"{state['num_batches']}: epoch {epoch} restarts from its first batch",
+                stacklevel=2,
+            )
+            done = 0
+        if done >= self._num_batches:
+            epoch, done = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._resume = (epoch, done)
 
     def _cut(self, indices: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
         return np.split(indices, np.cumsum(sizes)[:-1])
@@ -152,7 +204,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             # place in their pools, i.e. of similar lengths, so no rank waits on a longer one.
             rng = np.random.default_rng([self.sampler.seed, self.sampler.epoch, 1])
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        for batch in batches:
+        self._yielded = self.pending_skip()
+        self._resume = None
+        for batch in batches[self._yielded :]:
+            self._yielded += 1
             yield batch.tolist()
 
 
@@ -175,3 +230,32 @@ class SortedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.lengths), self.num_replicas))
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`LengthBucketBatchSampler` whose position Lightning checkpoints.
+
+    ``state_dict()`` counts the batches this loader has returned in the current epoch (exact
+    also with worker processes, which draw indices ahead); ``load_state_dict`` hands the
+    position to the batch sampler. Iteration starts lazily, at the first batch, so the sampler
+    sees the epoch Lightning sets just before it.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        epoch, done = sampler.epoch, sampler.pending_skip()
+        self._position = {"epoch": epoch, "batches": done}
+        for batch in super().__iter__():
+            done += 1
+            self._position = {"epoch": epoch, "batches": done}
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches" (returned so far this epoch), "num_batches"}``."""
+        sampler = self.batch_sampler
+        position = getattr(self, "_position", None) or {"epoch": sampler.epoch, "batches": sampler.pending_skip()}
+        return {**position, "num_batches": len(self.batch_sampler)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the saved epoch after the batches already returned (see the sampler's)."""
+        self.batch_sampler.load_state_dict(state)

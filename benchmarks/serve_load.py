@@ -1,0 +1,256 @@
+"""Load test of `vdcnn-res serve`: N concurrent clients x M requests on 127.0.0.1, as a Markdown table.
+
+    .venv/bin/python benchmarks/serve_load.py                          # default depth-9 model, random weights
+    .venv/bin/python benchmarks/serve_load.py --model exports/agnews   # an exported model
+    .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --model exports/agnews  # a running server
+
+Each request carries 1-32 texts drawn (fixed seed) from a shared AG News split (Zhang CSV,
+title + description), so every concurrency level sends the same kind of traffic. Per level:
+throughput (texts/s over the level's wall time), p50/p95/p99 request latency and errors (any
+non-200 answer or transport failure). The in-process Predictor runs the texts of the largest
+level in one `predict_proba` call in the same run, with the same threads and precision, as the
+reference the server is compared with. Throughput does not depend on the weights, so without
+--model a default-architecture (depth 9, 64-512 channels) model with random weights is
+exported to a temporary folder. Everything is bounded: M requests per client and --max-seconds
+per level; the server started here is stopped with SIGTERM at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TEST = REPO.parent / "shared" / "data" / "ag_news_7600" / "test.csv"
+SAMPLE_TEST = REPO / "data" / "ag_news_sample" / "test.csv"
+AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+@dataclass
+class Level:
+    concurrency: int
+    requests: int
+    texts: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.texts / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def load_texts(path: Path) -> list[str]:
+    """title + " " + description of every row of a header-less Zhang CSV ("class","title","description")."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [f"{row[1]} {row[2]}" for row in csv.reader(f)]
+
+
+def random_default_model(out_dir: Path) -> Path:
+    """Export the default architecture (depth 9) with random weights and the char tokenizer."""
+    import torch
+
+    from vdcnn_res import Predictor, build_model
+    from vdcnn_res.data.tokenizer import build_tokenizer
+    from vdcnn_res.model import ModelConfig
+
+    tokenizer = build_tokenizer("char")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(num_classes=len(AG_NEWS_LABELS), vocab_size=tokenizer.get_vocab_size()))
+    Predictor(model, tokenizer, AG_NEWS_LABELS, max_length=1024).save_pretrained(out_dir, overwrite=True)
+    return out_dir
+
+
+def start_server(model: Path, threads: int, precision: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """`vdcnn-res serve --port 0` in a subprocess; returns it and its URL once /health answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vdcnn_res.cli", "serve", "--model", str(model), "--port", "0",
+         "--threads", str(threads), "--precision", precision, *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    url = ""
+    for line in proc.stderr:  # the first log line names the port; then drain the log in the background
+        if found := re.search(r"on (http://[\d.]+:\d+)", line):
+            url = found.group(1)
+            break
+        if time.monotonic() > deadline:
+            break
+    if not url:
+        proc.kill()
+        raise RuntimeError(f"the server did not start (exit {proc.poll()})")
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    while time.monotonic() < deadline:
+        try:
+            if request(url, "GET", "/health")[0] == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the server did not answer /health in time")
+
+
+def request(url: str, method: str, path: str, body: bytes | None = None,
+            conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+    parsed = urlparse(url)
+    own = conn is None
+    conn = conn or http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        if own:
+            conn.close()
+
+
+def make_requests(pool: list[str], n: int, max_texts: int, rng: random.Random) -> list[list[str]]:
+    return [rng.sample(pool, rng.randint(1, max_texts)) for _ in range(n)]
+
+
+def run_level(url: str, per_client: list[list[list[str]]], max_seconds: float) -> Level:
+    """Every client sends its requests one after another on its own keep-alive connection."""
+    parsed = urlparse(url)
+    latencies: list[float] = []
+    counts = {"requests": 0, "texts": 0, "errors": 0}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + max_seconds
+
+    def client(batches: list[list[str]]) -> None:
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+        try:
+            for texts in batches:
+                if time.monotonic() > stop_at:
+                    return
+                body = json.dumps({"texts": texts}).encode()
+                start = time.perf_counter()
+                try:
+                    status, payload = request(url, "POST", "/predict", body, conn)
+                    ok = status == 200 and len(json.loads(payload)["predictions"]) == len(texts)
+                except (OSError, http.client.HTTPException, ValueError, KeyError):
+                    ok = False
+                    conn.close()
+                    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+                elapsed = (time.perf_counter() - start) * 1e3
+                with lock:
+                    counts["requests"] += 1
+                    if ok:
+                        counts["texts"] += len(texts)
+                        latencies.append(elapsed)
+                    else:
+                        counts["errors"] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(batches,)) for batches in per_client]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max_seconds + 120)
+    seconds = time.perf_counter() - start
+    return Level(len(per_client), counts["requests"], counts["texts"], counts["errors"], seconds, latencies)
+
+
+def in_process(model: Path, texts: list[str], threads: int, precision: str, batch_size: int) -> tuple[float, float]:
+    """(texts/s, seconds) of the in-process Predictor on `texts` in one call, after a warm-up."""
+    import torch
+
+    from vdcnn_res import Predictor
+
+    torch.set_num_threads(threads)
+    predictor = Predictor.from_pretrained(model, bf16={"auto": None, "bf16": True, "fp32": False}[precision])
+    predictor.predict_proba(texts[:batch_size], batch_size=batch_size)
+    start = time.perf_counter()
+    predictor.predict_proba(texts, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    return len(texts) / seconds, seconds
+
+
+def table(levels: list[Level], reference: tuple[float, float], n_reference: int) -> str:
+    lines = [
+        "| concurrency | requests | texts | errors | texts/s | p50 ms | p95 ms | p99 ms | vs in-process |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lv in levels:
+        lines.append(
+            f"| {lv.concurrency} | {lv.requests} | {lv.texts} | {lv.errors} | {lv.throughput:.1f} | {lv.percentile(50):.1f} "
+            f"| {lv.percentile(95):.1f} | {lv.percentile(99):.1f} | {lv.throughput / reference[0]:.0%} |"
+        )
+    lines.append(f"| in-process Predictor | - | {n_reference} | - | {reference[0]:.1f} | - | - | - | 100% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="exported folder (default: the depth-9 architecture with random weights)")
+    parser.add_argument("--url", help="load an already running server instead of starting one (needs --model for the reference)")
+    parser.add_argument("--data", type=Path, default=SHARED_TEST if SHARED_TEST.is_file() else SAMPLE_TEST)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=20, help="requests per client per level")
+    parser.add_argument("--max-texts", type=int, default=32, help="texts per request are drawn from 1..this")
+    parser.add_argument("--max-seconds", type=float, default=60, help="time limit per level")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the server and of the in-process run")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--batch-timeout", type=float, default=10.0, help="ms")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+    if args.url and not args.model:
+        parser.error("--url needs --model (the same exported folder) for the in-process reference")
+
+    pool = load_texts(args.data)
+    rng = random.Random(args.seed)
+    plans = {c: [make_requests(pool, args.requests, args.max_texts, rng) for _ in range(c)] for c in args.concurrency}
+    with tempfile.TemporaryDirectory(prefix="vdcnn_serve_load_") as tmp:
+        model = args.model or random_default_model(Path(tmp) / "model")
+        proc = None
+        url = args.url
+        if url is None:
+            proc, url = start_server(model, args.threads, args.precision,
+                                     ["--max-batch-size", str(args.max_batch_size), "--batch-timeout", str(args.batch_timeout)])
+        try:
+            # Reference first, while the server is idle: the texts of the largest level, one call.
+            biggest = [t for batches in plans[max(args.concurrency)] for texts in batches for t in texts]
+            reference = in_process(model, biggest, args.threads, args.precision, args.max_batch_size)
+            run_level(url, [make_requests(pool, 3, args.max_texts, rng)], args.max_seconds)  # warm-up
+            levels = [run_level(url, plans[c], args.max_seconds) for c in args.concurrency]
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    text = table(levels, reference, len(biggest))
+    text += (f"\n{args.data.name}: {len(pool)} texts, 1-{args.max_texts} per request, {args.requests} requests per client; "
+             f"{args.threads} torch threads; precision {args.precision}; max batch {args.max_batch_size}, "
+             f"timeout {args.batch_timeout:g} ms\n")
+    print(text)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    return text
+
+
+if __name__ == "__main__":
+    main()

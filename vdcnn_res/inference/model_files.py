@@ -196,7 +196,7 @@ def write_pretrained(
     overwrite: bool = False,
 ) -> list[Path]:
     """Write model.safetensors, config.json and tokenizer.json into ``out_dir``; returns the paths."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out_dir)
     paths = [out / WEIGHTS_FILE, out / CONFIG_FILE, out / TOKENIZER_FILE]
@@ -211,7 +211,9 @@ def write_pretrained(
         "max_length": int(max_length),
     }
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, paths[0], metadata={"format": "pt", "vdcnn_res_format_version": str(FORMAT_VERSION)})
+    # Serialized in memory and written like the JSON files, so every file gets the same umask-based
+    # mode (safetensors' save_file creates its file with mode 0600).
+    paths[0].write_bytes(save(weights, metadata={"format": "pt", "vdcnn_res_format_version": str(FORMAT_VERSION)}))
     paths[1].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tokenizer.save(str(paths[2]))
     return paths

@@ -139,9 +139,9 @@ def test_odd_texts_train_and_predict_finite(tmp_path, ckpt):
 # ----------------------------------------------------------------------------- the command line
 
 
-def _two_class_csv(tmp_path, ckpt) -> Path:
-    path = tmp_path / "two.csv"
-    path.write_text("".join(f'{1 + i % 2},"title {i}","text {i}"\n' for i in range(20)), encoding="utf-8")
+def _six_class_csv(tmp_path, ckpt) -> Path:
+    path = tmp_path / "six.csv"
+    path.write_text("".join(f'{1 + i % 6},"title {i}","text {i}"\n' for i in range(20)), encoding="utf-8")
     return path
 
 
@@ -175,7 +175,7 @@ def _latin1_train(tmp_path, ckpt) -> Path:
 
 # id, arguments (callables get (tmp_path, ckpt)), words the last stderr line must contain
 CLI_CASES = [
-    ("unknown key", ["--model.arch.dephth=9"], "unrecognized arguments: --model.arch.dephth=9"),
+    ("unknown key", ["--model.arch.dephth=9"], "unknown config key model.arch.dephth; did you mean model.arch.depth?"),
     ("unknown key in a config file", ["--config", _typo_config], "dephth"),
     ("wrong type", ["--data.batch_size=abc"], "Got value: abc"),
     ("stage layout and channels disagree", ["--model.arch.blocks_per_stage=[1, 1]"], "one entry per stage"),
@@ -183,13 +183,12 @@ CLI_CASES = [
     ("data not UTF-8", ["--data.train", _latin1_train], "is not UTF-8 text"),
     ("truncated checkpoint", ["--ckpt_path", _truncated], "cannot read checkpoint"),
     ("corrupted checkpoint", ["--ckpt_path", _flipped], "cannot read checkpoint"),
-    ("checkpoint of another class count",
-     ["--ckpt_path", lambda tmp, ck: ck, "--data.train", _two_class_csv, "--data.valid=null",
-      "--data.test", _two_class_csv, "--data.classes_file=null"],
-     "the checkpoint was trained with num_classes=4 but the data gives num_classes=2"),
-    ("checkpoint of another vocabulary",
+    ("test data with classes the checkpoint does not know",
+     ["--ckpt_path", lambda tmp, ck: ck, "--data.test", _six_class_csv, "--data.classes_file=null"],
+     "in the test split is outside the 4 classes"),
+    ("another tokenizer than the checkpoint's",
      ["--ckpt_path", lambda tmp, ck: ck, "--data.tokenizer=byte"],
-     "the checkpoint was trained with vocab_size="),
+     "data.tokenizer='byte' but the checkpoint was trained with 'char'"),
     ("--ckpt_path last with no earlier run", ["--ckpt_path", "last"], "--ckpt_path last: no last.ckpt under"),
     ("diverging learning rate", ["--model.optim.lr=1e30", "--model.optim.schedule=constant"],
      "the training loss became nan at step"),

@@ -69,13 +69,13 @@ def test_fit_validate_test_predict_and_resume(tmp_path, capsys):
     run("test", *TINY, *SHORT, *root, "--ckpt_path", last)
     out = capsys.readouterr().out
     assert "Test error:" in out and "on 32 texts" in out
-    assert list(tmp_path.glob("lightning_logs/version_*/confusion_matrix_test.png"))
+    assert (version / "test" / "last" / "confusion_matrix_test.png").is_file()  # beside the checkpoint's run
     run("predict", *TINY, *SHORT, *root, "--ckpt_path", last, "--data.predict", "data/ag_news_sample/test.csv")
 
     # Resume: a second epoch continues from the saved step count.
     steps_before = torch.load(last, weights_only=True)["global_step"]
     run("fit", *TINY, *SHORT, *root, "--trainer.max_epochs=2", "--ckpt_path", last)
-    resumed = sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1]
+    resumed = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"  # validate/test/predict add none
     assert torch.load(resumed, weights_only=True)["global_step"] == steps_before + 3
 
 
@@ -107,9 +107,8 @@ def test_user_errors_print_one_line_and_exit_2(args, words, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_early_stopping_from_the_command_line(tmp_path):
-    """The README's early-stopping flags stop the run (threshold 0: after the first validation)."""
+    """The default early stopping is tuned with early_stopping.* (threshold 0: after the first validation)."""
     run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_epochs=5",
-        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/acc",
-        "--trainer.callbacks.mode=max", "--trainer.callbacks.stopping_threshold=0.0")
+        "--early_stopping.stopping_threshold=0.0")
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0

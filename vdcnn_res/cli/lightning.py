@@ -1,34 +1,133 @@
 """The LightningCLI behind `vdcnn-res fit|validate|test|predict`: its signatures are the config schema.
 
-    vdcnn-res fit --config configs/quickstart.yaml
+    vdcnn-res fit --data.train train.tsv --data.valid valid.tsv      (the recommended recipe, adaptive budget)
     vdcnn-res fit --config configs/quickstart.yaml --ckpt_path last   (resume: newest last.ckpt under the root dir)
-    vdcnn-res test --config configs/quickstart.yaml --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
-    vdcnn-res predict --config configs/quickstart.yaml --ckpt_path last.ckpt --data.predict texts.jsonl
+    vdcnn-res test --ckpt_path best --data.test test.tsv             (best checkpoint of the newest run)
+    vdcnn-res predict --ckpt_path CKPT --data.predict texts.jsonl     (the checkpoint alone: no training data)
     vdcnn-res export --ckpt_path last.ckpt --out_dir exports/model [--onnx]   (own parser, no Trainer)
     vdcnn-res ablate --config configs/quickstart.yaml --out_dir ablations/x --depths 9 17   (depth x shortcut grid)
     vdcnn-res fit --print_config
+
+Defaults (the recipe lives here and in the signatures of the model, its OptimConfig and the data
+module; configs hold data settings and at most a budget): AdamW + warm-up + cosine, label
+smoothing 0.1, length-bucketed batches of 32 cut at 512 characters, bf16-mixed where the device
+computes bf16 natively (else 32-true), and an adaptive budget: early stopping on validation
+accuracy with a patience, capped at `trainer.max_epochs`; the cosine schedule spans the cap.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
+from typing import Any, NoReturn
 
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from vdcnn_res.data import TextDataModule
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import load_checkpoint_safely
+from vdcnn_res.inference.predictor import native_bf16
 from vdcnn_res.inference.writer import PredictionWriter
 from vdcnn_res.training.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast
 from vdcnn_res.training.module import VDCNNClassifier
+from vdcnn_res.training.progress import EpochSummary, FlopsModelSummary
+
+__all__ = ["VDCNNCLI", "build_cli", "default_precision", "silence_foreign_noise"]
+
+# The adaptive budget: stop when validation accuracy has not improved for PATIENCE validations,
+# at the latest after MAX_EPOCHS (the length of the cosine schedule). Configs may override both.
+MAX_EPOCHS = 20
+PATIENCE = 4
 
 # ckpt_path values Lightning resolves itself to checkpoints of this run, not paths.
-# ("last" is resolved here, to the newest last.ckpt of earlier runs: see _resolve_last.)
-_CKPT_KEYWORDS = ("best", "hpc", "registry")
+# ("last" and "best" are resolved here, to earlier runs: see _resolve_last and _resolve_best.)
+_CKPT_KEYWORDS = ("hpc", "registry")
+_EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+# Data settings a checkpoint does not dictate to test/predict: where the files are, where caches
+# go, and how the tokenizer and the classes were made (both come from the checkpoint itself).
+_NOT_FROM_CHECKPOINT = frozenset(
+    {"train", "valid", "test", "predict", "classes_file", "cache_dir", "num_workers",
+     "tokenizer", "lowercase", "max_vocab", "min_frequency"}
+)  # fmt: skip
+_DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state_dict() in a checkpoint
+_DERIVED_HELP = {
+    "model.arch.num_classes": "number of classes: linked from data.num_classes, never typed",
+    "model.arch.vocab_size": "embedding rows: linked from the data module's tokenizer, never typed",
+    "model.arch.padding_idx": "padding id: linked from the data module, never typed",
+    "model.label_names": "class names: linked from the data module (or the checkpoint), never typed",
+}
+
+
+# ----------------------------------------------------------------------------- noise
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of `prefixes` (exact, foreign messages only)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+_FOREIGN_LOG_LINES = (
+    "💡 Tip: For seamless cloud ",  # advertisements (litlogger, litmodels) printed by every Trainer
+    "Loading `train_dataloader` to estimate number of stepping batches.",  # Lightning internals
+)
+
+
+def silence_foreign_noise() -> None:
+    """Silence, at their source, the messages of libraries that say nothing about the user's run.
+
+    Each filter names one exact message (and where it comes from), so every other warning of the
+    same libraries still shows. Safe to call more than once.
+    """
+    # torch deprecated a class that Lightning's own code still constructs
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"pytorch_lightning\.utilities\._pytree",
+    )
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(_FOREIGN_LOG_LINES))
+    # `datasets` draws a progress bar ("Generating train split") for every file it converts,
+    # even a test file; HF_DATASETS_DISABLE_PROGRESS_BARS=0 keeps them (the variable has priority).
+    import datasets
+
+    if datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is None:
+        datasets.disable_progress_bars()
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def default_precision(accelerator: Any = "auto") -> str:
+    """bf16-mixed where the device computes bf16 natively (CPU with AVX512-BF16/AMX, CUDA with bf16), else 32-true."""
+    name = str(accelerator).lower()
+    cuda = name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if native_bf16(torch.device("cuda" if cuda else "cpu")) else "32-true"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _newest(files: list[Path]) -> Path:
+    return max(files, key=lambda p: p.stat().st_mtime)
 
 
 def _resolve_last(root_dir: str | None) -> str:
@@ -43,13 +142,96 @@ def _resolve_last(root_dir: str | None) -> str:
             f"--ckpt_path last: no last.ckpt under {str(root)!r} (looked in lightning_logs/version_*/checkpoints/ "
             "and checkpoints/); set --trainer.default_root_dir to the earlier run's folder or give the file's path"
         )
-    return str(max(found, key=lambda p: p.stat().st_mtime))
+    return str(_newest(found))
+
+
+def _resolve_best(root_dir: str | None) -> str:
+    """`--ckpt_path best`: the best checkpoint of the newest earlier run under the root dir.
+
+    Lightning would ask this run's (unused) ModelCheckpoint, which has seen no validation. With
+    several best-*.ckpt in the run's folder (save_top_k > 1), its last.ckpt says which is best.
+    """
+    root = Path(root_dir or os.getcwd()).expanduser()
+    found = [*root.glob("lightning_logs/version_*/checkpoints/best-*.ckpt"), *root.glob("checkpoints/best-*.ckpt")]
+    if not found:
+        raise UserError(
+            f"--ckpt_path best: no best-*.ckpt under {str(root)!r} (looked in lightning_logs/version_*/checkpoints/ "
+            "and checkpoints/); set --trainer.default_root_dir to the training run's folder or give the file's path"
+        )
+    folder = _newest(found).parent
+    candidates = sorted(folder.glob("best-*.ckpt"))
+    if len(candidates) == 1:
+        return str(candidates[0])
+    last = folder / "last.ckpt"
+    if last.is_file():
+        for key, state in (load_checkpoint_safely(last).get("callbacks") or {}).items():
+            if str(key).startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("best_model_path"):
+                best = folder / Path(state["best_model_path"]).name
+                if best.is_file():
+                    return str(best)
+    raise UserError(
+        f"--ckpt_path best: {str(folder)!r} holds {len(candidates)} best-*.ckpt and no last.ckpt says which is best; "
+        "give the file's path"
+    )
+
+
+def _run_dir(ckpt_path: Path) -> Path:
+    """The training run a checkpoint belongs to: version_N for version_N/checkpoints/x.ckpt, else its folder."""
+    folder = ckpt_path.resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _config_keys(parser: Any) -> list[str]:
+    return [a.dest for a in getattr(parser, "_actions", []) if isinstance(getattr(a, "dest", None), str)]
+
+
+_UNKNOWN_KEY = (
+    re.compile(r"does not accept (?:option|nested key) '([^']+)'"),
+    re.compile(r"[Uu]nrecognized arguments: (--[^\s=]+)"),
+    re.compile(r"[Kk]ey '([^']+)' is not expected"),
+)
+
+
+class VDCNNArgumentParser(LightningArgumentParser):
+    """Parse errors as one line naming the problem (and the closest valid key for a typo), exit 2.
+
+    jsonargparse prints the full usage (over a hundred lines) before the error; the user needs the
+    key. Nested parsers that do not exit on error (jsonargparse tries alternatives) keep raising.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        from jsonargparse._common import debug_mode_active  # the JSONARGPARSE_DEBUG switch
+
+        if not self.exit_on_error or debug_mode_active():
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        for pattern in _UNKNOWN_KEY:
+            found = pattern.search(text)
+            if found:
+                key = found.group(1).lstrip("-")
+                close = difflib.get_close_matches(key, _config_keys(parser), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else f"; `{parser.prog.replace(' [options]', '')} --help` lists every key"
+                raise UserError(f"unknown config key {key}{hint}") from None
+        raise UserError(f"{text} (`{parser.prog.replace(' [options]', '')} --help` lists every key)") from None
+
+
+# ----------------------------------------------------------------------------- the CLI
 
 
 class VDCNNCLI(LightningCLI):
-    """Links every derived value from the data module into the model, once."""
+    """Links every derived value from the data module into the model, once; test/predict/validate
+    take the tokenizer, label names and data settings from the checkpoint."""
+
+    _checkpoint: dict[str, Any] | None = None  # the eval subcommands' --ckpt_path file, loaded safely
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for action in parser._actions:  # jsonargparse's --help otherwise says "lacks type and help"
+            if action.dest in _DERIVED_HELP and not action.help:
+                action.help = _DERIVED_HELP[action.dest]
         parser.link_arguments("data.num_classes", "model.arch.num_classes", apply_on="instantiate")
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.padding_idx", "model.arch.padding_idx", apply_on="instantiate")
@@ -63,15 +245,30 @@ class VDCNNCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch:02d}-{step}",
             }
         )
+        # Optional callbacks (`--early_stopping=null` turns one off; `--early_stopping.patience=8` tunes it).
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
+        parser.add_lightning_class_args(EpochSummary, "epoch_summary", subclass_mode=True, required=False)
+        parser.set_defaults(
+            {
+                "early_stopping": {
+                    "class_path": "pytorch_lightning.callbacks.EarlyStopping",
+                    "init_args": {"monitor": "val/acc", "mode": "max", "patience": PATIENCE},
+                },
+                "epoch_summary": {"class_path": "vdcnn_res.training.progress.EpochSummary"},
+            }
+        )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Refuse unsafe checkpoints before Lightning reads one (it does so right after parsing)."""
+        """Resolve defaults that depend on the machine or the checkpoint, and refuse unsafe
+        checkpoints before Lightning reads one (it does so right after parsing)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if config.get("trainer.precision") is None:  # the default: the fastest exact-enough choice here
+            config["trainer.precision"] = default_precision(config.get("trainer.accelerator") or "auto")
         if not subcommand:
             return
-        config = self.config[subcommand]
         # Lightning passes weights_only=None on to torch.load, where an environment variable
         # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn the default into full unpickling.
         if config.get("weights_only") is None:
@@ -82,15 +279,89 @@ class VDCNNCLI(LightningCLI):
         if str(ckpt_path) == "last":
             config.ckpt_path = ckpt_path = _resolve_last(config.get("trainer.default_root_dir"))
             print(f"Resuming from {ckpt_path}", file=sys.stderr)
+        elif str(ckpt_path) == "best":
+            if subcommand == "fit":
+                raise UserError("--ckpt_path best: fit resumes a run; use --ckpt_path last or a checkpoint's path")
+            config.ckpt_path = ckpt_path = _resolve_best(config.get("trainer.default_root_dir"))
+            print(f"Best checkpoint of the newest run: {ckpt_path}", file=sys.stderr)
         if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS and not str(ckpt_path).startswith("registry:"):
             if "://" not in str(ckpt_path):
-                load_checkpoint_safely(ckpt_path)  # UserError for pickled code or a missing file
+                checkpoint = load_checkpoint_safely(ckpt_path)  # UserError for pickled code or a missing file
+                if subcommand in _EVAL_SUBCOMMANDS and isinstance(checkpoint, dict):
+                    self._checkpoint = checkpoint
+                    self._data_from_checkpoint(config, subcommand, checkpoint)
 
-    def instantiate_trainer(self, **kwargs) -> Trainer:
-        """The Trainer, with write-then-rename checkpoint saves unless another CheckpointIO was chosen."""
-        trainer = super().instantiate_trainer(**kwargs)
+    def _data_from_checkpoint(self, config: Any, subcommand: str, checkpoint: dict[str, Any]) -> None:
+        """Data settings the user did not set come from the checkpoint (max_length, columns, labels, ...).
+
+        test and predict read only their own split: the training files of a training config are
+        dropped, so nothing is re-read and no learned tokenizer is rebuilt from them.
+        """
+        saved = checkpoint.get("datamodule_hyper_parameters") or {}
+        defaults = self._parser(subcommand).get_defaults()
+        tokenizer = config.get("data.tokenizer")
+        if "tokenizer" in saved and tokenizer not in (saved["tokenizer"], defaults.get("data.tokenizer")):
+            raise UserError(
+                f"data.tokenizer={tokenizer!r} but the checkpoint was trained with {saved['tokenizer']!r}; "
+                f"{subcommand} encodes texts with the checkpoint's own tokenizer: drop data.tokenizer"
+            )
+        for key, value in saved.items():
+            if key in _NOT_FROM_CHECKPOINT or f"data.{key}" not in defaults:
+                continue
+            if config.get(f"data.{key}") == defaults.get(f"data.{key}"):
+                config[f"data.{key}"] = value
+        if subcommand in ("test", "predict"):
+            config["data.train"] = config["data.valid"] = None
+
+    def before_instantiate_classes(self) -> None:
+        """Give the data module the checkpoint's tokenizer and label names as it is created, before
+        the links copy its num_classes / vocab_size / label_names into the model."""
+        vocabulary = _checkpoint_vocabulary(self._checkpoint) if self._checkpoint is not None else None
+        if vocabulary is None:
+            return
+
+        def with_vocabulary(class_type: type[TextDataModule], *args: Any, **kwargs: Any) -> TextDataModule:
+            kwargs.pop("applied_instantiation_links", None)
+            data = class_type(*args, **kwargs)
+            tokenizer, label_names = vocabulary
+            if label_names is None:
+                data.set_tokenizer(tokenizer)
+            else:
+                data.set_vocabulary(tokenizer, label_names)
+            return data
+
+        with warnings.catch_warnings():  # the API LightningCLI itself uses; its successor needs jsonargparse>=4.49
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.parser.add_instantiator(with_vocabulary, TextDataModule, subclasses=True, prepend=True)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer with this CLI's callbacks, logger and write-then-rename checkpoint saves.
+
+        - `trainer.enable_checkpointing=false` drops the checkpoint callback (Lightning would refuse it);
+        - validate/test/predict keep no fit-only callbacks, and log next to the checkpoint's run
+          (<run>/test/<checkpoint name>/ ...), so version_N numbers count training runs only.
+        """
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        callbacks = [cb for cb in callbacks if cb is not None]
+        evaluating = self.subcommand in _EVAL_SUBCOMMANDS
+        if evaluating:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, (ModelCheckpoint, EarlyStopping, EpochSummary))]
+            # ... whose saved states evaluation does not need; Lightning asks for them all the same
+            warnings.filterwarnings(
+                "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
+            )
+        elif trainer_config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if evaluating and self._checkpoint is not None and trainer_config.get("logger") in (None, True):
+            trainer_config["logger"] = _eval_logger(Path(ckpt_path), self.subcommand, trainer_config)
+        trainer = self._instantiate_trainer(trainer_config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for i, callback in enumerate(trainer.callbacks):  # Lightning's default summary, with real FLOPs
+            if type(callback) is ModelSummary:
+                trainer.callbacks[i] = FlopsModelSummary(max_depth=callback._max_depth)
         return trainer
 
     def after_fit(self) -> None:
@@ -101,14 +372,39 @@ class VDCNNCLI(LightningCLI):
             print(f"Last checkpoint: {callback.last_model_path}")
 
 
+def _checkpoint_vocabulary(checkpoint: dict[str, Any]) -> tuple[str, list[str] | None] | None:
+    """(tokenizer JSON, label names or None) saved in a vdcnn-res checkpoint; None for other files."""
+    state = checkpoint.get(_DATA_STATE_KEY)
+    if not isinstance(state, dict) or not isinstance(state.get("tokenizer"), str):
+        return None
+    hparams = checkpoint.get("hyper_parameters") or {}
+    names = hparams.get("label_names") or state.get("label_names")  # vdcnn-res 0.1.0 kept them in the data state
+    return state["tokenizer"], [str(n) for n in names] if names else None
+
+
+def _eval_logger(ckpt_path: Path, subcommand: str, trainer_config: dict[str, Any]) -> TensorBoardLogger:
+    """<run>/<subcommand>/<checkpoint name>[-2, -3, ...]/ beside the checkpoint's training run; where
+    that run's folder is not writable, <root>/lightning_logs/<subcommand>/<checkpoint name>/."""
+    run = _run_dir(ckpt_path)
+    if not os.access(run, os.W_OK):
+        run = Path(trainer_config.get("default_root_dir") or os.getcwd()) / "lightning_logs"
+    version, n = ckpt_path.stem, 1
+    while (run / subcommand / version).exists():  # a second test of the same checkpoint keeps the first
+        n += 1
+        version = f"{ckpt_path.stem}-{n}"
+    return TensorBoardLogger(save_dir=run, name=subcommand, version=version, default_hp_metric=False)
+
+
 def build_cli(args: ArgsType = None, run: bool = True) -> VDCNNCLI:
     """The CLI with its defaults; `run=False` parses a fit config (no subcommand) and builds
     model, data and Trainer without running them (as `vdcnn-res ablate` does per cell)."""
+    silence_foreign_noise()
     return VDCNNCLI(
         VDCNNClassifier,
         TextDataModule,
         args=args,
         run=run,
+        parser_class=VDCNNArgumentParser,
         seed_everything_default=42,
         parser_kwargs={
             "description": "Train, evaluate and apply VDCNN text classifiers. Also: `vdcnn-res export --help` "
@@ -119,5 +415,6 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VDCNNCLI:
             # the data module shards its own length-bucketed batches across ranks
             "use_distributed_sampler": False,
             "log_every_n_steps": 10,
+            "max_epochs": MAX_EPOCHS,  # the cap of the adaptive budget (early_stopping ends most runs sooner)
         },
     )

@@ -8,6 +8,7 @@ to stop with SIGTERM while a request waits in the queue.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import re
@@ -307,6 +308,84 @@ def test_a_missing_folder_is_refused_with_one_line(tmp_path, capsys):
         main(["serve", "--model", str(tmp_path / "nothing_here")])
     assert exit_info.value.code == 2
     assert "vdcnn-res export" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the batcher alone
+
+
+class FakePredictor:
+    """Records the texts of each model call; echoes each text as its label."""
+
+    label_names = ["a", "b", "c"]
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = False
+
+    def predict(self, texts: list[str], top_k: int, batch_size: int) -> list[dict]:
+        self.calls.append(list(texts))
+        if self.fail:
+            raise RuntimeError("model failed")
+        return [{"label": t, "probability": 0.5, "top_k": [(t, 0.5), ("b", 0.3), ("c", 0.2)][:top_k]} for t in texts]
+
+
+def _with_batcher(fake: FakePredictor, body, max_batch_size: int = 6, timeout_s: float = 0.3, max_queue_texts: int = 100):
+    from vdcnn_res.inference.server import Batcher
+
+    async def run():
+        batcher = Batcher(fake, max_batch_size, timeout_s, max_queue_texts)
+        await batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(run())
+
+
+def test_batcher_fills_batches_keeps_requests_apart_and_slices_top_k():
+    fake = FakePredictor()
+
+    async def body(batcher):
+        start = time.monotonic()
+        results = await asyncio.gather(
+            batcher.predict(["a1", "a2", "a3"], 1), batcher.predict(["b1", "b2", "b3"], 2), batcher.predict(["c1"], 3)
+        )
+        return results, time.monotonic() - start
+
+    (first, second, third), elapsed = _with_batcher(fake, body)
+    assert fake.calls == [["a1", "a2", "a3", "b1", "b2", "b3"], ["c1"]]  # the third does not fit into 6
+    assert [p["label"] for p in first] == ["a1", "a2", "a3"] and [p["label"] for p in second] == ["b1", "b2", "b3"]
+    assert [len(p["top_k"]) for p in first + second + third] == [1, 1, 1, 2, 2, 2, 3]
+    assert third[0]["top_k"][0] == {"label": "c1", "probability": 0.5}
+    assert 0.25 < elapsed < 5  # the lone third request waited for the timeout, not forever
+
+
+def test_batcher_refuses_past_its_queue_limit():
+    from vdcnn_res.inference.server import Overloaded
+
+    async def body(batcher):
+        waiting = asyncio.ensure_future(batcher.predict(["x"] * 3, 1))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.predict(["y"] * 2, 1)
+        return await waiting
+
+    assert len(_with_batcher(FakePredictor(), body, max_queue_texts=4)) == 3
+
+
+def test_a_failing_model_call_fails_its_requests_only():
+    fake = FakePredictor()
+
+    async def body(batcher):
+        fake.fail = True
+        failed = await asyncio.gather(batcher.predict(["a"], 1), batcher.predict(["b"], 1), return_exceptions=True)
+        fake.fail = False
+        return failed, await batcher.predict(["c"], 1)
+
+    failed, later = _with_batcher(fake, body, timeout_s=0.05)
+    assert all(isinstance(f, RuntimeError) for f in failed)
+    assert later[0]["label"] == "c"
 
 
 # ----------------------------------------------------------------------------- the load benchmark

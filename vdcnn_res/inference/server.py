@@ -440,4 +440,4 @@ def serve(settings: ServeSettings) -> None:
 
     del predictor  # each worker process loads its own
     os.environ[_SETTINGS_ENV] = json.dumps(asdict(settings))
-    Multiprocess(config, target=server.run, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()  # as uvicorn.run does; SIGTERM reaches every worker

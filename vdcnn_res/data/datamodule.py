@@ -25,7 +25,8 @@ where each split comes from :mod:`vdcnn_res.data.sources`; this module tokenizes
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import datasets
@@ -35,16 +36,17 @@ from torch.utils.data import DataLoader
 
 from vdcnn_res.data.batching import PadCollator, TokenizedSplit
 from vdcnn_res.data.files import FORMATS
-from vdcnn_res.data.labels import LabelTable, read_classes
+from vdcnn_res.data.labels import LabelTable, label_ids, read_classes
 from vdcnn_res.data.sampler import LengthBucketBatchSampler, ResumableDataLoader, SortedSampler
 from vdcnn_res.data.sources import DEFAULT_HUB_SPLITS, SPLITS, SplitSources
+from vdcnn_res.data.texts import join_texts, odd_text_summary
 from vdcnn_res.data.tokenizer import KINDS, PAD_ID, build_tokenizer, encode, load_tokenizer
 from vdcnn_res.errors import UserError
 
 __all__ = ["FORMATS", "TextDataModule"]
 
 # Bump when the cached tokenized layout changes, so old `datasets` cache files are not reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 class TextDataModule(LightningDataModule):
@@ -61,8 +63,12 @@ class TextDataModule(LightningDataModule):
         column_names: column names of header-less CSV/TSV files (Zhang et al. layout:
             ``[label, title, description]``).
         text_columns: the text column(s); several are joined with ``text_separator``.
-        label_column: integer or string labels (a `ClassLabel` feature keeps its names).
+        label_column: integer or string labels (a `ClassLabel` feature keeps its names);
+            surrounding whitespace is stripped.
         label_offset: subtracted from integer labels (1 for 1-based files).
+        missing_labels: rows of train/valid/test without a label (empty cell, null, missing
+            key): ``error`` names the file, the count and the first row; ``drop`` skips them
+            and says how many. Prediction files need no labels.
         classes_file: class names, one per line (line 1 = id 0); otherwise names come
             from the ClassLabel feature or the sorted distinct training labels.
         tokenizer: char | learned | byte, or a path to a saved ``tokenizer.json`` to reuse.
@@ -94,6 +100,7 @@ class TextDataModule(LightningDataModule):
         text_separator: str = " ",
         label_column: str = "label",
         label_offset: int = 0,
+        missing_labels: Literal["error", "drop"] = "error",
         classes_file: str | None = None,
         valid_fraction: float = 0.1,
         seed: int = 42,
@@ -120,6 +127,8 @@ class TextDataModule(LightningDataModule):
             raise UserError("data.text_columns is empty; name at least one text column")
         if not 0.0 <= valid_fraction < 1.0:
             raise UserError(f"data.valid_fraction must be in [0, 1), got {valid_fraction}")
+        if missing_labels not in ("error", "drop"):
+            raise UserError(f"data.missing_labels must be 'error' or 'drop', got {missing_labels!r}")
         if batching not in ("bucket", "fixed"):
             raise UserError(f"data.batching must be 'bucket' or 'fixed', got {batching!r}")
         if file_format is not None and file_format not in FORMATS:
@@ -141,6 +150,7 @@ class TextDataModule(LightningDataModule):
             valid_fraction=valid_fraction,
             seed=seed,
             cache_dir=cache_dir,
+            missing_labels=missing_labels,
         )
         self._tokenizer: Tokenizer | None = None
         self._labels: LabelTable | None = None
@@ -309,13 +319,6 @@ class TextDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ vocabulary and labels
 
-    def _texts(self, batch: Mapping[str, list[Any]]) -> list[str]:
-        columns = [batch[c] for c in self._sources.text_columns]
-        if len(columns) == 1:
-            return ["" if v is None else str(v) for v in columns[0]]
-        sep = self.hparams.text_separator
-        return [sep.join("" if v is None else str(v) for v in row) for row in zip(*columns)]
-
     def _build_tokenizer(self) -> Tokenizer:
         hp = self.hparams
         spec = hp.tokenizer
@@ -332,7 +335,8 @@ class TextDataModule(LightningDataModule):
                 )
             train = self._sources.require("train")
             # Count characters the model will see: each text up to max_length.
-            texts = (t[: hp.max_length] for batch in train.iter(batch_size=1000) for t in self._texts(batch))
+            columns, sep = self._sources.text_columns, hp.text_separator
+            texts = (t[: hp.max_length] for batch in train.iter(batch_size=1000) for t in join_texts(batch, columns, sep))
         return build_tokenizer(spec, texts, lowercase=hp.lowercase, max_vocab=hp.max_vocab, min_frequency=hp.min_frequency)
 
     def _label_table(self) -> LabelTable:
@@ -364,17 +368,21 @@ class TextDataModule(LightningDataModule):
         hp = self.hparams
         ds = self._sources.require(split)
         tokenizer = self.tokenizer
-        labels = self._label_table()
-        label_column = hp.label_column
+        label_table = self._label_table()
+        label_column, text_columns = hp.label_column, self._sources.text_columns
         has_labels = label_column in ds.column_names
-        table = labels.lookup(ds, label_column, f"{split} split", self._trained_ids) if has_labels else None
+        table = label_table.lookup(ds, label_column, f"{split} split", self._trained_ids) if has_labels else None
+        is_classlabel = has_labels and isinstance(ds.features[label_column], datasets.ClassLabel)
+        odd = odd_text_summary(ds, text_columns)
+        if odd:
+            warnings.warn(f"the {split} split ({self._sources.describe(split)}): {odd}", stacklevel=2)
         fingerprint = datasets.fingerprint.Hasher.hash(
             [
                 _CACHE_VERSION,
                 ds._fingerprint,
                 tokenizer.to_str(),
                 hp.max_length,
-                self._sources.text_columns,
+                text_columns,
                 hp.text_separator,
                 label_column,
                 sorted(table.items(), key=repr) if table else None,
@@ -382,10 +390,10 @@ class TextDataModule(LightningDataModule):
         )
 
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            texts = self._texts(batch)
+            texts = join_texts(batch, text_columns, hp.text_separator)
             ids = encode(tokenizer, texts, hp.max_length)
-            label_ids = [table[v] for v in batch[label_column]] if table is not None else [-1] * len(texts)
-            return {"input_ids": ids, "labels": label_ids}
+            labels = label_ids(batch[label_column], table, is_classlabel) if table is not None else [-1] * len(texts)
+            return {"input_ids": ids, "labels": labels}
 
         mapped = ds.map(
             tokenize,

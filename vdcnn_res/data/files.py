@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from typing import Any
 
 import datasets
+import pandas as pd
 
 from vdcnn_res.errors import MissingFileError, UserError
 
-__all__ = ["FORMATS", "NoRows", "infer_format", "load_files", "read_header", "resolve_files"]
+__all__ = ["FORMATS", "NoRows", "infer_format", "load_files", "locate_row", "read_header", "resolve_files"]
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "json", "parquet")
 _EXTENSIONS = {
@@ -74,14 +76,22 @@ def infer_format(files: list[str], arg: str) -> str:
 
 def read_header(file: str, fmt: str) -> list[str]:
     """The first row of a CSV/TSV file, as pandas (and so `datasets`) names its columns."""
-    import pandas as pd
-
     try:
         return [str(c) for c in pd.read_csv(file, sep=_SEPARATORS[fmt], nrows=0).columns]
     except pd.errors.EmptyDataError as err:
         raise NoRows from err
     except UnicodeDecodeError as err:
         raise UserError(_not_utf8(file, err)) from None
+    except (pd.errors.ParserError, ValueError) as err:  # e.g. a quote that is never closed
+        raise UserError(f"could not read the first row of {file!r}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of the innermost cause's message (parsers chain several, some multi-line)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _not_utf8(file: str, err: UnicodeDecodeError | Exception) -> str:
@@ -98,11 +108,13 @@ def load_files(
     """The rows of ``files`` as one dataset (CSV/TSV cells all strings, never parsed as NA).
 
     ``column_names`` names the columns of header-less CSV/TSV files; a file whose first row
-    equals them is refused (the header would be read as a data row).
+    equals them is refused (the header would be read as a data row). A CSV/TSV row with more
+    fields than the header is an error (pandas would silently shift or drop cells).
     """
     if all(os.path.getsize(f) == 0 for f in files):
         raise NoRows
     shown = files[0] if len(files) == 1 else str(files)  # how the UTF-8 messages name the file(s)
+    named = repr(files[0] if len(files) == 1 else files)
     kwargs: dict[str, Any] = {}
     if fmt in _SEPARATORS:
         names = list(column_names) if column_names else read_header(files[0], fmt)
@@ -115,6 +127,7 @@ def load_files(
         kwargs.update(
             sep=_SEPARATORS[fmt],
             keep_default_na=False,
+            index_col=False,  # never take the first column of a row with an extra field as an index
             features=datasets.Features({n: datasets.Value("string") for n in names}),
         )
         builder = "csv"
@@ -123,19 +136,36 @@ def load_files(
     else:
         builder = fmt
     try:
-        ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, **kwargs)
+        with warnings.catch_warnings():
+            # pandas only warns when a row has more fields than the header, and drops them.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, **kwargs)
     except Exception as err:  # pandas / pyarrow parse errors come in many types
         if "corresponds to no data" in str(err):  # what `datasets` says about a split of 0 rows
             raise NoRows from err
-        cause = err
-        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, (UnicodeDecodeError, pd.errors.ParserWarning)):
             cause = cause.__cause__ or cause.__context__
-        if cause is not None:
+        if isinstance(cause, UnicodeDecodeError):
             raise UserError(f"{arg}: {_not_utf8(shown, cause)}") from err
-        raise UserError(f"{arg}: could not read {fmt} file(s) {files if len(files) > 1 else files[0]!r}: {err}") from err
+        if cause is not None:
+            raise UserError(
+                f"{arg}: a row of {named} has more fields than its header; quote fields that contain the separator"
+            ) from err
+        raise UserError(f"{arg}: could not read {fmt} file(s) {named}: {_first_line(err)}") from err
     if builder == "json":  # pyarrow's JSON reader keeps bytes that are not UTF-8 in string columns
         try:
             ds.data.table.validate(full=True)
         except Exception as err:
             raise UserError(f"{arg}: {_not_utf8(shown, err)}") from None
     return ds
+
+
+def locate_row(files: list[str], fmt: str, column_names: list[str] | None, cache_dir: str | None, row: int) -> str:
+    """Where row ``row`` (0-based) of the files read together lies: "data row N of 'file'" (N from 1)."""
+    for file in files:
+        n = len(load_files([file], fmt, column_names, cache_dir, "data")) if len(files) > 1 else row + 1
+        if row < n:
+            return f"data row {row + 1} of {file!r}"
+        row -= n
+    raise IndexError(row)

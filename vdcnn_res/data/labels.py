@@ -2,10 +2,16 @@
 
 Names come, in this order, from ``data.classes_file``, a `ClassLabel` feature, or the training
 split: integer labels ``0..K-1`` after ``data.label_offset``, else the sorted distinct strings.
+
+A label cell stands for :func:`label_key` of its value: strings without surrounding whitespace
+(reported once per split), integers, ``true``/``false`` for booleans. An empty or blank cell, a
+null, a missing key or a ClassLabel ``-1`` is a missing label (see :func:`missing_label_rows`);
+floats, lists and objects are errors.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -17,7 +23,16 @@ import numpy as np
 
 from vdcnn_res.errors import MissingFileError, UserError
 
-__all__ = ["LabelTable", "int_labels", "read_classes", "stratified_split"]
+__all__ = [
+    "LabelTable",
+    "int_labels",
+    "is_missing_label",
+    "label_ids",
+    "label_key",
+    "missing_label_rows",
+    "read_classes",
+    "stratified_split",
+]
 
 _INT_LABEL = re.compile(r"^\s*[+-]?\d+\s*$")
 _TRAIN = "the training split"
@@ -34,6 +49,7 @@ class LabelTable:
         self.offset = offset
         self.source = source
         self.index = {n: i for i, n in enumerate(names)}
+        self._reported: set[str] = set()  # splits whose stripped labels were reported
 
     @classmethod
     def from_train(
@@ -43,16 +59,14 @@ class LabelTable:
         and the ids that occur in it; a single-class split is an error."""
         names, source = classes, classes_source if classes else _TRAIN
         feature = train.features[column]
-        uniques = train.unique(column)
-        if any(u is None for u in uniques):
-            raise UserError(f"the train split has rows without a label in column {column!r}")
+        keys = _distinct(train, column, None)  # lookup() below reports stripped whitespace
         if isinstance(feature, datasets.ClassLabel):
             if offset:
                 raise UserError(f"data.label_offset must be 0: column {column!r} is a ClassLabel (0-based)")
             if names is None:
                 names, source = list(feature.names), f"the ClassLabel feature {column!r}"
         elif names is None:
-            ints = int_labels(uniques)
+            ints = int_labels(sorted(keys, key=repr))
             if ints is not None:
                 ids = sorted(i - offset for i in ints)
                 missing = sorted(set(range(ids[-1] + 1)) - set(ids))
@@ -64,7 +78,8 @@ class LabelTable:
                     )
                 names = [str(i + offset) for i in range(ids[-1] + 1)]
             else:
-                names = sorted(str(u) for u in uniques)
+                names = sorted({str(k) for k in keys})
+                _warn_case_variants(names)
         table = cls(names, offset, source)
         trained = set(table.lookup(train, column, "train split", None).values())
         if len(trained) < 2:
@@ -74,21 +89,18 @@ class LabelTable:
         return table, trained
 
     def lookup(self, ds: datasets.Dataset, column: str, where: str, trained: set[int] | None) -> dict[Any, int]:
-        """Raw value -> id for every distinct value of ``ds[column]``; errors name the bad value.
+        """:func:`label_key` -> id for every label of ``ds[column]``; errors name the bad value.
 
-        With ``trained`` (the ids of the training split) classes without a training example
-        are warned about.
+        Missing labels are left out (the caller drops or refuses them first). With ``trained``
+        (the ids of the training split) classes without a training example are warned about.
         """
         feature = ds.features[column]
-        uniques = ds.unique(column)
-        if any(u is None for u in uniques):
-            raise UserError(f"the {where} has rows without a label in column {column!r}")
+        keys = sorted(_distinct(ds, column, None if where in self._reported else where), key=repr)
+        self._reported.add(where)
         is_classlabel = isinstance(feature, datasets.ClassLabel)
-        as_names = [feature.int2str(u) for u in uniques] if is_classlabel else uniques
+        as_names = [feature.int2str(k) for k in keys] if is_classlabel else keys
         ints = None if is_classlabel else int_labels(as_names)
-        table: dict[Any, int] = {}
-        for raw, value in zip(uniques, ints if ints is not None else as_names):
-            table[raw] = self._id(raw, value, where, is_int=ints is not None)
+        table = {key: self._id(key, value, where, ints is not None) for key, value in zip(keys, ints or as_names)}
         if trained is not None:
             untrained = sorted({self.names[i] for i in table.values() if i not in trained})
             if untrained:
@@ -112,7 +124,88 @@ class LabelTable:
             problem = f"never occurs in the training split (classes: {shown})"
         else:
             problem = f"is none of the {len(self.names)} classes of {self.source} ({shown})"
-        raise UserError(f"label {value!r} in the {where} {problem}; fix the data or list every class in data.classes_file")
+        same = [n for n in self.names if n.casefold() == str(value).casefold()]
+        hint = f" (labels are case-sensitive: {same[0]!r}?)" if same else ""
+        raise UserError(
+            f"label {value!r} in the {where} {problem}{hint}; fix the data or list every class in data.classes_file"
+        )
+
+
+def is_missing_label(value: Any) -> bool:
+    """Whether a raw label cell holds no label: None, a blank string or NaN."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, float) and math.isnan(value)
+
+
+def label_key(value: Any) -> str | int | float | None:
+    """The label a raw (non-ClassLabel) cell stands for, None when missing (hashable, comparable by repr)."""
+    if is_missing_label(value):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)  # refused by int_labels with a clear message
+    raise UserError(f"a label is a {type(value).__name__} ({str(value)[:40]!r}); use integer or string labels")
+
+
+def missing_label_rows(ds: datasets.Dataset, column: str) -> np.ndarray:
+    """Indices of the rows of ``ds`` without a label in ``column`` (a ClassLabel's -1 included)."""
+    feature = ds.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        def missing(v: Any) -> bool:
+            return v is None or v < 0
+    else:
+        missing = is_missing_label
+    if isinstance(feature, (datasets.Value, datasets.ClassLabel)) and not any(map(missing, ds.unique(column))):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.fromiter(map(missing, ds[column]), dtype=bool, count=len(ds)))
+
+
+def _distinct(ds: datasets.Dataset, column: str, where: str | None) -> set[Any]:
+    """The label keys of ``ds[column]`` (ClassLabel: the ids), missing labels left out.
+
+    With ``where`` (the split, for the message) labels with surrounding whitespace are reported.
+    """
+    feature = ds.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return {int(u) for u in ds.unique(column) if u is not None and u >= 0}
+    raw = ds.unique(column) if isinstance(feature, datasets.Value) else ds[column]
+    keys = {label_key(v) for v in raw} - {None}
+    padded = sorted({v for v in raw if isinstance(v, str) and v.strip() and v != v.strip()})
+    if padded and where:
+        warnings.warn(
+            f"the {where} has {len(padded)} label(s) with surrounding whitespace, stripped "
+            f"(e.g. {padded[0]!r} -> {padded[0].strip()!r})",
+            stacklevel=3,
+        )
+    return keys
+
+
+def _warn_case_variants(names: list[str]) -> None:
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.casefold(), []).append(name)
+    variants = [" / ".join(map(repr, g)) for g in groups.values() if len(g) > 1]
+    if variants:
+        warnings.warn(
+            f"training labels that differ only by case are separate classes: {'; '.join(variants[:5])}"
+            f"{' ...' if len(variants) > 5 else ''}; fix the data if they mean one class",
+            stacklevel=3,
+        )
+
+
+def label_ids(values: list[Any], table: dict[Any, int], is_classlabel: bool) -> list[int]:
+    """The ids of raw label cells through a :meth:`LabelTable.lookup` table; -1 where missing."""
+    if is_classlabel:
+        return [table.get(v, -1) for v in values]
+    return [-1 if (key := label_key(v)) is None else table[key] for v in values]
 
 
 def int_labels(values: list[Any]) -> list[int] | None:

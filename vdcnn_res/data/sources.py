@@ -1,18 +1,21 @@
 """Where each split comes from: local files (``data.train`` ...) or a hub dataset, checked.
 
-:class:`SplitSources` loads each raw split once, checks its columns, refuses to validate on the
-test data, and carves the validation split out of train when none is given.
+:class:`SplitSources` loads each raw split once, checks its columns, refuses or drops rows
+without a label (``data.missing_labels``), refuses to validate on the test data, and carves the
+validation split out of train when none is given.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import datasets
+import numpy as np
 
-from vdcnn_res.data.files import NoRows, infer_format, load_files, read_header, resolve_files
-from vdcnn_res.data.labels import stratified_split
+from vdcnn_res.data.files import NoRows, infer_format, load_files, locate_row, read_header, resolve_files
+from vdcnn_res.data.labels import label_key, missing_label_rows, stratified_split
 from vdcnn_res.errors import UserError
 
 __all__ = ["DEFAULT_HUB_SPLITS", "SPLITS", "SplitSources"]
@@ -43,8 +46,11 @@ class SplitSources:
     valid_fraction: float
     seed: int
     cache_dir: str | None
+    missing_labels: str = "error"
     _hub: datasets.DatasetDict | None = field(default=None, init=False, repr=False)
     _raw: dict[str, datasets.Dataset | None] = field(default_factory=dict, init=False, repr=False)
+    # split -> (files, format, column names) as read, to say in which file a row is
+    _read: dict[str, tuple[list[str], str, list[str] | None]] = field(default_factory=dict, init=False, repr=False)
 
     def has(self, split: str) -> bool:
         """Whether the split has a source (without loading it, except a hub's split list)."""
@@ -65,19 +71,12 @@ class SplitSources:
         if split in self._raw:
             return self._raw[split]
         if split in ("train", "valid"):
-            train, valid = self._load("train"), self._load("valid")
-            if train is not None:
-                self._check_columns(train, "train")
-                if valid is None and self.valid_fraction > 0:
-                    train, valid = self._carve(train)
-            if valid is not None:
-                self._check_columns(valid, "valid")
+            train, valid = self._checked("train"), self._checked("valid")
+            if train is not None and valid is None and self.valid_fraction > 0:
+                train, valid = self._carve(train)
             self._raw["train"], self._raw["valid"] = train, valid
         else:
-            ds = self._load(split)
-            if ds is not None:
-                self._check_columns(ds, split)
-            self._raw[split] = ds
+            self._raw[split] = self._checked(split)
         return self._raw[split]
 
     def require(self, split: str) -> datasets.Dataset:
@@ -88,11 +87,43 @@ class SplitSources:
             raise UserError(f"no {split} split: set {hint}")
         return ds
 
+    def _checked(self, split: str) -> datasets.Dataset | None:
+        """The split as loaded, its columns checked and (labelled splits) its missing labels handled."""
+        ds = self._load(split)
+        if ds is None:
+            return None
+        self._check_columns(ds, split)
+        if split != "predict":
+            ds = self._without_missing_labels(ds, split)
+        return ds
+
+    def _without_missing_labels(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
+        rows = missing_label_rows(ds, self.label_column)
+        if len(rows) == 0:
+            return ds
+        problem = (
+            f"{len(rows)} of {len(ds)} rows of the {split} split have no label in column {self.label_column!r} "
+            f"(empty, null or missing; first: {self._locate(split, int(rows[0]))})"
+        )
+        if self.missing_labels != "drop":
+            raise UserError(f"{problem}; fill them in, or set data.missing_labels=drop to skip such rows")
+        if len(rows) == len(ds):
+            raise UserError(f"{problem}: no labelled row is left; check data.label_column")
+        warnings.warn(f"dropped {problem} (data.missing_labels=drop)", stacklevel=2)
+        keep = np.ones(len(ds), dtype=bool)
+        keep[rows] = False
+        return ds.select(np.flatnonzero(keep))
+
+    def _locate(self, split: str, row: int) -> str:
+        """Where a row of a split lies: the file and its data row number (from 1), for messages."""
+        if split not in self._read:
+            return f"row {row + 1} of {self.describe(split)}"
+        files, fmt, names = self._read[split]
+        return locate_row(files, fmt, names, self.cache_dir, row)
+
     def _carve(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
-        labels = train[self.label_column]
-        if any(v is None for v in labels):
-            raise UserError(f"the train split has rows without a label in column {self.label_column!r}")
-        train_rows, valid_rows = stratified_split(list(labels), self.valid_fraction, self.seed)
+        labels = [label_key(v) for v in train[self.label_column]]
+        train_rows, valid_rows = stratified_split(labels, self.valid_fraction, self.seed)
         if len(train_rows) == 0:
             raise UserError("data.valid_fraction leaves no training rows; lower it or give data.valid")
         log.info("validation: %d of %d training rows (seed %d)", len(valid_rows), len(train), self.seed)
@@ -141,6 +172,7 @@ class SplitSources:
                 raise UserError("data.valid and data.test are the same file(s); validate on a split other than test")
         try:
             names = self._predict_column_names(files, fmt) if split == "predict" else self.column_names
+            self._read[split] = (files, fmt, names)
             return load_files(files, fmt, names, self.cache_dir, arg)
         except NoRows:
             raise UserError(f"the {split} split ({self.describe(split)}) has no rows") from None

@@ -147,12 +147,22 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list
 
     The raw text is cut first, so a 1,000,000-character text costs as much as a short one;
     every unit yields at least one id, so cutting at ``max_length`` (+ slack) loses nothing kept.
+    Surrogate code points (which only a Python string can hold, never UTF-8 text) are joined
+    where they form a pair and otherwise become U+FFFD, i.e. ``<unk>`` unless it is in the vocabulary.
     """
     if max_length < 1:
         raise UserError(f"max_length must be >= 1, got {max_length}")
     clipped = [t[: max_length + _TRUNCATION_SLACK] for t in texts]
-    encodings = tokenizer.encode_batch(clipped, add_special_tokens=False)
+    try:
+        encodings = tokenizer.encode_batch(clipped, add_special_tokens=False)
+    except TypeError:  # `tokenizers` takes only strings that encode to UTF-8
+        clipped = [_without_surrogates(t) for t in clipped]
+        encodings = tokenizer.encode_batch(clipped, add_special_tokens=False)
     return [e.ids[:max_length] for e in encodings]
+
+
+def _without_surrogates(text: str) -> str:
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def load_tokenizer(path_or_json: str | os.PathLike[str]) -> Tokenizer:

@@ -5,11 +5,11 @@ import json
 import math
 import os
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -189,7 +189,7 @@ def test_paired_differences_use_only_seeds_both_finished():
 
 
 def _row(name: str, seed: int, train: float, test: float, status: str = "ok") -> CellResult:
-    arch, kind, down = name.split("_")
+    _, kind, down = name.split("_")
     return CellResult(
         cell=f"{name}_seed{seed}", layers=9, blocks_per_stage="1,1,1,1", shortcut=kind == "res", downsampling=down,
         seed=seed, params=1, steps=3, epochs=1, train_loss_final=1.0, train_loss_best=1.0, train_err_final=train,
@@ -239,7 +239,8 @@ def test_of_two_claimers_one_wins_and_the_other_learns_who(tmp_path):
     other = _other_process(path, hold_seconds=30)
     try:
         holder = claims.claim(path)
-        assert holder == claims.Owner(socket.gethostname(), other.pid, holder.started) and holder.started
+        me = claims.this_process()
+        assert holder == claims.Owner(me.host, other.pid, holder.started, me.machine, me.boot)
         assert json.loads(path.read_text())["pid"] == other.pid
         claims.release(path)  # not ours: left alone
         assert path.is_file()
@@ -274,15 +275,28 @@ def test_a_reused_pid_is_not_taken_for_the_claimer(tmp_path):
     me = claims.this_process()
     if me.started is None:
         pytest.skip("no /proc: process start times are unknown here")
-    path.write_text(json.dumps({"host": me.host, "pid": me.pid, "started": "1"}))  # same pid, older process
+    mine = {"host": me.host, "pid": me.pid, "machine": me.machine, "boot": me.boot}
+    path.write_text(json.dumps({**mine, "started": "1"}))  # same pid, an older process
     assert claims.claim(path) is None and json.loads(path.read_text())["started"] == me.started
 
 
-def test_a_claim_of_another_host_is_never_broken(tmp_path):
+def test_a_claim_from_before_a_reboot_is_reclaimed(tmp_path):
     path = tmp_path / "claim.json"
-    path.write_text(json.dumps({"host": "elsewhere.invalid", "pid": 1, "started": None}))
-    assert claims.claim(path) == claims.Owner("elsewhere.invalid", 1, None)
-    assert json.loads(path.read_text())["host"] == "elsewhere.invalid"
+    me = claims.this_process()
+    if me.boot is None:
+        pytest.skip("no boot id here")
+    path.write_text(json.dumps({**asdict(me), "boot": "an-earlier-boot"}))  # this very pid, but before a reboot
+    assert claims.claim(path) is None and json.loads(path.read_text())["boot"] == me.boot
+
+
+@pytest.mark.parametrize("field", ["host", "machine"])
+def test_a_claim_of_another_machine_is_never_broken(tmp_path, field):
+    path = tmp_path / "claim.json"
+    # A pid no process here has: were the claim taken for this machine's, it would be broken as dead.
+    other = {**asdict(claims.this_process()), "pid": 999_999_999, field: "elsewhere.invalid"}
+    path.write_text(json.dumps(other))
+    assert claims.claim(path) == claims.Owner(**other)
+    assert json.loads(path.read_text())[field] == "elsewhere.invalid"
 
 
 # --- workers: the seeds' claim with error bars -----------------------------------------------------

@@ -1,9 +1,11 @@
 """Claim files: one worker per cell, on an --out_dir that several processes or machines share.
 
 A worker trains a cell only after creating its claim file with O_CREAT | O_EXCL, which succeeds
-for exactly one creator (also on NFS v3+). The file names the claimer (host, pid and the pid's
-start time), so a claim left behind by a dead process of this host is recognised and broken; a
-claim of another host is never broken (this host cannot see its processes).
+for exactly one creator (also on NFS v3+). The file names the claimer: host name and machine id
+(which machine), boot id (which boot of it), pid and the pid's start time (which process). A
+claim left by a dead process of this machine, or by this machine before it rebooted, is broken
+and retaken; a claim of another machine is never broken (this one cannot see its processes).
+Machines sharing a folder therefore need distinct host names.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ _GRACE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Owner:
-    """Who holds a claim. `started` (the process's start time on Linux) tells a reused pid from the claimer."""
+    """Who holds a claim. On Linux `machine` (/etc/machine-id), `boot` (the boot id) and `started` (the
+    process's start time) tell another machine, a reboot and a reused pid apart; elsewhere they are None."""
 
     host: str
     pid: int
     started: str | None = None
+    machine: str | None = None
+    boot: str | None = None
 
     def __str__(self) -> str:
         return f"pid {self.pid} on {self.host}" if self.pid > 0 else "another worker"
@@ -43,15 +48,26 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime); the fields after ')' start at field 3
 
 
+def _first_line(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def this_process() -> Owner:
     pid = os.getpid()
-    return Owner(socket.gethostname(), pid, _start_time(pid))
+    machine, boot = _first_line("/etc/machine-id"), _first_line("/proc/sys/kernel/random/boot_id")
+    return Owner(socket.gethostname(), pid, _start_time(pid), machine, boot)
 
 
 def is_alive(owner: Owner) -> bool | None:
-    """Whether the claimer still runs; None when it cannot be told (a process of another host)."""
-    if owner.host != socket.gethostname():
+    """Whether the claimer still runs; None when it cannot be told (a process of another machine)."""
+    me = this_process()
+    if owner.host != me.host or owner.machine != me.machine:
         return None
+    if owner.boot is not None and me.boot is not None and owner.boot != me.boot:
+        return False  # claimed before this machine rebooted
     if owner.pid <= 0:  # os.kill(0 or -n) would signal process groups: a malformed claim is dead
         return False
     try:
@@ -77,7 +93,7 @@ def _read(path: Path) -> str | None:
 def _parse(text: str) -> Owner | None:
     try:
         data = json.loads(text)
-        return Owner(str(data["host"]), int(data["pid"]), data.get("started"))
+        return Owner(str(data["host"]), int(data["pid"]), data.get("started"), data.get("machine"), data.get("boot"))
     except (ValueError, KeyError, TypeError):
         return None
 

@@ -19,6 +19,7 @@ __all__ = ["SUBCOMMANDS", "main"]
 SUBCOMMANDS = {
     "export": "vdcnn_res.cli.export",
     "ablate": "vdcnn_res.cli.ablate",
+    "tune": "vdcnn_res.cli.tune",
     "serve": "vdcnn_res.cli.serve",
 }
 

@@ -272,6 +272,11 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not on/off")
 
 
+# Every cell trains its whole budget (the CLI's default early stopping would end cells at different
+# epochs) and prints the recorder's per-epoch line, which names the cell (workers interleave), instead
+# of the CLI's own. Arguments after `--` come later and may turn either back on.
+CELL_DEFAULTS = ["--early_stopping=null", "--epoch_summary=null"]
+
 # Options that say how to run the grid, not what it is: left out of the recorded command, so workers
 # and machines with other thread counts share one folder and one command line in results.md.
 _EXECUTION_OPTIONS = ("--workers", "--threads", "--worker_id")
@@ -339,7 +344,7 @@ def main(argv: list[str]) -> None:
     for path in args.config:
         if not Path(path).is_file():
             raise MissingFileError(f"--config {path!r}: no such file")
-    base = [arg for path in args.config for arg in ("--config", path)] + extra
+    base = [arg for path in args.config for arg in ("--config", path)] + CELL_DEFAULTS + extra
     if args.max_steps is not None:
         limit = ["--trainer.max_steps", str(args.max_steps), "--trainer.max_epochs", "-1"]
     elif args.max_epochs is not None:

@@ -190,3 +190,13 @@ def test_lone_surrogates_encode_as_unknown_and_pairs_as_their_character():
     paired = "\ud83d\ude00"  # U+1F600 as a surrogate pair
     assert encode(byte, [paired], 10) == encode(byte, ["\U0001F600"], 10)
     assert np.array_equal(encode(byte, ["ok"], 10), [[111 + 2, 107 + 2]])
+
+
+def test_integer_labels_are_ascii_digits_and_a_huge_one_is_a_quick_error(tmp_path):
+    arabic = write(tmp_path, "arabic.csv", "text,label\nx,٣\ny,٤\n")  # Arabic-Indic digits stay names
+    assert TextDataModule(train=arabic, valid_fraction=0.0).label_names == ["٣", "٤"]
+    huge = write(tmp_path, "huge.csv", "text,label\nx,0\ny,1\nz,99999999999999999999\n")
+    with pytest.raises(UserError, match=r"0\.\.K-1 .*found 0\.\.99999999999999999999 without \[2, 3, 4"):
+        TextDataModule(train=huge, valid_fraction=0.0).num_classes  # used to build a set of 10**20 ids
+    mixed = write(tmp_path, "mixed.jsonl", jsonl([{"text": "x", "label": 0}, {"text": "y", "label": "1"}]))
+    assert TextDataModule(train=mixed, valid_fraction=0.0).label_names == ["0", "1"]

@@ -11,6 +11,7 @@ floats, lists and objects are errors.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -34,7 +35,7 @@ __all__ = [
     "stratified_split",
 ]
 
-_INT_LABEL = re.compile(r"^\s*[+-]?\d+\s*$")
+_INT_LABEL = re.compile(r"^\s*[+-]?[0-9]+\s*$")  # ASCII digits: '٣' stays a string label
 _TRAIN = "the training split"
 
 
@@ -68,13 +69,14 @@ class LabelTable:
         elif names is None:
             ints = int_labels(sorted(keys, key=repr))
             if ints is not None:
-                ids = sorted(i - offset for i in ints)
-                missing = sorted(set(range(ids[-1] + 1)) - set(ids))
-                if ids[0] < 0 or missing:
+                ids = sorted({i - offset for i in ints})
+                if ids[0] < 0 or ids[-1] != len(ids) - 1:
+                    present = set(ids)  # the first few gaps, without listing up to a huge label
+                    missing = list(itertools.islice((i for i in range(max(ids[-1], 0)) if i not in present), 10))
                     raise UserError(
                         f"integer labels must be 0..K-1 after data.label_offset={offset}, "
                         f"found {ids[0] + offset}..{ids[-1] + offset}"
-                        f"{f' without {missing[:10]}' if missing else ''}; set data.label_offset or data.classes_file"
+                        f"{f' without {missing}' if missing else ''}; set data.label_offset or data.classes_file"
                     )
                 names = [str(i + offset) for i in range(ids[-1] + 1)]
             else:
@@ -210,9 +212,10 @@ def label_ids(values: list[Any], table: dict[Any, int], is_classlabel: bool) -> 
 
 def int_labels(values: list[Any]) -> list[int] | None:
     """The values as ints if they all are integers (CSV cells arrive as digit strings), else None."""
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return [int(v) for v in values]
-    if all(isinstance(v, str) and _INT_LABEL.match(v) for v in values):
+    if all(
+        (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or (isinstance(v, str) and _INT_LABEL.match(v))
+        for v in values
+    ):
         return [int(v) for v in values]
     if any(isinstance(v, float) for v in values):
         raise UserError("labels are floats; use integer or string labels")

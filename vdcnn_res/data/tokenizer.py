@@ -99,6 +99,8 @@ def _learn_chars(
         counts.update(normalizer.normalize_str(text) if normalizer else text)
     if n_texts == 0:
         raise UserError("the learned tokenizer needs training texts, got none")
+    for unit in [c for c in counts if "\ud800" <= c <= "\udfff"]:  # surrogates: see `encode`
+        counts["\ufffd"] += counts.pop(unit)
     ranked = sorted((c for c, n in counts.items() if n >= min_frequency), key=lambda c: (-counts[c], c))
     if max_vocab is not None:
         ranked = ranked[: max_vocab - 2]

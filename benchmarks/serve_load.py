@@ -22,6 +22,7 @@ import argparse
 import csv
 import http.client
 import json
+import os
 import random
 import re
 import signal
@@ -50,6 +51,12 @@ class Level:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    server_cpu_s: float | None = None  # CPU time the server process used during the level
+    model_calls: int = 0  # batches the server ran during the level (its /health counters)
+
+    @property
+    def per_cpu_second(self) -> float | None:
+        return self.texts / self.server_cpu_s if self.server_cpu_s else None
 
     @property
     def throughput(self) -> float:
@@ -87,19 +94,22 @@ def start_server(model: Path, threads: int, precision: str, extra: list[str]) ->
          "--threads", str(threads), "--precision", precision, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    assert proc.stderr is not None
+    lines: list[str] = []
+
+    def drain() -> None:  # read the log in a thread, so a silent server cannot block the benchmark
+        for line in proc.stderr:
+            lines.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
     deadline = time.monotonic() + 120
     url = ""
-    for line in proc.stderr:  # the first log line names the port; then drain the log in the background
-        if found := re.search(r"on (http://[\d.]+:\d+)", line):
-            url = found.group(1)
-            break
-        if time.monotonic() > deadline:
-            break
+    while not url and time.monotonic() < deadline and proc.poll() is None:
+        found = [m for line in list(lines) if (m := re.search(r"on (http://[\d.]+:\d+)", line))]
+        url = found[0].group(1) if found else ""
+        time.sleep(0.1)
     if not url:
         proc.kill()
-        raise RuntimeError(f"the server did not start (exit {proc.poll()})")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        raise RuntimeError(f"the server did not start (exit {proc.poll()}): {''.join(lines[-5:])}")
     while time.monotonic() < deadline:
         try:
             if request(url, "GET", "/health")[0] == 200:
@@ -128,7 +138,18 @@ def make_requests(pool: list[str], n: int, max_texts: int, rng: random.Random) -
     return [rng.sample(pool, rng.randint(1, max_texts)) for _ in range(n)]
 
 
-def run_level(url: str, per_client: list[list[list[str]]], max_seconds: float) -> Level:
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None where unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_level(url: str, per_client: list[list[list[str]]], max_seconds: float, server_pid: int | None = None) -> Level:
     """Every client sends its requests one after another on its own keep-alive connection."""
     parsed = urlparse(url)
     latencies: list[float] = []
@@ -163,13 +184,18 @@ def run_level(url: str, per_client: list[list[list[str]]], max_seconds: float) -
             conn.close()
 
     threads = [threading.Thread(target=client, args=(batches,)) for batches in per_client]
+    cpu_start = cpu_seconds(server_pid)
+    calls_start = json.loads(request(url, "GET", "/health")[1])["batches_run"]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=max_seconds + 120)
     seconds = time.perf_counter() - start
-    return Level(len(per_client), counts["requests"], counts["texts"], counts["errors"], seconds, latencies)
+    cpu_end = cpu_seconds(server_pid)
+    calls = json.loads(request(url, "GET", "/health")[1])["batches_run"] - calls_start
+    cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
+    return Level(len(per_client), counts["requests"], counts["texts"], counts["errors"], seconds, latencies, cpu, calls)
 
 
 def load_predictor(model: Path, threads: int, precision: str):
@@ -181,11 +207,11 @@ def load_predictor(model: Path, threads: int, precision: str):
     return Predictor.from_pretrained(model, bf16={"auto": None, "bf16": True, "fp32": False}[precision])
 
 
-def in_process(predictor, texts: list[str], batch_size: int) -> float:
-    """Texts/s of the in-process Predictor on `texts` in one `predict_proba` call."""
-    start = time.perf_counter()
+def in_process(predictor, texts: list[str], batch_size: int) -> tuple[float, float]:
+    """(texts/s, texts per CPU-second) of the in-process Predictor on `texts` in one `predict_proba` call."""
+    cpu, start = time.process_time(), time.perf_counter()
     predictor.predict_proba(texts, batch_size=batch_size)
-    return len(texts) / (time.perf_counter() - start)
+    return len(texts) / (time.perf_counter() - start), len(texts) / (time.process_time() - cpu)
 
 
 def load_average() -> str:
@@ -195,17 +221,25 @@ def load_average() -> str:
         return "?"
 
 
-def table(levels: list[Level], reference: float, n_reference: int) -> str:
+def table(levels: list[Level], reference: float, reference_cpu: float, n_reference: int, batch_size: int) -> str:
+    """Wall-clock throughput (what a client sees) and texts per CPU-second of the server process
+    (less sensitive to other work on a shared CPU, not immune), each against the in-process Predictor."""
     lines = [
-        "| concurrency | requests | texts | errors | texts/s | p50 ms | p95 ms | p99 ms | vs in-process |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        (
+            "| concurrency | requests | texts | errors | texts/s | p50 ms | p95 ms | p99 ms | vs in-process "
+            "| texts/CPU-s | CPU vs in-process | texts per model call |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lv in levels:
+        per_cpu = lv.per_cpu_second
+        cpu_cells = f"{per_cpu:.1f} | {per_cpu / reference_cpu:.0%}" if per_cpu else "- | -"
         lines.append(
             f"| {lv.concurrency} | {lv.requests} | {lv.texts} | {lv.errors} | {lv.throughput:.1f} | {lv.percentile(50):.1f} "
-            f"| {lv.percentile(95):.1f} | {lv.percentile(99):.1f} | {lv.throughput / reference:.0%} |"
+            f"| {lv.percentile(95):.1f} | {lv.percentile(99):.1f} | {lv.throughput / reference:.0%} | {cpu_cells} "
+            f"| {lv.texts / lv.model_calls if lv.model_calls else float('nan'):.1f} |"
         )
-    lines.append(f"| in-process Predictor | - | {n_reference} | - | {reference:.1f} | - | - | - | 100% |")
+    lines.append(f"| in-process Predictor | - | {n_reference} | - | {reference:.1f} | - | - | - | 100% | {reference_cpu:.1f} | 100% | {min(n_reference, batch_size)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -247,9 +281,10 @@ def main(argv: list[str] | None = None) -> str:
             predictor.predict_proba(biggest[: args.max_batch_size], batch_size=args.max_batch_size)  # warm-up
             before = in_process(predictor, biggest, args.max_batch_size)
             run_level(url, [make_requests(pool, 4, args.max_texts, rng) for _ in range(4)], args.max_seconds)  # warm-up
-            levels = [run_level(url, plans[c], args.max_seconds) for c in args.concurrency]
+            pid = proc.pid if proc is not None else None
+            levels = [run_level(url, plans[c], args.max_seconds, pid) for c in args.concurrency]
             after = in_process(predictor, biggest, args.max_batch_size)
-            reference = max(before, after)
+            reference, reference_cpu = max(before[0], after[0]), max(before[1], after[1])
         finally:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
@@ -257,10 +292,10 @@ def main(argv: list[str] | None = None) -> str:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    text = table(levels, reference, len(biggest))
+    text = table(levels, reference, reference_cpu, len(biggest), args.max_batch_size)
     text += (f"\n{args.data.name}: {len(pool)} texts, 1-{args.max_texts} per request, {args.requests} requests per client; "
              f"{args.threads} torch threads; precision {args.precision}; max batch {args.max_batch_size}, "
-             f"timeout {args.batch_timeout:g} ms; in-process {before:.1f} texts/s before the levels, {after:.1f} after; "
+             f"timeout {args.batch_timeout:g} ms; in-process {before[0]:.1f} texts/s before the levels, {after[0]:.1f} after; "
              f"load average {load_before} at the start, {load_average()} at the end\n")
     print(text)
     if args.output:

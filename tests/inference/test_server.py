@@ -19,14 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from fixtures.tiny import LABELS, REPO, sample_texts
 
-pytest.importorskip("fastapi")
+pytest.importorskip("fastapi")  # the `serve` extra (also in `test`)
 pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
 
 START_TIMEOUT_S = 90  # a cold `import torch, lightning` on a loaded 2-core machine
 MAX_BODY = 1 << 20
@@ -316,7 +316,7 @@ def test_a_missing_folder_is_refused_with_one_line(tmp_path, capsys):
 class FakePredictor:
     """Records the texts of each model call; echoes each text as its label."""
 
-    label_names = ["a", "b", "c"]
+    label_names = ("a", "b", "c")
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []

@@ -192,7 +192,7 @@ class Batcher:
                 jobs.append(self._jobs.popleft())
                 n += len(jobs[-1].texts)
             self.pending_texts -= n
-            jobs = [job for job in jobs if not job.future.done()]  # a client that went away cancels its job
+            jobs = [job for job in jobs if not job.future.done()]  # cancelled meanwhile (past the graceful timeout)
             if not jobs:
                 continue
             texts = [text for job in jobs for text in job.texts]

@@ -97,6 +97,14 @@ def test_fixed_budget_configs_turn_early_stopping_off_and_an_explicit_precision_
         assert "early_stopping" in yaml.safe_load((REPO / "configs" / config).read_text())
 
 
+def test_without_validation_data_the_budget_is_the_cap(tmp_path, capsys):
+    train = write_tsv(tmp_path / "train.tsv", "train", 64)
+    cli = build_cli(["--data.train", str(train), "--data.valid_fraction=0", "--trainer.logger=false",
+                     "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert not any(isinstance(c, EarlyStopping) for c in cli.trainer.callbacks)  # nothing to watch
+    assert f"No validation data: no early stopping, training runs {MAX_EPOCHS} epochs" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_early_stopping_ends_the_run_and_the_cosine_schedule_ends_at_the_cap(tmp_path):
     # min_delta=1: accuracy can never improve by 1, so patience 1 stops after the second validation

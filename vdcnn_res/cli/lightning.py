@@ -351,8 +351,13 @@ class VDCNNCLI(LightningCLI):
             warnings.filterwarnings(
                 "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
             )
-        elif trainer_config.get("enable_checkpointing") is False:
-            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        else:
+            if trainer_config.get("enable_checkpointing") is False:
+                callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+            if not self._validates(trainer_config) and any(isinstance(cb, EarlyStopping) for cb in callbacks):
+                callbacks = [cb for cb in callbacks if not isinstance(cb, EarlyStopping)]
+                print(f"No validation data: no early stopping, training runs {trainer_config.get('max_epochs')} epochs "
+                      "(trainer.max_epochs)", file=sys.stderr)
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
         if evaluating and self._checkpoint is not None and trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = _eval_logger(Path(ckpt_path), self.subcommand, trainer_config)
@@ -363,6 +368,13 @@ class VDCNNCLI(LightningCLI):
             if type(callback) is ModelSummary:
                 trainer.callbacks[i] = FlopsModelSummary(max_depth=callback._max_depth)
         return trainer
+
+    def _validates(self, trainer_config: dict[str, Any]) -> bool:
+        """Whether fit will validate (else early stopping has nothing to watch)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if trainer_config.get("limit_val_batches") == 0:
+            return False
+        return bool(config.get("data.valid") or config.get("data.valid_fraction") or config.get("data.hub_dataset"))
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback

@@ -90,6 +90,7 @@ def test_unknown_key_is_refused_before_any_trial(tmp_path, in_repo, one_thread, 
     assert not (tmp_path / "s" / "trials").exists()
 
 
+@pytest.mark.slow
 def test_search_resume_and_final_fit(tmp_path, in_repo, one_thread, capsys, monkeypatch):
     """Two trials; an interrupted third; a rerun keeps the two and finishes; the final fit repeats the best."""
     study = tmp_path / "study"
@@ -132,7 +133,7 @@ def test_search_resume_and_final_fit(tmp_path, in_repo, one_thread, capsys, monk
     assert trials[3].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
     best = max((t for t in trials.values() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    result = json.loads((study / "final" / "result.json").read_text(encoding="utf-8"))
+    result = json.loads((study / "final" / f"{best.number:03d}" / "result.json").read_text(encoding="utf-8"))
     assert result["trial"] == best.number and result["val_acc"] == pytest.approx(best.value)  # same seed, same fit
     assert "test_error_pct" in result
     saved = yaml.safe_load((study / "best.yaml").read_text(encoding="utf-8"))
@@ -148,6 +149,12 @@ def test_search_resume_and_final_fit(tmp_path, in_repo, one_thread, capsys, monk
               str(tmp_path / "space.yaml"), "--", *FIT, "--data.batch_size=8"])  # fmt: skip
     assert "another base config" in capsys.readouterr().err
     assert len(_trials(study)) == 4
+
+
+def test_folders_of_another_study_are_refused(tmp_path, in_repo, one_thread, capsys):
+    (tmp_path / "s" / "trials" / "000" / "checkpoints").mkdir(parents=True)  # its study.db was deleted
+    line = _error(capsys, tmp_path / "s", "--time_budget", "1m")
+    assert "holds trial folders the study does not know (000)" in line
 
 
 def test_budget_too_small_for_one_trial(tmp_path, in_repo, one_thread, capsys):

@@ -29,8 +29,8 @@ def test_clean_valley_gives_minimum_over_ten():
     losses = valley(LRS, best=1e-2, diverge=3e-2)
     s = suggest_lr(LRS, losses)
     i = int(np.argmin(losses))
-    assert LRS[i] / 2 < s.lr_at_min <= LRS[i]  # smoothing moves it at most a little, and only downwards
-    assert s.lr == pytest.approx(s.lr_at_min / 10)
+    assert LRS[i] / 2 < s.lr_at_index <= LRS[i]  # smoothing moves it at most a little, and only downwards
+    assert s.lr == pytest.approx(s.lr_at_index / 10)
     assert "minimum" in s.reason
 
 
@@ -60,10 +60,30 @@ def test_early_divergence_chooses_below_it():
 
 
 def test_choice_is_clipped_to_the_sane_range():
-    high = suggest_lr(LRS, valley(LRS, best=0.5, diverge=2.0), highest=0.1)
-    assert high.lr == 0.1 and "clipped" in high.reason
+    high = suggest_lr(LRS, valley(LRS, best=0.5, diverge=2.0), highest=0.05)
+    assert high.lr == 0.05 and "clipped" in high.reason
     low = suggest_lr(LRS, valley(LRS, best=3e-5, diverge=1e-4), lowest=1e-5)
     assert low.lr == 1e-5 and "clipped" in low.reason
+
+
+def test_flat_noisy_curve_that_rises_uses_the_edge():
+    """A deep net from scratch: 100 steps teach it nothing, the noise has a minimum somewhere, then
+    the loss climbs. The noise's minimum must not be taken for a valley; the climb's start counts."""
+    for seed in range(5):
+        noise = np.random.default_rng(seed).normal(0, 0.15, len(LRS))
+        losses = 1.5 + noise + np.where(LRS > 8e-4, 30 * np.log10(LRS / 8e-4) ** 2 + 2 * np.log10(LRS / 8e-4), 0.0)
+        s = suggest_lr(LRS, losses)
+        assert "rose at" in s.reason and 8e-4 / 2 / 2 < s.lr < 8e-4 / 2 * 2
+
+
+def test_ragged_spikes_mark_the_edge_not_the_final_blow_up():
+    """Bursts of bad batches from 5e-4 on (the loss turns ragged) come long before the blow-up at 2e-2."""
+    losses = 1.45 + np.random.default_rng(0).normal(0, 0.1, len(LRS))
+    ragged = (LRS > 5e-4) & (LRS < 2e-2)
+    losses[ragged] += np.abs(np.random.default_rng(1).normal(0, 1.2, ragged.sum()))
+    losses[LRS >= 2e-2] = 8.0
+    s = suggest_lr(LRS, losses)
+    assert 5e-4 / 2 / 2 < s.lr < 5e-4 / 2 * 2
 
 
 def test_flat_curve_gives_no_suggestion():
@@ -199,6 +219,22 @@ def test_non_finite_loss_in_the_test_is_one_clear_line_or_ends_the_test(tmp_path
     else:
         with pytest.raises(UserError, match="range test.*non-finite.*lr_finder.max_lr"):
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+def _wired() -> bool:
+    import vdcnn_res.cli.lightning as cli_module
+
+    return "LRRangeTest" in vars(cli_module)
+
+
+@pytest.mark.skipif(not _wired(), reason="cli/lightning.py does not add the lr_finder group yet")
+def test_vdcnn_res_fit_with_lr_auto(tmp_path, in_repo, one_thread, capsys):
+    from vdcnn_res.cli import main
+
+    main(["fit", *TINY, *QUIET, "--model.optim.lr=auto", "--lr_finder.steps=25", "--trainer.max_epochs=1",
+          "--trainer.limit_train_batches=30", "--trainer.limit_val_batches=2", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("lr auto:")]
+    assert len(line) == 1 and "range test 25 steps" in line[0] and PLOT_FILE in line[0]
 
 
 def test_without_the_callback_auto_is_refused():

@@ -14,9 +14,12 @@ What is done here instead of Lightning's defaults, and why:
   lr in a 100-step test) and the steepest slope of a noisy curve jumps from run to run. Here
   the per-step losses are recovered exactly from Lightning's EMA (:func:`raw_losses`), the curve is
   cut where it diverges, smoothed with a centred window (running median, then running mean:
-  no lag), and the rule is ``lr at the smoothed minimum / divisor`` (default 10, fastai's
-  "minimum/10"), clipped to ``[lowest, highest]`` (:func:`suggest_lr`). A curve that never falls
-  by ``min_drop`` is called flat and the optimizer's recipe lr (``optim.DEFAULT_LR``) is used.
+  no lag). The rule (:func:`suggest_lr`): if the smoothed loss falls clearly (beyond its noise)
+  the lr at its minimum / ``divisor`` (10, fastai's "minimum/10"); if it stays flat (our deep
+  nets often learn nothing in 100 steps from scratch) the lr where it starts to climb or turn
+  ragged / ``edge_divisor`` (2: Smith's highest usable peak, with a margin); clipped to
+  ``[lowest, highest]``. A curve that neither falls nor rises gets the optimizer's recipe lr
+  (``optim.DEFAULT_LR``), and says so.
 - **The schedule.** Lightning writes the suggestion into the optimizer's param groups, which a
   warm-up/cosine ``LambdaLR`` then overwrites from its stored base lr at the next step; here
   ``optim.lr`` is set and the optimizer and schedule are rebuilt from it
@@ -59,11 +62,12 @@ class Suggestion:
     reason: str  # one phrase for the report line
     lrs: np.ndarray  # the points used (finite, before divergence)
     smoothed: np.ndarray
-    index_min: int | None = None  # of the smoothed minimum, into lrs
+    index: int | None = None  # into lrs: the valley's minimum or the edge the choice comes from
+    kind: str = ""  # "minimum" or "edge" (what `index` marks)
 
     @property
-    def lr_at_min(self) -> float | None:
-        return None if self.index_min is None else float(self.lrs[self.index_min])
+    def lr_at_index(self) -> float | None:
+        return None if self.index is None else float(self.lrs[self.index])
 
 
 def raw_losses(smoothed: Sequence[float], first_step: int = 1, beta: float = LIGHTNING_BETA) -> np.ndarray:
@@ -88,19 +92,31 @@ def suggest_lr(
     losses: Sequence[float],
     *,
     divisor: float = 10.0,
+    edge_divisor: float = 2.0,
     lowest: float = 1e-5,
     highest: float = 0.1,
     min_drop: float = 0.02,
+    rise: float = 0.15,
     diverge_factor: float = 2.0,
 ) -> Suggestion:
-    """The lr at the minimum of the smoothed loss divided by `divisor`, clipped to [lowest, highest].
+    """The lr from a range test's per-step losses, by a rule that holds up on noisy curves.
 
-    1. Keep finite points; cut the curve at the first point whose running median (window
-       ~n/10) exceeds `diverge_factor` x its lowest value so far (divergence: the huge losses
-       after it would otherwise leak into the smoothing before it).
-    2. Smooth: running median, then running mean, both centred (no lag).
-    3. If the smoothed loss never falls `min_drop` (relative) below its first value, the curve
-       is flat (nothing learned at any lr, or every lr already diverges): no suggestion.
+    1. Keep finite points; drop everything from the first point whose running median (window
+       ~n/10) exceeds `diverge_factor` x its lowest value so far (the blow-up would otherwise
+       leak into the smoothing before it).
+    2. Smooth what is left: running median, then running mean, both centred (no lag). The
+       noise level is the standard error of that curve (residuals' MAD / sqrt(window)).
+    3. A *valley* is a fall of the smoothed loss below its first value by more than `min_drop`
+       (relative) and 3 standard errors. With one: the lr at the minimum / `divisor` (fastai's
+       "minimum/10").
+    4. Without one, the *edge*: the first lr where the smoothed loss rises above the plateau
+       (the median of the losses so far, after one window) by more than `rise` (relative) and
+       4 standard errors (the smoothed curve's errors are correlated: 3 is crossed by noise), i.e. where the loss
+       starts to climb or turn ragged. Smith's range test takes that as the highest usable
+       peak of a warm-up schedule; the choice is edge / `edge_divisor` for a margin. (Our deep
+       nets often learn nothing in 100 steps from scratch: flat, then diverging.)
+    5. Neither a valley nor an edge: no suggestion (the caller uses the recipe's lr).
+    6. Clip to [lowest, highest].
     """
     x = np.asarray(lrs, dtype=np.float64)
     y = np.asarray(losses, dtype=np.float64)
@@ -110,17 +126,32 @@ def suggest_lr(
         return Suggestion(None, f"only {len(x)} usable points before the test stopped (need {MIN_STEPS})", x, y)
     width = max(5, len(x) // 10) | 1
     median = _running(y, width, np.median)
-    diverged = np.nonzero(median > diverge_factor * np.minimum.accumulate(median))[0]
-    end = int(diverged[0]) if len(diverged) else len(x)
-    if end < MIN_STEPS // 2:
-        return Suggestion(None, f"diverged after {end} points, at lr {x[end]:.2g}", x[:end], median[:end])
-    x, smoothed = x[:end], _running(median[:end], width, np.mean)
+    blown = np.nonzero(median > diverge_factor * np.minimum.accumulate(median))[0]
+    end = int(blown[0]) if len(blown) else len(x)
+    x, y, smoothed = x[:end], y[:end], _running(median[:end], width, np.mean)
+    if len(x) < MIN_STEPS // 2:
+        edge = float(x[-1]) if len(x) else float(np.asarray(lrs)[0])
+        return Suggestion(float(np.clip(edge / edge_divisor, lowest, highest)),
+                          f"the loss diverged at once, at {edge:.2g}; {edge:.2g} / {edge_divisor:g}", x, smoothed)  # fmt: skip
+    residual = y - smoothed
+    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) / math.sqrt(width)
+
+    def clip(lr: float, why: str, index: int, kind: str) -> Suggestion:
+        chosen = float(np.clip(lr, lowest, highest))
+        clipped = "" if chosen == lr else f", clipped to [{lowest:g}, {highest:g}]"
+        return Suggestion(chosen, why + clipped, x, smoothed, index, kind)
+
     i = int(np.argmin(smoothed))
-    if smoothed[i] > (1.0 - min_drop) * smoothed[0]:
-        return Suggestion(None, f"flat curve (loss fell less than {min_drop:.0%})", x, smoothed, i)
-    lr = float(np.clip(x[i] / divisor, lowest, highest))
-    clipped = "" if lowest < x[i] / divisor < highest else f", clipped to [{lowest:g}, {highest:g}]"
-    return Suggestion(lr, f"smoothed-loss minimum at {x[i]:.2g} / {divisor:g}{clipped}", x, smoothed, i)
+    drop = smoothed[0] - smoothed[i]
+    if drop > min_drop * abs(smoothed[0]) and drop > 3 * noise:
+        return clip(float(x[i]) / divisor, f"smoothed-loss minimum at {x[i]:.2g} / {divisor:g}", i, "minimum")
+    level = np.array([np.median(y[: j + 1]) for j in range(len(y))])  # the plateau so far (a running min drifts low)
+    up = np.nonzero((smoothed - level > rise * np.abs(level)) & (smoothed - level > 4 * noise))[0]
+    up = up[up >= width]  # a plateau needs a window of points before it can be left
+    if len(up) or end < len(median):
+        j = int(up[0]) if len(up) else len(x) - 1
+        return clip(float(x[j]) / edge_divisor, f"flat until the loss rose at {x[j]:.2g}; {x[j]:.2g} / {edge_divisor:g}", j, "edge")
+    return Suggestion(None, f"flat curve (no fall beyond the noise, no rise up to {x[-1]:.2g})", x, smoothed)
 
 
 def plot_range_test(
@@ -138,9 +169,9 @@ def plot_range_test(
         ax.plot(x[ok], y[ok], color="0.7", lw=0.8, label="loss per step")
         if len(suggestion.smoothed):
             ax.plot(suggestion.lrs, suggestion.smoothed, color="C0", lw=2, label="smoothed (until divergence)")
-        if suggestion.index_min is not None:
-            i = suggestion.index_min
-            ax.plot(suggestion.lrs[i], suggestion.smoothed[i], "o", color="C3", label="minimum")
+        if suggestion.index is not None:
+            i = suggestion.index
+            ax.plot(suggestion.lrs[i], suggestion.smoothed[i], "o", color="C3", label=suggestion.kind)
         ax.axvline(chosen, color="C2", ls="--", label=f"chosen lr {chosen:.3g}")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
@@ -169,9 +200,10 @@ class LRRangeTest(LearningRateFinder):
     def __init__(
         self,
         steps: int = 100,
-        min_lr: float = 1e-6,
+        min_lr: float = 1e-5,
         max_lr: float = 1.0,
         divisor: float = 10.0,
+        edge_divisor: float = 2.0,
         lowest: float = 1e-5,
         highest: float = 0.1,
         plot: bool = True,
@@ -181,7 +213,8 @@ class LRRangeTest(LearningRateFinder):
             steps: most training batches the test takes (also capped by the first epoch).
             min_lr: lr of the first test step.
             max_lr: lr the exponential schedule would reach at the last step.
-            divisor: the choice is the lr at the smoothed-loss minimum divided by this.
+            divisor: with a clear fall, the choice is the lr at the smoothed-loss minimum divided by this.
+            edge_divisor: flat until it diverges: the choice is the lr where it diverges divided by this.
             lowest: the choice is never below this.
             highest: the choice is never above this.
             plot: write lr_find.png next to the logs.
@@ -190,19 +223,18 @@ class LRRangeTest(LearningRateFinder):
             raise UserError(f"lr_finder.steps must be >= {MIN_STEPS}, got {steps}")
         if not 0 < min_lr < max_lr:
             raise UserError(f"lr_finder needs 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
-        if not 0 < lowest <= highest or divisor < 1:
-            raise UserError(f"lr_finder needs 0 < lowest <= highest and divisor >= 1, got {lowest}, {highest}, {divisor}")
+        if not 0 < lowest <= highest or divisor < 1 or edge_divisor < 1:
+            raise UserError(
+                f"lr_finder needs 0 < lowest <= highest and divisor, edge_divisor >= 1; got {lowest}, {highest}, {divisor}, {edge_divisor}"
+            )
         super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=steps, update_attr=False)
-        self.steps, self.divisor, self.lowest, self.highest, self.plot = steps, divisor, lowest, highest, plot
+        self.steps, self.divisor, self.edge_divisor, self.plot = steps, divisor, edge_divisor, plot
+        self.lowest, self.highest = lowest, highest
         self.chosen: float | None = None  # the lr this fit uses, once resolved
         self.suggestion: Suggestion | None = None
         self.seconds = 0.0
         self._pending = False
         self._testing = False
-
-    # The test's own checkpoint is restored through the callbacks: keep no state in it.
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         optim = getattr(pl_module, "optim", None)
@@ -266,7 +298,8 @@ class LRRangeTest(LearningRateFinder):
             else:
                 lrs = list(finder.results["lr"])
                 losses = raw_losses(finder.results["loss"], first_step).tolist()
-                self.suggestion = suggest_lr(lrs, losses, divisor=self.divisor, lowest=self.lowest, highest=self.highest)
+                self.suggestion = suggest_lr(lrs, losses, divisor=self.divisor, edge_divisor=self.edge_divisor,
+                                             lowest=self.lowest, highest=self.highest)  # fmt: skip
         self.seconds = time.perf_counter() - start
         chosen = self.suggestion.lr if self.suggestion.lr is not None else fallback
         self._resolve(trainer, pl_module, chosen, rebuild=True)

@@ -243,16 +243,24 @@ def _write_best(study: Any, base: list[str], study_dir: Path) -> tuple[Path, lis
 def final_fit(study: Any, base: list[str], study_dir: Path) -> None:
     """Fit the best configuration from best.yaml in STUDY/final/ and test it if there is a test split."""
     path, args = _write_best(study, base, study_dir)
-    final = study_dir / "final"
-    done = final / "result.json"
     best = study.best_trial
-    if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("trial") == best.number:
+    final = study_dir / "final" / f"{best.number:03d}"
+    done = final / "result.json"
+    if done.is_file():
         print(f"Final fit of trial {best.number} done earlier: {done}", flush=True)
         return
     fit_args = [*args, "--trainer.default_root_dir", str(final), "--checkpoint.dirpath", str(final / "checkpoints")]
     print(f"Final fit (trial {best.number}'s values): vdcnn-res fit {shlex.join(fit_args)}", flush=True)
+    last = final / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.is_file() else None
+    if resume:  # an interrupted final fit: go on from its last state
+        from vdcnn_res.inference.model_files import load_checkpoint_safely
+
+        load_checkpoint_safely(last)  # refuses a damaged or unsafe file with a one-line UserError
+        print(f"  resuming from {resume}", flush=True)
+    (final / "config.yaml").unlink(missing_ok=True)  # an interrupted final fit's copy of best.yaml (logger=false)
     cli = _cli(fit_args)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, weights_only=True)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume, weights_only=True)
     callback = cli.trainer.checkpoint_callback
     result: dict[str, Any] = {"trial": best.number, "values": best.params, "best_yaml": str(path)}
     if callback is not None and callback.best_model_score is not None:
@@ -280,6 +288,13 @@ def tune(args: argparse.Namespace, base: list[str]) -> Any:
     base_print = base_cli.parser.dump(base_cli.config, skip_none=False)
     del base_cli
     study = _open_study(args, study_dir, space, base_print)
+    numbers = {f"{t.number:03d}" for t in study.get_trials(deepcopy=False)}
+    strays = sorted(p.name for p in (study_dir / "trials").glob("*") if p.name not in numbers)
+    if strays:
+        raise UserError(
+            f"{study_dir / 'trials'} holds trial folders the study does not know ({', '.join(strays[:3])}): "
+            "was the study database replaced? Use a new --study folder, or --storage with the original study"
+        )
     t0 = time.monotonic()
     done = _finished(study)
     print(f"Study {args.storage or study_dir / 'study.db'}: {done} trial(s) finished earlier; searching "

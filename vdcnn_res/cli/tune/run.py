@@ -130,6 +130,9 @@ def _open_study(args: argparse.Namespace, study_dir: Path, space: list[Param], b
 def _trial_args(base: list[str], values: dict[str, Any], trial_dir: Path, test: bool = False) -> list[str]:
     args = [*base, *(as_arg(k, v) for k, v in values.items())]
     args += ["--trainer.default_root_dir", str(trial_dir), "--checkpoint.dirpath", str(trial_dir / "checkpoints")]
+    # One process per trial: Lightning's DDP launcher would re-run this whole command in each child.
+    # Several devices: one `vdcnn-res tune` per device (CUDA_VISIBLE_DEVICES) on a shared --storage.
+    args += ["--trainer.devices=1", "--trainer.num_nodes=1"]
     return args if test else [*args, "--data.test=null"]  # the test split is never read while tuning
 
 

@@ -27,7 +27,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 }
 
 # Keys the tuner sets itself for every trial: a space may not search them.
-RESERVED = ("trainer.default_root_dir", "checkpoint.dirpath", "data.test", "ckpt_path", "config")
+RESERVED = ("trainer.default_root_dir", "checkpoint.dirpath", "data.test", "ckpt_path", "config",
+            "trainer.devices", "trainer.num_nodes")  # fmt: skip
 _FIELDS = {"low", "high", "log", "step", "choices"}
 
 

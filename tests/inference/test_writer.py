@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,10 +35,10 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_predict_writes_one_jsonl_next_to_the_logs_in_input_order(ckpt, tmp_path, capsys):
+def test_predict_writes_one_jsonl_beside_the_checkpoints_run_in_input_order(ckpt, tmp_path, capsys):
     predict(ckpt, tmp_path, "--data.predict", str(SAMPLE / "test.csv"), "--prediction_writer.top_k=3")
-    path = tmp_path / "lightning_logs" / "version_0" / "predictions.jsonl"
-    assert f"Predictions (800 rows): {path}" in capsys.readouterr().out
+    path = Path(re.search(r"Predictions \(800 rows\): (.+)", capsys.readouterr().out).group(1))
+    assert path.name == "predictions.jsonl" and path.parent.parent.name == "predict"  # <run>/predict/<ckpt>/
     rows = read_jsonl(path)
     texts, labels = sample_texts()
     assert [r["row"] for r in rows] == list(range(800))

@@ -454,3 +454,23 @@ def test_sigterm_lets_the_in_flight_request_finish(slow_server, predictor):
     finally:
         slow_server.stop()
         caller.join(timeout=5)
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_and_stop_together(export_dir):
+    server = ServerProcess("--model", str(export_dir), "--workers", "2")
+    try:
+        server.start().wait_ready()
+        deadline = time.monotonic() + START_TIMEOUT_S  # the second worker may still be loading
+        while sum("ready" in line for line in server.lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answers = [post(server.url, {"texts": ["Stocks rallied.", "The team won."]}) for _ in range(6)]
+        assert all(a.status_code == 200 and len(a.json()["predictions"]) == 2 for a in answers)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while sum("stopped" in line for line in server.lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum("stopped" in line for line in server.lines) == 2, "\n".join(server.lines)
+    finally:
+        server.stop()

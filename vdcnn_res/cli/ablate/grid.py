@@ -6,7 +6,7 @@ import itertools
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vdcnn_res.errors import UserError
@@ -145,7 +145,3 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # one per writer
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def save_result(result: CellResult, path: Path) -> None:
-    write_atomically(path, json.dumps(asdict(result)))  # a finished cell is either fully recorded or not at all

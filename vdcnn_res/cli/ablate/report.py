@@ -16,7 +16,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from vdcnn_res.cli.ablate.grid import COLUMNS, CellResult, write_atomically
 from vdcnn_res.cli.ablate.stats import Interval, Spread, mean_ci, paired_differences, spread
@@ -31,7 +31,7 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _fmt(value: Any, digits: int = 6) -> str:
+def fmt(value: Any, digits: int = 6) -> str:
     """Floats with `digits` significant digits (empty for NaN), everything else as str."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.{digits}g}"
@@ -53,14 +53,29 @@ def md_cell(column: str, value: Any) -> str:
     return str(value)
 
 
-@dataclass
-class Group:
-    """The seeds of one configuration (architecture, shortcut, downsampling), in seed order."""
+class SeedRow(Protocol):
+    """A cell's row as grouped over seeds (CellResult; `vdcnn-res sweep`'s rows too)."""
 
-    results: list[CellResult] = field(default_factory=list)
+    seed: int
 
     @property
-    def first(self) -> CellResult:
+    def group(self) -> str: ...
+
+    @property
+    def ok(self) -> bool: ...
+
+
+T = TypeVar("T", bound=SeedRow)
+
+
+@dataclass
+class Group(Generic[T]):
+    """The seeds of one configuration (e.g. architecture, shortcut, downsampling), in seed order."""
+
+    results: list[T] = field(default_factory=list)
+
+    @property
+    def first(self) -> T:
         return self.results[0]
 
     def values(self, metric: str) -> dict[int, float]:
@@ -71,17 +86,17 @@ class Group:
         return spread(self.values(metric).values())
 
 
-def group_results(results: list[CellResult]) -> list[Group]:
+def group_results(results: list[T]) -> list[Group[T]]:
     """Cells grouped over seeds, groups in the order of their first cell."""
-    groups: dict[str, Group] = {}
+    groups: dict[str, Group[T]] = {}
     for r in results:
-        groups.setdefault(r.group, Group()).results.append(r)
+        groups.setdefault(r.group, Group[T]()).results.append(r)
     for g in groups.values():
         g.results.sort(key=lambda r: r.seed)
     return list(groups.values())
 
 
-def paired(groups: list[Group]) -> dict[str, dict[str, Interval]]:
+def paired(groups: list[Group[CellResult]]) -> dict[str, dict[str, Interval]]:
     """For each residual group with a plain partner (same arch and downsampling): metric -> residual - plain
     over the seeds both finished, as a mean with its 95 % interval."""
     plain = {(g.first.arch, g.first.downsampling): g for g in groups if not g.first.shortcut}
@@ -95,11 +110,11 @@ def paired(groups: list[Group]) -> dict[str, dict[str, Interval]]:
     return out
 
 
-def _csv(header: tuple[str, ...], rows: list[list[Any]]) -> str:
+def csv_text(header: tuple[str, ...], rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([_fmt(v) for v in row] for row in rows)
+    writer.writerows([fmt(v) for v in row] for row in rows)
     return buffer.getvalue()
 
 
@@ -107,7 +122,7 @@ def _seed_list(seeds: list[int]) -> str:
     return " ".join(map(str, seeds))
 
 
-def summary_rows(groups: list[Group], diffs: dict[str, dict[str, Interval]]) -> list[list[Any]]:
+def summary_rows(groups: list[Group[CellResult]], diffs: dict[str, dict[str, Interval]]) -> list[list[Any]]:
     """summary.csv's rows: one per group, SUMMARY_COLUMNS in order."""
     rows = []
     for g in groups:
@@ -117,7 +132,7 @@ def summary_rows(groups: list[Group], diffs: dict[str, dict[str, Interval]]) -> 
                           _seed_list([x.seed for x in g.results if not x.ok])]  # fmt: skip
         for m in METRICS:
             s = g.spread(m)
-            values = " ".join(f"{seed}:{_fmt(v)}" for seed, v in g.values(m).items() if not math.isnan(v))
+            values = " ".join(f"{seed}:{fmt(v)}" for seed, v in g.values(m).items() if not math.isnan(v))
             row += [s.mean, s.sd, s.n, values]
         diff = diffs.get(r.group)
         for m in METRICS:
@@ -126,7 +141,7 @@ def summary_rows(groups: list[Group], diffs: dict[str, dict[str, Interval]]) -> 
     return rows
 
 
-def _md_spread(s: Spread, values: dict[int, float]) -> str:
+def md_spread(s: Spread, values: dict[int, float]) -> str:
     """`mean ± sd (seed values)`; one seed shows its value and says so (no sd, not 0)."""
     if s.n == 0:
         return ""
@@ -145,7 +160,7 @@ def md_interval(i: Interval) -> str:
     return f"{i.mean:+.2f} [{i.lo:+.2f}, {i.hi:+.2f}]"
 
 
-def _md_table(header: tuple[str, ...], rows: list[list[str]], left: int = 1) -> list[str]:
+def md_table(header: tuple[str, ...], rows: list[list[str]], left: int = 1) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|",
@@ -159,8 +174,8 @@ def write_tables(results: list[CellResult], out_dir: Path, command: str) -> tupl
     groups = group_results(results)
     diffs = paired(groups)
     csv_path, summary_path, md_path = out_dir / "results.csv", out_dir / "summary.csv", out_dir / "results.md"
-    write_atomically(csv_path, _csv(COLUMNS, [[asdict(r)[c] for c in COLUMNS] for r in results]))
-    write_atomically(summary_path, _csv(SUMMARY_COLUMNS, summary_rows(groups, diffs)))
+    write_atomically(csv_path, csv_text(COLUMNS, [[asdict(r)[c] for c in COLUMNS] for r in results]))
+    write_atomically(summary_path, csv_text(SUMMARY_COLUMNS, summary_rows(groups, diffs)))
 
     lines = [
         f"Command: `{command}`",
@@ -186,8 +201,8 @@ def write_tables(results: list[CellResult], out_dir: Path, command: str) -> tupl
         ok = [str(x.seed) for x in g.results if x.ok]
         failed = [str(x.seed) for x in g.results if not x.ok]
         rows.append([r.group, str(r.layers), str(r.shortcut), r.downsampling, ", ".join(ok), ", ".join(failed),
-                     *(_md_spread(g.spread(m), g.values(m)) for m in METRICS)])  # fmt: skip
-    lines += _md_table(header, rows)
+                     *(md_spread(g.spread(m), g.values(m)) for m in METRICS)])  # fmt: skip
+    lines += md_table(header, rows)
     if diffs:
         lines += [
             "",
@@ -209,7 +224,7 @@ def write_tables(results: list[CellResult], out_dir: Path, command: str) -> tupl
                 pairs = max(i.n for i in d.values())
                 rows.append([g.first.arch, str(g.first.layers), g.first.downsampling, str(pairs),
                              *(md_interval(d[m]) for m in METRICS)])  # fmt: skip
-        lines += _md_table(header, rows)
+        lines += md_table(header, rows)
     lines += ["", "## Cells", ""]
     shown = ("cell", "layers", "shortcut", "params", "steps", "train_loss_final", "train_loss_best",
              "train_err_final", "train_err_best", "val_err_best", "test_err", "fit_seconds")  # fmt: skip
@@ -220,7 +235,7 @@ def write_tables(results: list[CellResult], out_dir: Path, command: str) -> tupl
         if r.status != "ok":
             cells[0] += f" ({r.status})"
         rows.append(cells)
-    lines += _md_table(shown, rows)
+    lines += md_table(shown, rows)
     write_atomically(md_path, "\n".join(lines) + "\n")
     return csv_path, summary_path, md_path
 

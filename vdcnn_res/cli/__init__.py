@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "ablate": "vdcnn_res.cli.ablate",
     "tune": "vdcnn_res.cli.tune",
     "serve": "vdcnn_res.cli.serve",
+    "sweep": "vdcnn_res.cli.sweep",
 }
 
 

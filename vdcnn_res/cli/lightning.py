@@ -39,6 +39,7 @@ from vdcnn_res.inference.model_files import load_checkpoint_safely
 from vdcnn_res.inference.predictor import native_bf16
 from vdcnn_res.inference.writer import PredictionWriter
 from vdcnn_res.training.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast
+from vdcnn_res.training.lr_finder import LRRangeTest
 from vdcnn_res.training.module import VDCNNClassifier
 from vdcnn_res.training.progress import EpochSummary, FlopsModelSummary
 
@@ -258,6 +259,7 @@ class VDCNNCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(LRRangeTest, "lr_finder")  # model.optim.lr=auto: a range test before fit
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Resolve defaults that depend on the machine or the checkpoint, and refuse unsafe

@@ -56,6 +56,7 @@ class VDCNNClassifier(pl.LightningModule):
             }
         )
         self.arch, self.optim = arch, optim
+        self.in_range_test = False  # True while lr: auto's range test runs (training/lr_finder.py)
         self.label_names = list(label_names) if label_names else [str(i) for i in range(arch.num_classes)]
         self.model = build_model(arch)
 
@@ -142,6 +143,9 @@ class VDCNNClassifier(pl.LightningModule):
             return
         diverged = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
         if not diverged:
+            return
+        if self.in_range_test:  # a rate of the range test diverged: that ends the test, not the run
+            self.trainer.should_stop = True
             return
         callback = self.trainer.checkpoint_callback
         last = callback.last_model_path or callback.best_model_path if callback is not None else ""

@@ -20,6 +20,7 @@ import contextlib
 import io
 import math
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,11 @@ def _headline(result: SweepResult) -> str:
 
 
 def run_sweep(
-    jobs: list[Job], cells: dict[str, tuple[Point, int]], out_dir: Path, report: Any, worker: str = ""
+    jobs: list[Job],
+    cells: dict[str, tuple[Point, int]],
+    out_dir: Path,
+    report: Callable[[], list[SweepResult]],
+    worker: str = "",
 ) -> list[SweepResult]:
     """Train every cell neither finished nor claimed by another worker, rewriting the tables after each."""
 
@@ -233,9 +238,9 @@ def main(argv: list[str]) -> None:
     base = parsed.base_args(parser, CELL_DEFAULTS)
     axes = parse_grid(args.grid)
     budget = budget_args(args)
-    for key in ("trainer.max_epochs", "trainer.max_steps"):
-        if budget and key in {a.key for a in axes}:
-            raise UserError(f"--grid {key} and --max_epochs/--max_steps both set the budget; give one of them")
+    budget_axes = sorted({"trainer.max_epochs", "trainer.max_steps"} & {a.key for a in axes})
+    if budget and budget_axes:
+        raise UserError(f"--grid {budget_axes[0]} and --max_epochs/--max_steps both set the budget; give one of them")
     if len(set(args.seeds)) != len(args.seeds):
         raise UserError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is given more than once")
     points = build_points(axes)

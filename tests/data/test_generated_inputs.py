@@ -34,7 +34,10 @@ from vdcnn_res.data.tokenizer import KINDS, build_tokenizer, encode
 from vdcnn_res.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, one thread
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # tests/conftest.py: tiny tensors, one thread
+    pytest.mark.timeout(3600 if os.environ.get("HYPOTHESIS_PROFILE") == "nightly" else 300),
+]
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 settings.register_profile("vdcnn-ci", derandomize=True, deadline=None, suppress_health_check=_SLOW_OK)
 settings.register_profile(
@@ -99,8 +102,13 @@ def expected_labels(raw: list[object]) -> tuple[list[str], list[str]] | str:
     return (names, rows) if len(set(rows)) >= 2 else "single class"
 
 
-def check(path: str, texts: list[bytes], labels: list[object], error: str | None, **kwargs) -> None:
-    """The property: the expected classes and rows, or one UserError line (with ``error`` in it)."""
+def check(
+    path: str, texts: list[bytes], labels: list[object], error: str | None, tolerated: str | None = None, **kwargs
+) -> None:
+    """The property: the expected classes and rows, or one UserError line (with ``error`` in it).
+
+    ``tolerated``: words of a one-line error accepted instead of the expected classes (a known limit).
+    """
     present = [lab is not None and not (isinstance(lab, str) and not lab.strip()) for lab in labels]
     if error is None and not all(present) and kwargs.get("missing_labels", "error") == "error":
         error = "have no label"
@@ -112,6 +120,8 @@ def check(path: str, texts: list[bytes], labels: list[object], error: str | None
         names, seen, caught = run(path, **kwargs)
     except UserError as err:
         assert "\n" not in str(err), str(err)
+        if tolerated and tolerated in str(err):
+            return
         assert isinstance(outcome, str), f"unexpected error: {err}"
         assert outcome in str(err), f"expected {outcome!r}, got: {err}"
         return
@@ -237,12 +247,13 @@ MISSING = object()
 
 
 @st.composite
-def json_files(draw) -> tuple[str, bytes, list, list, str | None]:
+def json_files(draw) -> tuple[str, bytes, list, list, str | None, str | None]:
     n = draw(st.integers(0, 8))
     text_kind = draw(st.sampled_from(["str", "str", "mixed"]))
     label_kind = draw(st.sampled_from(["str", "int", "mixed", "bool"]))
     pool = draw(st.lists(LABELS, min_size=1, max_size=3, unique=True))
     rows, texts, labels = [], [], []
+    extra_types: set[type] = set()
     for _ in range(n):
         text = draw(TEXTS if text_kind == "str" else st.one_of(TEXTS, JSON_VALUES, st.just(MISSING)))
         label = draw({
@@ -255,9 +266,11 @@ def json_files(draw) -> tuple[str, bytes, list, list, str | None]:
         if draw(st.booleans()) and draw(st.booleans()):
             # Scalars only: pyarrow refuses a column of lists whose element types differ (reported, not fixed).
             row["extra"] = draw(JSON_SCALARS | st.text(max_size=5))
+            extra_types.add(type(row["extra"]))
         rows.append(row)
         texts.append(text)
         labels.append(None if label is MISSING else label)
+    extra_kinds = len(extra_types - {type(None)})
     layout = draw(st.sampled_from(["jsonl", "jsonl", "json"]))
     ascii_only = draw(st.booleans())
     if layout == "json":
@@ -273,7 +286,10 @@ def json_files(draw) -> tuple[str, bytes, list, list, str | None]:
         error = "no column 'label'"
     elif not n:
         error = ""  # some one-line error: no rows, or no such column in an empty JSON array
-    return layout, (b"\xef\xbb\xbf" if bom else b"") + content.encode("utf-8"), texts, labels, error
+    # A column whose values change type is refused in one line ("changed from string to number"):
+    # the `datasets` fallback for it crashed the process (segfault) on generated files.
+    tolerated = "changed from" if "mixed" in (label_kind, text_kind) or extra_kinds > 1 else None
+    return layout, (b"\xef\xbb\xbf" if bom else b"") + content.encode("utf-8"), texts, labels, error, tolerated
 
 
 def _text_bytes(value: object) -> bytes | None:
@@ -283,13 +299,15 @@ def _text_bytes(value: object) -> bytes | None:
 
 @budget(120)
 @given(json_files(), st.sampled_from(["error", "drop"]))
+@example(("jsonl", b'\n{"text": "", "label": "a"}\n\n{"text": "", "label": 0}\n', ["", ""], ["a", 0], None,
+          "changed from"), "error")  # found by the nightly profile
 def test_generated_json_files(case, missing_labels):
-    layout, data, texts, labels, error = case
+    layout, data, texts, labels, error, tolerated = case
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"train.{layout}")
         Path(path).write_bytes(data)
         if all(isinstance(t, str) for t in texts):
-            check(path, [_text_bytes(t) for t in texts], labels, error, missing_labels=missing_labels)
+            check(path, [_text_bytes(t) for t in texts], labels, error, tolerated, missing_labels=missing_labels)
             return
         try:
             names, seen, caught = run(path, missing_labels=missing_labels)

@@ -15,6 +15,7 @@ from typing import Any
 
 import datasets
 import pandas as pd
+import pyarrow as pa
 
 from vdcnn_res.errors import MissingFileError, UserError
 
@@ -87,11 +88,14 @@ def read_header(file: str, fmt: str) -> list[str]:
 
 
 def _first_line(err: BaseException) -> str:
-    """The first line of the innermost cause's message (parsers chain several, some multi-line)."""
-    while (err.__cause__ or err.__context__) is not None:
-        err = err.__cause__ or err.__context__
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    """The first line of the telling cause: pyarrow's parse error if any, else the innermost one
+    (`datasets` chains several parsers' errors, some multi-line)."""
+    chain = [err]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    telling = next((e for e in chain if isinstance(e, pa.ArrowException)), chain[-1])
+    lines = [line.strip() for line in str(telling).splitlines() if line.strip()]
+    return lines[0] if lines else type(telling).__name__
 
 
 def _not_utf8(file: str, err: UnicodeDecodeError | Exception) -> str:
@@ -135,6 +139,10 @@ def load_files(
         raise UserError(f"{arg}: data.column_names names the columns of header-less CSV/TSV files, not {fmt}")
     else:
         builder = fmt
+        if fmt == "json":
+            # A column whose values change type ("a" then 1) is an error naming the column: the
+            # `datasets` fallback for it (re-parsing lines with ujson) crashed the process at times.
+            kwargs["on_mixed_types"] = None
     try:
         with warnings.catch_warnings():
             # pandas only warns when a row has more fields than the header, and drops them.

@@ -105,6 +105,13 @@ def test_without_validation_data_the_budget_is_the_cap(tmp_path, capsys):
     assert f"No validation data: no early stopping, training runs {MAX_EPOCHS} epochs" in capsys.readouterr().err
 
 
+def test_a_step_budget_shorter_than_one_epoch_is_no_crash(tmp_path, one_thread):
+    """max_steps can end fit before the first validation: early stopping then has nothing to judge."""
+    main(["fit", *TINY, *QUIET, "--trainer.max_steps=2", "--trainer.logger=false",
+          "--trainer.default_root_dir", str(tmp_path)])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 @pytest.mark.slow
 def test_early_stopping_ends_the_run_and_the_cosine_schedule_ends_at_the_cap(tmp_path):
     # min_delta=1: accuracy can never improve by 1, so patience 1 stops after the second validation

@@ -253,7 +253,7 @@ class VDCNNCLI(LightningCLI):
             {
                 "early_stopping": {
                     "class_path": "pytorch_lightning.callbacks.EarlyStopping",
-                    "init_args": {"monitor": "val/acc", "mode": "max", "patience": PATIENCE},
+                    "init_args": {"monitor": "val/acc", "mode": "max", "patience": PATIENCE, "strict": False},  # no crash when max_steps ends fit before any validation
                 },
                 "epoch_summary": {"class_path": "vdcnn_res.training.progress.EpochSummary"},
             }

@@ -29,6 +29,8 @@ BlockType = Literal["basic", "preact", "bottleneck"]
 Downsampling = Literal["conv", "maxpool", "kmax"]
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockType)
 DOWNSAMPLING_TYPES: tuple[str, ...] = get_args(Downsampling)
+HeadNorm = Literal["none", "batch", "layer"]
+HEAD_NORM_TYPES: tuple[str, ...] = get_args(HeadNorm)
 
 
 def _positive_int_tuple(name: str, value: object) -> tuple[int, ...]:
@@ -66,6 +68,10 @@ class ModelConfig:
     hidden_size: int = 2048  # width of the two hidden fully connected layers (paper)
     dropout: float = 0.0  # dropout after each hidden fc layer; the paper uses none
     zero_init_residual: bool = False  # zero the last BN gamma of each block (starts as identity)
+    # Normalisation of the k-max features before fc1 (docs/longdoc_plateau.md): "batch" centres
+    # each of the channels * kmax features. Without it they are all positive with a large common
+    # mean, AdamW moves every fc1 pre-activation the same way, and on long texts fc1 dies.
+    head_norm: HeadNorm = "none"
     # Beyond the paper: a bag of hashed character n-grams (ngrams.py) whose linear logits are
     # added to the CNN's; () = off (the pure CNN). E.g. (1, 2, 3, 4, 5) with 2**18 buckets.
     ngram_orders: tuple[int, ...] = ()
@@ -87,6 +93,8 @@ class ModelConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head_norm not in HEAD_NORM_TYPES:
+            raise UserError(f"unknown head_norm {self.head_norm!r}; valid choices: {list(HEAD_NORM_TYPES)}")
         if self.block not in BLOCK_TYPES:
             raise UserError(f"unknown block {self.block!r}; valid choices: {list(BLOCK_TYPES)}")
         if self.downsampling not in DOWNSAMPLING_TYPES:

@@ -139,8 +139,10 @@ class VDCNN(nn.Module):
         # Pre-activation blocks end without BN-ReLU; the network adds it once before the head.
         self.final_norm = nn.BatchNorm1d(in_channels) if c.block == "preact" else None
         self.pool = KMaxPool1d(c.kmax)
+        head_norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(c.head_norm)
         self.head = nn.Sequential(
             OrderedDict(
+                **({"norm": head_norm(c.num_features)} if head_norm else {}),
                 fc1=nn.Linear(c.num_features, c.hidden_size),
                 act1=nn.ReLU(),
                 drop1=nn.Dropout(c.dropout),
@@ -175,7 +177,7 @@ class VDCNN(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm1d):
+            elif isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.fc.weight, std=0.01)

@@ -413,6 +413,14 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VDCNNCLI:
     """The CLI with its defaults; `run=False` parses a fit config (no subcommand) and builds
     model, data and Trainer without running them (as `vdcnn-res ablate` does per cell)."""
     silence_foreign_noise()
+    with warnings.catch_warnings():
+        # In-process callers (ablate, sweep, tune, tests) pass args while sys.argv holds their own
+        # command line: LightningCLI's warning that it ignores sys.argv is then expected.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        return _build(args, run)
+
+
+def _build(args: ArgsType, run: bool) -> VDCNNCLI:
     return VDCNNCLI(
         VDCNNClassifier,
         TextDataModule,

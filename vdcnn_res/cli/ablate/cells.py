@@ -17,7 +17,6 @@ import os
 import shlex
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,10 +55,7 @@ def build_fit(args: list[str]) -> Any:
     """The `vdcnn-res fit` CLI for `args`, with model, data and Trainer built but nothing run."""
     from vdcnn_res.cli.lightning import build_cli  # imports data/tokenizers; only needed to train
 
-    with warnings.catch_warnings():
-        # LightningCLI warns that sys.argv (the grid's command line) is ignored: it is meant to be.
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        return build_cli(args, run=False)
+    return build_cli(args, run=False)
 
 
 def resume_path(cell_dir: Path) -> str | None:

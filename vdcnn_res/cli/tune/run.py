@@ -71,9 +71,7 @@ class PruneOnValidation(pl.Callback):
 def _cli(args: list[str]) -> Any:
     from vdcnn_res.cli.lightning import build_cli
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        return build_cli(args, run=False)
+    return build_cli(args, run=False)
 
 
 def _storage(spec: str | None, study_dir: Path) -> Any:

@@ -112,3 +112,17 @@ def test_early_stopping_from_the_command_line(tmp_path):
         "--early_stopping.stopping_threshold=0.0")
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
+
+
+def test_the_packages_own_warnings_print_as_one_line(capsys):
+    from pathlib import Path
+
+    import vdcnn_res.data.labels as labels
+    from vdcnn_res.cli import _show_warning
+
+    _show_warning(UserWarning("the train split has 1 label(s) with surrounding whitespace"), UserWarning,
+                  labels.__file__, 1)
+    _show_warning(UserWarning("foreign"), UserWarning, str(Path(pytest.__file__)), 7)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "vdcnn-res: warning: the train split has 1 label(s) with surrounding whitespace"
+    assert "pytest" in err[1] and "UserWarning: foreign" in err[1]  # other packages' warnings keep their form

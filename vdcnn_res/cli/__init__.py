@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
+from pathlib import Path
 
 from vdcnn_res.errors import UserError
 
@@ -25,9 +27,22 @@ SUBCOMMANDS = {
 }
 
 
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """The package's own warnings (about the user's data or run) as one line; others as usual."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE) and issubclass(category, UserWarning):
+        print(f"vdcnn-res: warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point. User errors print one line and exit 2 (VDCNN_RES_DEBUG=1 shows the trace)."""
     argv = sys.argv[1:] if args is None else list(args)
+    warnings.showwarning = _show_warning
     try:
         if argv and argv[0] in SUBCOMMANDS:
             importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])

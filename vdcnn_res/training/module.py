@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -27,6 +29,13 @@ class VDCNNClassifier(pl.LightningModule):
     `arch.num_classes`, `arch.vocab_size`, `arch.padding_idx` and `label_names` are linked from
     the data module by the CLI; nobody types them. The tokenizer travels in the checkpoint as
     the data module's state, so a checkpoint alone can encode new texts.
+
+    ``class_weights`` weights the training loss per class: ``[w1, ...]`` (one positive weight
+    per class, label-id order), or ``"balanced"``: ``n / (n_classes * count_c)`` from the
+    training split's label counts, computed when fit starts from the data module's
+    ``class_counts`` (the counts of the data actually trained on, also under DDP, where every
+    rank holds the whole split). Validation and test losses stay unweighted, so runs with and
+    without weights compare on the same footing.
     """
 
     def __init__(
@@ -35,6 +44,7 @@ class VDCNNClassifier(pl.LightningModule):
         optim: OptimConfig = OptimConfig(),
         label_smoothing: float = 0.1,  # docs/results.md; the paper used none
         label_names: list[str] | None = None,
+        class_weights: Literal["balanced"] | list[float] | None = None,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain dicts, never pickled classes, so they load with weights_only.
@@ -47,18 +57,22 @@ class VDCNNClassifier(pl.LightningModule):
                 f"{len(label_names)} label names given for arch.num_classes={arch.num_classes}; "
                 "let the CLI link both from the data module instead of typing them"
             )
+        weights = _check_class_weights(class_weights, arch.num_classes)
         self.save_hyperparameters(
             {
                 "arch": asdict(arch),
                 "optim": asdict(optim),
                 "label_smoothing": label_smoothing,
                 "label_names": list(label_names) if label_names else None,
+                "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
             }
         )
         self.arch, self.optim = arch, optim
         self.in_range_test = False  # True while lr: auto's range test runs (training/lr_finder.py)
         self.label_names = list(label_names) if label_names else [str(i) for i in range(arch.num_classes)]
         self.model = build_model(arch)
+        # Not in the state dict: explicit weights live in hparams, balanced ones are derived at fit.
+        self.register_buffer("loss_weights", None if weights is None else torch.tensor(weights), persistent=False)
 
         n = arch.num_classes
         self.train_acc = MulticlassAccuracy(n, average="micro")
@@ -72,12 +86,32 @@ class VDCNNClassifier(pl.LightningModule):
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, lengths)  # (B, num_classes) logits
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("class_weights") == "balanced":
+            counts = getattr(self.trainer.datamodule, "class_counts", None)
+            if counts is None:
+                raise UserError(
+                    "model.class_weights=balanced needs the training label counts from a data module "
+                    "(TextDataModule.class_counts); give explicit weights [w1, ...] instead"
+                )
+            weights = balanced_class_weights(counts, self.label_names)
+            self.loss_weights = torch.tensor(weights, device=self.device)
+            rank_zero_info(
+                "Class weights (balanced, from the training split's label counts): "
+                + ", ".join(f"{name} {w:.3g}" for name, w in zip(self.label_names, weights))
+            )
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, weighted: bool = False) -> torch.Tensor:
+        weight = None
+        if weighted and self.hparams.get("class_weights") is not None:
+            if self.loss_weights is None:
+                raise RuntimeError("class_weights='balanced' is resolved in setup('fit'); call it before training_step")
+            weight = self.loss_weights.to(logits.device)
+        return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["lengths"])
-        loss = self._loss(logits, batch["labels"])
+        loss = self._loss(logits, batch["labels"], weighted=True)
         self._stop_if_diverged(loss)
         self.train_acc(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
@@ -108,8 +142,10 @@ class VDCNNClassifier(pl.LightningModule):
         self.log("test/acc", acc)
         self.log("test/error_pct", 100.0 * (1.0 - acc))
         self.log("test/f1_macro", self.test_f1.compute())
-        for name, f1 in zip(self.label_names, class_f1):
+        recall = confusion.diag().float() / confusion.sum(dim=1).clamp(min=1).float()  # rows: true labels
+        for name, f1, r in zip(self.label_names, class_f1, recall):
             self.log(f"test/f1/{name}", f1)
+            self.log(f"test/recall/{name}", r)
         for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
             metric.reset()
         if self.trainer.is_global_zero:
@@ -163,6 +199,41 @@ class VDCNNClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
+
+
+def _check_class_weights(class_weights: Any, num_classes: int) -> list[float] | None:
+    """Explicit weights as floats (checked), None for none or 'balanced' (derived at fit)."""
+    if class_weights is None or class_weights == "balanced":
+        return None
+    if isinstance(class_weights, str) or not isinstance(class_weights, (list, tuple)):
+        raise UserError(f"model.class_weights must be 'balanced' or a list of {num_classes} weights, got {class_weights!r}")
+    if len(class_weights) != num_classes:
+        raise UserError(
+            f"model.class_weights has {len(class_weights)} weights for {num_classes} classes; "
+            "give one per class in label-id order, or use 'balanced'"
+        )
+    try:
+        weights = [float(w) for w in class_weights]
+    except (TypeError, ValueError):
+        raise UserError(f"model.class_weights must be numbers, got {class_weights!r}") from None
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise UserError(f"model.class_weights must all be positive and finite, got {weights}")
+    return weights
+
+
+def balanced_class_weights(counts: Any, label_names: list[str]) -> list[float]:
+    """``n / (n_classes * count_c)`` per class (sklearn's 'balanced'); a class without texts is an error."""
+    counts = [int(c) for c in counts]
+    if len(counts) != len(label_names):
+        raise UserError(f"{len(counts)} class counts for {len(label_names)} classes; the data and the model disagree")
+    missing = [name for name, c in zip(label_names, counts) if c <= 0]
+    if missing:
+        raise UserError(
+            f"class_weights=balanced: class(es) {missing} have no training texts, so no weight can balance them; "
+            "add training texts for them or give explicit weights"
+        )
+    n = sum(counts)
+    return [n / (len(counts) * c) for c in counts]
 
 
 def _check_compatible(saved: dict, current: Any) -> None:

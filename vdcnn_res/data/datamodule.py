@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import datasets
+import numpy as np
 from pytorch_lightning import LightningDataModule
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
@@ -80,6 +81,10 @@ class TextDataModule(LightningDataModule):
         batching: ``bucket`` pads each batch to its longest text (rounded up to
             ``pad_multiple``); ``fixed`` pads every batch to ``max_length`` like the paper.
         pool_batches: ``bucket`` sorts this many batches' worth of random samples together.
+        sampling: ``natural`` trains on a permutation of the training split each epoch;
+            ``balanced`` draws as many texts per epoch with every class equally often
+            (rare classes repeat, frequent ones are subsampled), still length-bucketed and
+            sharded across processes. Every class must have training texts.
         cache_dir: the `datasets` cache (None: its default, ``HF_HOME``).
 
     The settings stay in ``self.hparams`` (saved in checkpoints as the data hyperparameters).
@@ -114,6 +119,7 @@ class TextDataModule(LightningDataModule):
         batching: Literal["bucket", "fixed"] = "bucket",
         pad_multiple: int = 8,
         pool_batches: int = 20,
+        sampling: Literal["natural", "balanced"] = "natural",
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -131,6 +137,8 @@ class TextDataModule(LightningDataModule):
             raise UserError(f"data.missing_labels must be 'error' or 'drop', got {missing_labels!r}")
         if batching not in ("bucket", "fixed"):
             raise UserError(f"data.batching must be 'bucket' or 'fixed', got {batching!r}")
+        if sampling not in ("natural", "balanced"):
+            raise UserError(f"data.sampling must be 'natural' or 'balanced', got {sampling!r}")
         if file_format is not None and file_format not in FORMATS:
             raise UserError(f"data.file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
         if max_length < 1 or batch_size < 1 or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -182,6 +190,11 @@ class TextDataModule(LightningDataModule):
     @property
     def padding_idx(self) -> int:
         return PAD_ID
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Texts per class in the training split (index = label id), e.g. for balanced class weights."""
+        return np.bincount(self._split("train").labels, minlength=self.num_classes)
 
     def set_tokenizer(self, tokenizer: Tokenizer | str) -> None:
         """Use a saved tokenizer (object, JSON string or path), e.g. a checkpoint's."""
@@ -298,6 +311,14 @@ class TextDataModule(LightningDataModule):
         hp = self.hparams
         split = self._split(split_name)
         replicas, rank = self._replicas()
+        balance = shuffle and split_name == "train" and hp.sampling == "balanced"
+        if balance:
+            absent = [name for name, n in zip(self.label_names, self.class_counts) if n == 0]
+            if absent:
+                raise UserError(
+                    f"data.sampling=balanced: class(es) {absent} have no training texts, so they cannot be drawn; "
+                    "add training texts for them, remove them from data.classes_file, or use data.sampling=natural"
+                )
         sampler = LengthBucketBatchSampler(
             split.lengths,
             hp.batch_size if shuffle else self._eval_batch_size,
@@ -307,6 +328,7 @@ class TextDataModule(LightningDataModule):
             num_replicas=replicas,
             rank=rank,
             pool_batches=hp.pool_batches,
+            balance_labels=split.labels if balance else None,
         )
         # Resumable: Lightning checkpoints the training loader's position (mid-epoch resume).
         return ResumableDataLoader(

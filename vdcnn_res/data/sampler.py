@@ -19,6 +19,11 @@ one in the checkpoint (``loops.fit_loop.state_dict.combined_loader``) and calls 
 :class:`ResumableDataLoader` records the epoch and how many batches the training loop took;
 restored, its batch sampler skips them, so the resumed run sees exactly the batches the
 interrupted one had not seen.
+
+Class-balanced sampling (``balance_labels``): each epoch is ``n`` draws from a
+:class:`ClassBalancedDraw` instead of a permutation, every class equally often; the draws then
+go through the same pools, length buckets and strided shards, so the batch counts and the DDP
+properties hold for the draws (each draw is taken by exactly one rank), and resuming works as is.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch.utils.data import DataLoader, Sampler
 from vdcnn_res.errors import UserError
 
 __all__ = [
+    "ClassBalancedDraw",
     "EpochPermutation",
     "LengthBucketBatchSampler",
     "ResumableDataLoader",
@@ -89,6 +95,37 @@ class EpochPermutation(Sampler[int]):
         return self.n
 
 
+class ClassBalancedDraw(EpochPermutation):
+    """``n = len(labels)`` indices per epoch in which every class present is drawn equally often.
+
+    Each class gets ``n / n_classes`` slots (the remainder to classes picked at random); a
+    class fills its slots by cycling through fresh permutations of its members, so a rare class
+    repeats its texts as evenly as possible (never one text twice before all once) and a
+    frequent class shows a different subset each epoch. The draws are shuffled; the whole is
+    seeded by ``(seed, epoch)`` like :class:`EpochPermutation`, so every DDP rank draws the same.
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, *, seed: int = 0) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.ndim != 1 or (len(labels) and labels.min() < 0):
+            raise ValueError("class-balanced sampling needs one non-negative label per sample")
+        super().__init__(len(labels), shuffle=True, seed=seed)
+        self.members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+
+    def order(self) -> np.ndarray:
+        if self.n == 0:
+            return np.zeros(0, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, self.epoch, 2])
+        k = len(self.members)
+        slots = np.full(k, self.n // k, dtype=np.int64)
+        slots[rng.permutation(k)[: self.n % k]] += 1
+        draws = []
+        for members, wanted in zip(self.members, slots):
+            cycles = -(-int(wanted) // len(members))
+            draws.append(np.concatenate([rng.permutation(members) for _ in range(cycles)])[:wanted])
+        return rng.permutation(np.concatenate(draws))
+
+
 class LengthBucketBatchSampler(Sampler[list[int]]):
     """Batches of indices into a dataset whose items have the given lengths.
 
@@ -101,6 +138,9 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     With ``num_replicas > 1`` this process (``rank``) sees a disjoint shard and exactly
     ``len(self)`` batches, the same on every rank.
+
+    ``balance_labels`` (training only: ``shuffle=True``): draw each epoch class-balanced from
+    these per-sample labels (:class:`ClassBalancedDraw`) instead of permuting the samples.
 
     ``state_dict()`` is ``{"epoch", "batches" (yielded so far this epoch), "num_batches"}``;
     after ``load_state_dict`` the next iteration of that epoch starts after those batches.
@@ -117,6 +157,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         pool_batches: int = 20,
+        balance_labels: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         n = len(self.lengths)
@@ -130,7 +171,12 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.pool_batches = pool_batches
-        self.sampler = EpochPermutation(n, shuffle=shuffle, seed=seed)
+        if balance_labels is None:
+            self.sampler = EpochPermutation(n, shuffle=shuffle, seed=seed)
+        else:
+            if not shuffle or len(balance_labels) != n:
+                raise ValueError("balance_labels needs shuffle=True and one label per sample")
+            self.sampler = ClassBalancedDraw(balance_labels, seed=seed)
         self._num_batches = num_batches_per_replica(n, batch_size, num_replicas)
         shard_size = len(range(rank, n, num_replicas))
         self._sizes = _split_sizes(shard_size, self._num_batches)

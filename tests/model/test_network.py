@@ -249,7 +249,7 @@ def test_strides_and_projection_placement(name, downsampling, block):
             if needs_projection:
                 assert b.shortcut[0].kernel_size == (1,)
                 assert b.shortcut[0].stride == ((2,) if halving else (1,))
-        has_pool = i > 0 and downsampling != "conv"
+        has_pool = i > 0 and downsampling not in ("conv", "none")
         assert (model.stages[i].downsample is not None) == has_pool
 
 
@@ -305,10 +305,10 @@ def test_valid_length_after_every_stage(downsampling, block):
         model(pad_batch(texts, 1000))
     for h in hooks:
         h.remove()
-    expected_batch_len = [1000, 500, 250, 125]
+    expected_batch_len = [1000] * 4 if downsampling == "none" else [1000, 500, 250, 125]
     for b, n in enumerate(lengths):
         valid = model.stage_lengths(n)
-        assert valid == ModelConfig().stage_lengths(n)
+        assert valid == ModelConfig(downsampling=downsampling).stage_lengths(n)
         for i, v in enumerate(valid):
             assert alone[b][i].shape[-1] == v  # a lone text's tensor is exactly its valid part
             assert outputs[i].shape[-1] == expected_batch_len[i]

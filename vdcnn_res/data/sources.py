@@ -32,7 +32,8 @@ class SplitSources:
 
     ``paths`` maps every split in :data:`SPLITS` to a file path or glob (or None);
     ``hub_splits`` is already merged with :data:`DEFAULT_HUB_SPLITS`; the other fields are the
-    `TextDataModule` settings of the same names.
+    `TextDataModule` settings of the same names (a series module passes its series column as
+    ``text_columns`` and ``column_arg="data.series_column"``).
     """
 
     paths: dict[str, str | None]
@@ -47,6 +48,7 @@ class SplitSources:
     seed: int
     cache_dir: str | None
     missing_labels: str = "error"
+    column_arg: str = "data.text_columns"  # the setting that names the input columns, for messages
     _hub: datasets.DatasetDict | None = field(default=None, init=False, repr=False)
     _raw: dict[str, datasets.Dataset | None] = field(default_factory=dict, init=False, repr=False)
     # split -> (files, format, column names) as read, to say in which file a row is
@@ -113,6 +115,10 @@ class SplitSources:
         keep = np.ones(len(ds), dtype=bool)
         keep[rows] = False
         return ds.select(np.flatnonzero(keep))
+
+    def locate(self, split: str, row: int) -> str:
+        """Where row ``row`` (0-based, as loaded) of a split lies, for messages."""
+        return self._locate(split, row)
 
     def _locate(self, split: str, row: int) -> str:
         """Where a row of a split lies: the file and its data row number (from 1), for messages."""
@@ -197,7 +203,7 @@ class SplitSources:
         return names
 
     def _check_columns(self, ds: datasets.Dataset, split: str) -> None:
-        needed = [("data.text_columns", c) for c in self.text_columns]
+        needed = [(self.column_arg, c) for c in self.text_columns]
         if split != "predict":
             needed.append(("data.label_column", self.label_column))
         for arg, column in needed:

@@ -1,7 +1,7 @@
 """The network in plain PyTorch (imports only torch and the stdlib): config, blocks, layers, registry."""
 
 from .blocks import BLOCKS, BasicConvResBlock, BottleneckConvResBlock, PreActConvResBlock, ResidualBlock
-from .config import BLOCK_TYPES, DOWNSAMPLING_TYPES, HEAD_NORM_TYPES, VARIANTS, ModelConfig
+from .config import BLOCK_TYPES, DOWNSAMPLING_TYPES, HEAD_NORM_TYPES, HEAD_TYPES, VARIANTS, ModelConfig
 from .flops import count_parameters, forward_flops, model_summary
 from .ngrams import HashedNGramBag
 from .network import VDCNN, Stage, build_model, create_model, list_models, make_stage, upgrade_state_dict
@@ -11,6 +11,7 @@ __all__ = [
     "BLOCK_TYPES",
     "DOWNSAMPLING_TYPES",
     "HEAD_NORM_TYPES",
+    "HEAD_TYPES",
     "HashedNGramBag",
     "VARIANTS",
     "BasicConvResBlock",

@@ -24,6 +24,7 @@ __all__ = [
     "ResidualBlock",
     "conv1",
     "conv3",
+    "conv_k",
     "projection",
 ]
 
@@ -31,6 +32,15 @@ __all__ = [
 def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:
     """k=3 conv, 'same' padding; no bias (a BatchNorm follows)."""
     return nn.Conv1d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv_k(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv1d:
+    """Conv of any kernel, no bias. k=3 is exactly :func:`conv3`; other odd kernels pad (k-1)/2 per
+    side; even kernels (stride 1 only) pad (k-1)//2 left and the rest right ('same' padding)."""
+    if kernel == 3:
+        return conv3(in_channels, out_channels, stride)
+    padding: int | str = (kernel - 1) // 2 if kernel % 2 else "same"
+    return nn.Conv1d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False)
 
 
 def conv1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:
@@ -78,20 +88,38 @@ class ResidualBlock(nn.Module):
 
 
 class BasicConvResBlock(ResidualBlock):
-    """conv(k3, stride) -> BN -> ReLU -> conv(k3) -> BN -> (+ shortcut) -> ReLU (paper)."""
+    """conv(k3, stride) -> BN -> ReLU -> conv(k3) -> BN -> (+ shortcut) -> ReLU (paper).
+
+    ``kernel_sizes`` generalises the two k=3 convs to any number of convs (conv_i, bn_i, with
+    ReLU between): (8, 5, 3) is the block of the time-series ResNet (Wang et al. 2017).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        kernel_sizes: tuple[int, ...] = (3, 3),
+    ) -> None:
+        self.kernel_sizes = tuple(kernel_sizes)
+        super().__init__(in_channels, out_channels, stride, shortcut)
 
     def build(self, in_channels: int, out_channels: int, stride: int) -> None:
-        self.conv1 = conv3(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm1d(out_channels)
-        self.conv2 = conv3(out_channels, out_channels)
-        self.bn2 = nn.BatchNorm1d(out_channels)
+        for i, kernel in enumerate(self.kernel_sizes, start=1):
+            cin = in_channels if i == 1 else out_channels
+            setattr(self, f"conv{i}", conv_k(cin, out_channels, kernel, stride if i == 1 else 1))
+            setattr(self, f"bn{i}", nn.BatchNorm1d(out_channels))
 
     def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        out = F.relu(self.bn1(self.conv1(x)).mul(keep))
-        return self.bn2(self.conv2(out)).mul(keep), x
+        out = x
+        last = len(self.kernel_sizes)
+        for i in range(1, last):
+            out = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out)).mul(keep))
+        return getattr(self, f"bn{last}")(getattr(self, f"conv{last}")(out)).mul(keep), x
 
     def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn2.weight)
+        nn.init.zeros_(getattr(self, f"bn{len(self.kernel_sizes)}").weight)
 
 
 class PreActConvResBlock(ResidualBlock):

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import UserError
 
-__all__ = ["VARIANTS", "BLOCK_TYPES", "DOWNSAMPLING_TYPES", "ModelConfig"]
+__all__ = ["VARIANTS", "BLOCK_TYPES", "DOWNSAMPLING_TYPES", "HEAD_TYPES", "ModelConfig"]
 
 # Depth -> residual blocks per stage (Conneau et al. 2017, Table 2). A block holds two
 # k=3 convs, so depth = 2 * sum(blocks) + 1 (the stem conv), fully connected layers excluded.
@@ -26,11 +26,13 @@ VARIANTS: dict[int, tuple[int, ...]] = {
 }
 
 BlockType = Literal["basic", "preact", "bottleneck"]
-Downsampling = Literal["conv", "maxpool", "kmax"]
+Downsampling = Literal["conv", "maxpool", "kmax", "none"]
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockType)
 DOWNSAMPLING_TYPES: tuple[str, ...] = get_args(Downsampling)
 HeadNorm = Literal["none", "batch", "layer"]
 HEAD_NORM_TYPES: tuple[str, ...] = get_args(HeadNorm)
+HeadType = Literal["kmax_mlp", "global_avg"]
+HEAD_TYPES: tuple[str, ...] = get_args(HeadType)
 
 
 def _positive_int_tuple(name: str, value: object) -> tuple[int, ...]:
@@ -49,12 +51,16 @@ def _positive_int_tuple(name: str, value: object) -> tuple[int, ...]:
 
 @dataclass
 class ModelConfig:
-    """Architecture of a VDCNN text classifier; validated at construction time.
+    """Architecture of a VDCNN classifier; validated at construction time.
 
-    Defaults are the paper's depth-9 network with max-pool downsampling and shortcuts on.
+    Defaults are the paper's depth-9 text network with max-pool downsampling and shortcuts on.
+    With ``input_channels > 0`` the stem reads numeric series of that many channels instead of
+    token ids (``vocab_size``, ``padding_idx`` and ``embedding_dim`` are then unused); every
+    layer after the stem is the same.
     """
 
     num_classes: int = 2  # output logits; linked from the data module by the CLI
+    input_channels: int = 0  # 0 = token ids (text); C > 0 = numeric series of C channels; linked by the CLI
     vocab_size: int = 72  # embedding rows; linked from the tokenizer by the CLI
     padding_idx: int = 0  # id used for right padding; its embedding is the zero vector
     embedding_dim: int = 16  # paper: a 16-dimensional character lookup table
@@ -63,9 +69,11 @@ class ModelConfig:
     channels: tuple[int, ...] = (64, 128, 256, 512)  # feature maps per stage (paper)
     block: BlockType = "basic"  # basic = paper; preact / bottleneck are extensions
     shortcut: bool = True  # the ablation switch: residual shortcuts on/off
-    downsampling: Downsampling = "maxpool"  # how length halves between stages (paper's best)
+    downsampling: Downsampling = "maxpool"  # how length halves between stages (paper's best); none keeps it
+    kernel_sizes: tuple[int, ...] = (3, 3)  # the convs of a basic block (paper: two k=3); ResNet for series: 8, 5, 3
+    head: HeadType = "kmax_mlp"  # kmax_mlp = the paper's k-max + MLP; global_avg = masked mean over time
     kmax: int = 8  # k of the head's k-max pooling (paper: 8 -> 512 * 8 = 4096 features)
-    hidden_size: int = 2048  # width of the two hidden fully connected layers (paper)
+    hidden_size: int = 2048  # width of the two hidden fully connected layers (paper); 0 = none, one linear layer
     dropout: float = 0.0  # dropout after each hidden fc layer; the paper uses none
     zero_init_residual: bool = False  # zero the last BN gamma of each block (starts as identity)
     # Normalisation of the k-max features before fc1 (docs/longdoc_plateau.md): "batch" centres
@@ -83,14 +91,20 @@ class ModelConfig:
             raise UserError(f"num_classes must be an int, got {self.num_classes!r}")
         if self.num_classes < 2:
             raise UserError(f"num_classes must be >= 2, got {self.num_classes}")
-        if not 0 <= self.padding_idx < self.vocab_size:
+        if isinstance(self.input_channels, bool) or not isinstance(self.input_channels, int) or self.input_channels < 0:
+            raise UserError(f"input_channels must be an int >= 0 (0 = token ids), got {self.input_channels!r}")
+        if not self.input_channels and not 0 <= self.padding_idx < self.vocab_size:
             raise UserError(
                 f"need vocab_size > padding_idx >= 0, got vocab_size={self.vocab_size}, "
                 f"padding_idx={self.padding_idx}"
             )
-        for name in ("embedding_dim", "kmax", "hidden_size"):
+        for name in ("embedding_dim", "kmax"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size < 0:
+            raise UserError(f"hidden_size must be >= 0 (0 = no hidden layers), got {self.hidden_size}")
+        if self.head not in HEAD_TYPES:
+            raise UserError(f"unknown head {self.head!r}; valid choices: {list(HEAD_TYPES)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.head_norm not in HEAD_NORM_TYPES:
@@ -104,6 +118,16 @@ class ModelConfig:
             )
 
         self.channels = _positive_int_tuple("channels", self.channels)
+        self.kernel_sizes = _positive_int_tuple("kernel_sizes", self.kernel_sizes)
+        if self.kernel_sizes != (3, 3) and self.block != "basic":
+            raise UserError(f"kernel_sizes {list(self.kernel_sizes)} needs block=basic; {self.block} blocks have fixed kernels")
+        if self.downsampling == "conv" and self.kernel_sizes[0] % 2 == 0:
+            raise UserError(
+                f"downsampling=conv strides the first conv of a block, which needs an odd kernel; "
+                f"got kernel_sizes {list(self.kernel_sizes)}"
+            )
+        if self.input_channels and self.ngram_orders:
+            raise UserError("ngram_orders hash token ids; a series model (input_channels > 0) cannot use them")
         self.ngram_orders = _positive_int_tuple("ngram_orders", self.ngram_orders) if self.ngram_orders else ()
         if self.ngram_orders:
             if self.ngram_buckets < 1 or self.ngram_dim < 1:
@@ -168,25 +192,31 @@ class ModelConfig:
         return len(self.channels)
 
     @property
+    def halvings(self) -> int:
+        """How often the length halves: between consecutive stages, unless downsampling is none."""
+        return 0 if self.downsampling == "none" else self.num_stages - 1
+
+    @property
     def min_length(self) -> int:
-        """Shortest valid length that still leaves `kmax` positions for the head.
+        """Shortest valid length that still leaves the head enough positions.
 
         Length halves (rounding up) between consecutive stages, so the last stage sees
-        ceil(L / 2**(n_stages - 1)) positions; shorter texts are right-padded to this.
+        ceil(L / 2**halvings) positions; the k-max head needs `kmax` of them, the global
+        average one. Shorter inputs are right-padded to this (the padding counts as content).
         """
-        return self.kmax * 2 ** (self.num_stages - 1)
+        return self.kmax * 2**self.halvings if self.head == "kmax_mlp" else 1
 
     @property
     def num_features(self) -> int:
-        """Width of the CNN's flattened head input: channels[-1] * kmax."""
-        return self.channels[-1] * self.kmax
+        """Width of the CNN's flattened head input: channels[-1] * kmax (k-max) or channels[-1] (average)."""
+        return self.channels[-1] * (self.kmax if self.head == "kmax_mlp" else 1)
 
     def stage_lengths(self, length: int) -> list[int]:
-        """Valid length after each stage for a text of `length` tokens (after min padding)."""
+        """Valid length after each stage for an input of `length` positions (after min padding)."""
         n = max(int(length), self.min_length)
         out = [n]
         for _ in range(self.num_stages - 1):
-            n = math.ceil(n / 2)
+            n = n if self.downsampling == "none" else math.ceil(n / 2)
             out.append(n)
         return out
 

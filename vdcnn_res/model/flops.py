@@ -21,7 +21,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def forward_flops(model: nn.Module, length: int, batch_size: int = 1) -> int:
-    """FLOPs of one eval-mode forward pass over `batch_size` texts of `length` tokens.
+    """FLOPs of one eval-mode forward pass over `batch_size` texts of `length` tokens
+    (series models: series of `length` values).
 
     Texts shorter than the model's `min_length` are padded by the model, so they cost
     as much as `min_length`. The model's train/eval mode is restored afterwards.
@@ -33,7 +34,11 @@ def forward_flops(model: nn.Module, length: int, batch_size: int = 1) -> int:
     vocab = getattr(config, "vocab_size", pad_id + 2)
     token = (pad_id + 1) % vocab  # any non-padding id (lengths are passed explicitly anyway)
     device = next(model.parameters()).device
-    ids = torch.full((batch_size, length), token, dtype=torch.long, device=device)
+    channels = getattr(config, "input_channels", 0)
+    if channels:  # a series model: float values (B, C, L)
+        ids = torch.ones((batch_size, channels, length), device=device)
+    else:
+        ids = torch.full((batch_size, length), token, dtype=torch.long, device=device)
     lengths = torch.full((batch_size,), length, dtype=torch.long, device=device)
     was_training = model.training
     model.eval()

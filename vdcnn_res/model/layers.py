@@ -19,6 +19,7 @@ __all__ = [
     "KMaxPool1d",
     "MaskedMaxPool1d",
     "KMaxDownsample",
+    "MaskedAvgPool1d",
 ]
 
 
@@ -131,3 +132,16 @@ class KMaxDownsample(nn.Module):
 
     def forward(self, x: Tensor, pad: Tensor, lengths_out: Tensor, pad_out: Tensor) -> Tensor:
         return kmax_pool1d(x, lengths_out, pad, out_len=pad_out.shape[-1])
+
+
+class MaskedAvgPool1d(nn.Module):
+    """Global average over each row's valid positions: (B, C, L) -> (B, C, 1).
+
+    The global-average-pooling head of the time-series ResNet (Wang et al. 2017), padding-
+    invariant: padded positions are excluded from both the sum and the count.
+    """
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        keep = ~pad  # (B, 1, L)
+        count = keep.sum(dim=-1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1, 1)
+        return x.mul(keep).sum(dim=-1, keepdim=True) / count

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from .blocks import BLOCKS, ResidualBlock, projection
 from .config import VARIANTS, ModelConfig
-from .layers import KMaxDownsample, KMaxPool1d, MaskedMaxPool1d, halve_lengths, padding_mask
+from .layers import KMaxDownsample, KMaxPool1d, MaskedAvgPool1d, MaskedMaxPool1d, halve_lengths, padding_mask
 from .ngrams import HashedNGramBag
 
 __all__ = [
@@ -89,10 +89,16 @@ def make_stage(
     halves: bool,
     downsampling: str,
     shortcut: bool,
+    kernel_sizes: tuple[int, ...] = (3, 3),
 ) -> Stage:
-    """Build one stage; decides every block's shortcut (a projection only for the first block)."""
+    """Build one stage; decides every block's shortcut (a projection only for the first block).
+
+    ``kernel_sizes`` other than (3, 3) are for basic blocks only (the config checks it).
+    """
     block_cls = BLOCKS[block]
+    halves = halves and downsampling != "none"
     stride = 2 if halves and downsampling == "conv" else 1
+    kernels = {} if tuple(kernel_sizes) == (3, 3) else {"kernel_sizes": tuple(kernel_sizes)}
 
     def make_shortcut(cin: int, s: int) -> nn.Module | None:
         if not shortcut:
@@ -101,8 +107,10 @@ def make_stage(
             return projection(cin, out_channels, s)
         return nn.Identity()
 
-    blocks = [block_cls(in_channels, out_channels, stride, make_shortcut(in_channels, stride))]
-    blocks += [block_cls(out_channels, out_channels, 1, make_shortcut(out_channels, 1)) for _ in range(num_blocks - 1)]
+    blocks = [block_cls(in_channels, out_channels, stride, make_shortcut(in_channels, stride), **kernels)]
+    blocks += [
+        block_cls(out_channels, out_channels, 1, make_shortcut(out_channels, 1), **kernels) for _ in range(num_blocks - 1)
+    ]
     downsample: nn.Module | None = None
     if halves and downsampling == "maxpool":
         downsample = MaskedMaxPool1d()
@@ -120,36 +128,54 @@ class VDCNN(nn.Module):
     Input: right-padded token ids (B, L) of any length, optional lengths (B,). Output:
     logits (B, num_classes), no softmax. Texts shorter than `min_length` are right-padded
     to it with `padding_idx` inside the model.
+
+    A series model (``config.input_channels = C > 0``) has no embedding: its stem conv reads
+    float values (B, C, L), right-padded (the padding is zeroed here), and ``lengths``
+    default to L. The head is the paper's k-max + MLP or a masked global average + linear
+    layer(s) (``config.head``).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         c = config
-        self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=c.padding_idx)
-        self.stem = nn.Conv1d(c.embedding_dim, c.channels[0], 3, padding=1)  # paper: first conv
+        if c.input_channels:
+            self.embedding = None
+            self.stem = nn.Conv1d(c.input_channels, c.channels[0], 3, padding=1)  # the series' channels in
+        else:
+            self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=c.padding_idx)
+            self.stem = nn.Conv1d(c.embedding_dim, c.channels[0], 3, padding=1)  # paper: first conv
         in_channels = c.channels[0]
         stages = []
         for i, (out_channels, num_blocks) in enumerate(zip(c.channels, c.layout)):
             stages.append(
-                make_stage(c.block, in_channels, out_channels, num_blocks, i > 0, c.downsampling, c.shortcut)
+                make_stage(
+                    c.block, in_channels, out_channels, num_blocks, i > 0, c.downsampling, c.shortcut, c.kernel_sizes
+                )
             )
             in_channels = out_channels
         self.stages = nn.ModuleList(stages)
         # Pre-activation blocks end without BN-ReLU; the network adds it once before the head.
         self.final_norm = nn.BatchNorm1d(in_channels) if c.block == "preact" else None
-        self.pool = KMaxPool1d(c.kmax)
+        self.pool = KMaxPool1d(c.kmax) if c.head == "kmax_mlp" else MaskedAvgPool1d()
         head_norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(c.head_norm)
-        self.head = nn.Sequential(
-            OrderedDict(
-                **({"norm": head_norm(c.num_features)} if head_norm else {}),
+        hidden = (
+            dict(
                 fc1=nn.Linear(c.num_features, c.hidden_size),
                 act1=nn.ReLU(),
                 drop1=nn.Dropout(c.dropout),
                 fc2=nn.Linear(c.hidden_size, c.hidden_size),
                 act2=nn.ReLU(),
                 drop2=nn.Dropout(c.dropout),
-                fc=nn.Linear(c.hidden_size, c.num_classes),
+            )
+            if c.hidden_size
+            else {}
+        )
+        self.head = nn.Sequential(
+            OrderedDict(
+                **({"norm": head_norm(c.num_features)} if head_norm else {}),
+                **hidden,
+                fc=nn.Linear(c.hidden_size or c.num_features, c.num_classes),
             )
         )
         # Optional bag of hashed n-grams with its own linear classifier; its logits are added.
@@ -205,11 +231,22 @@ class VDCNN(nn.Module):
         return self.config.stage_lengths(length)
 
     def _prepare(self, input_ids: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Check the ids and derive or check the lengths (B,)."""
-        if input_ids.dim() != 2:
+        """Check the ids (or series values) and derive or check the lengths (B,)."""
+        channels = self.config.input_channels
+        if channels:
+            if input_ids.dim() != 3 or input_ids.shape[1] != channels or not input_ids.is_floating_point():
+                raise ValueError(
+                    f"a series model takes float values (batch, {channels}, length), got "
+                    f"{input_ids.dtype} of shape {tuple(input_ids.shape)}"
+                )
+            B, L = input_ids.shape[0], input_ids.shape[2]
+        elif input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        B, L = input_ids.shape
+        else:
+            B, L = input_ids.shape
         if lengths is None:
+            if channels:
+                return input_ids, torch.full((B,), L, dtype=torch.long, device=input_ids.device)
             return input_ids, (input_ids != self.config.padding_idx).sum(dim=1)  # right padding assumed
         lengths = torch.as_tensor(lengths, device=input_ids.device).long()
         if lengths.shape != (B,):
@@ -220,8 +257,9 @@ class VDCNN(nn.Module):
 
     def pad_to_min_length(self, input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Right-pad ids shorter than min_length; padding below min_length counts as real zero content."""
-        short_by = torch.sym_max(self.min_length - input_ids.shape[1], 0)  # one traced graph for any length
-        input_ids = F.pad(input_ids, (0, short_by), value=self.config.padding_idx)
+        short_by = torch.sym_max(self.min_length - input_ids.shape[-1], 0)  # one traced graph for any length
+        pad_value = 0.0 if self.config.input_channels else self.config.padding_idx
+        input_ids = F.pad(input_ids, (0, short_by), value=pad_value)
         return input_ids, lengths.clamp(min=self.min_length)
 
     def features(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
@@ -233,17 +271,21 @@ class VDCNN(nn.Module):
         return torch.cat([cnn, self.ngrams(input_ids, lengths).to(cnn.dtype)], dim=1)
 
     def cnn_features(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Ids of at least min_length (B, L), lengths (B,) -> flattened k-max features (B, C * kmax)."""
-        pad = padding_mask(lengths, input_ids.shape[1])  # (B, 1, L)
+        """Ids (B, L) or series (B, C_in, L) of at least min_length, lengths (B,) -> flattened
+        pooled features (B, num_features): k-max (B, C * kmax) or the masked mean (B, C)."""
+        pad = padding_mask(lengths, input_ids.shape[-1])  # (B, 1, L)
         keep = ~pad
-        x = self.embedding(input_ids).transpose(1, 2).mul(keep)  # (B, E, L)
+        if self.embedding is None:
+            x = input_ids.mul(keep)  # (B, C_in, L); whatever the caller padded with becomes zero
+        else:
+            x = self.embedding(input_ids).transpose(1, 2).mul(keep)  # (B, E, L)
         x = self.stem(x).mul(keep)  # (B, C0, L)
         for stage in self.stages:
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))
         if self.final_norm is not None:
             x = F.relu(self.final_norm(x))  # padding left as is: the k-max skips it
-        x = self.pool(x, pad)  # (B, C, kmax)
-        return x.flatten(1)  # (B, C * kmax)
+        x = self.pool(x, pad)  # (B, C, kmax) or (B, C, 1)
+        return x.flatten(1)  # (B, C * kmax) or (B, C)
 
     def forward_features(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids (B, L) [+ lengths (B,)] -> features (B, num_features)."""

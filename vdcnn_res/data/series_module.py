@@ -1,0 +1,362 @@
+"""Time-series classification data: files or a hub dataset -> checked, normalised series -> padded batches.
+
+:class:`SeriesDataModule` is the numeric counterpart of
+:class:`~vdcnn_res.data.datamodule.TextDataModule` and shares its file reading
+(:mod:`~vdcnn_res.data.files`), split sources and validation hold-out
+(:mod:`~vdcnn_res.data.sources`), label table (:mod:`~vdcnn_res.data.labels`) and
+length-bucketed, DDP-aware, resumable batching (:mod:`~vdcnn_res.data.sampler`). Each row holds
+one series in ``series_column`` (JSONL / Parquet list column: ``[[ch1 ...], [ch2 ...]]`` or a
+flat list for one channel) and a label. Preprocessing is :class:`~vdcnn_res.data.series.SeriesPreprocessing`.
+
+The attributes a model needs (``num_classes``, ``input_channels``, ``label_names``, and
+``vocab_size = padding_idx = 0`` for the links the text module shares) are computed on first
+access; ``state_dict`` carries the channel count into checkpoints, so `test` / `predict`
+work from a checkpoint alone. Selected with the top-level config key ``data_kind: series``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from vdcnn_res.data.files import FORMATS
+from vdcnn_res.data.labels import LabelTable, label_ids, read_classes
+from vdcnn_res.data.sampler import LengthBucketBatchSampler, ResumableDataLoader, SortedSampler
+from vdcnn_res.data.series import (
+    MISSING_KINDS,
+    NORMALIZE_KINDS,
+    SeriesCollator,
+    SeriesPreprocessing,
+    SeriesSplit,
+    as_series,
+)
+from vdcnn_res.data.sources import DEFAULT_HUB_SPLITS, SPLITS, SplitSources
+from vdcnn_res.errors import UserError
+
+__all__ = ["SeriesDataModule"]
+
+_LIST_FEATURES = tuple(
+    t for t in (getattr(datasets, name, None) for name in ("List", "LargeList", "Sequence")) if isinstance(t, type)
+)
+
+
+class SeriesDataModule(LightningDataModule):
+    """Time-series classification data (C channels, any length) from local files or a hub dataset.
+
+    Args:
+        train, valid, test, predict, hub_dataset, hub_config, hub_splits, file_format,
+            label_column, label_offset, missing_labels, classes_file, valid_fraction, seed,
+            batch_size, eval_batch_size, batching, pad_multiple, pool_batches, num_workers,
+            cache_dir: as in :class:`~vdcnn_res.data.datamodule.TextDataModule` (without
+            ``valid``, ``valid_fraction`` of train is held out, stratified and seeded).
+        series_column: the column holding each row's series.
+        normalize: ``zscore`` (per series and channel) or ``none``.
+        missing: null / NaN values: ``interpolate`` (linear, per channel) or ``zero`` (0 after
+            normalisation).
+        max_length: keep the first ``max_length`` values of a series (None: all).
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        valid: str | None = None,
+        test: str | None = None,
+        predict: str | None = None,
+        hub_dataset: str | None = None,
+        hub_config: str | None = None,
+        hub_splits: dict[str, str] | None = None,
+        file_format: Literal["json", "parquet"] | None = None,
+        series_column: str = "series",
+        label_column: str = "label",
+        label_offset: int = 0,
+        missing_labels: Literal["error", "drop"] = "error",
+        classes_file: str | None = None,
+        valid_fraction: float = 0.1,
+        seed: int = 42,
+        normalize: Literal["zscore", "none"] = "zscore",
+        missing: Literal["interpolate", "zero"] = "interpolate",
+        max_length: int | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        batching: Literal["bucket", "fixed"] = "bucket",
+        pad_multiple: int = 1,
+        pool_batches: int = 20,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0.0 <= valid_fraction < 1.0:
+            raise UserError(f"data.valid_fraction must be in [0, 1), got {valid_fraction}")
+        if missing_labels not in ("error", "drop"):
+            raise UserError(f"data.missing_labels must be 'error' or 'drop', got {missing_labels!r}")
+        if batching not in ("bucket", "fixed"):
+            raise UserError(f"data.batching must be 'bucket' or 'fixed', got {batching!r}")
+        if batching == "fixed" and max_length is None:
+            raise UserError("data.batching=fixed pads every batch to data.max_length; set data.max_length")
+        if file_format is not None and file_format not in FORMATS:
+            raise UserError(f"data.file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+        if normalize not in NORMALIZE_KINDS:
+            raise UserError(f"data.normalize must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}")
+        if missing not in MISSING_KINDS:
+            raise UserError(f"data.missing must be one of {', '.join(MISSING_KINDS)}, got {missing!r}")
+        if batch_size < 1 or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise UserError("data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1")
+        unknown_splits = set(hub_splits or {}) - set(SPLITS)
+        if unknown_splits:
+            raise UserError(f"data.hub_splits: unknown keys {sorted(unknown_splits)}; use {', '.join(SPLITS)}")
+        self.preprocessing = SeriesPreprocessing(normalize, missing, max_length)
+        self._sources = SplitSources(
+            paths={"train": train, "valid": valid, "test": test, "predict": predict},
+            hub_dataset=hub_dataset,
+            hub_config=hub_config,
+            hub_splits={**DEFAULT_HUB_SPLITS, **(hub_splits or {})},
+            file_format=file_format,
+            column_names=None,
+            text_columns=[series_column],
+            label_column=label_column,
+            valid_fraction=valid_fraction,
+            seed=seed,
+            cache_dir=cache_dir,
+            missing_labels=missing_labels,
+            column_arg="data.series_column",
+        )
+        self._channels: int | None = None
+        self._labels: LabelTable | None = None
+        self._trained_ids: set[int] | None = None
+        self._splits: dict[str, SeriesSplit] = {}
+
+    # ------------------------------------------------------------------ linked attributes
+
+    @property
+    def input_channels(self) -> int:
+        """Channels per series: from the first training series (or a checkpoint)."""
+        if self._channels is None:
+            if self._sources.get("train") is None:
+                raise UserError(
+                    "the number of channels is unknown without a training split: set data.train "
+                    "(or data.hub_dataset), or load it from a checkpoint"
+                )
+            self._channels = self._split("train").series[0].shape[0]
+        return self._channels
+
+    @property
+    def label_names(self) -> list[str]:
+        """Class names, index = label id."""
+        return list(self._label_table().names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._label_table().names)
+
+    @property
+    def vocab_size(self) -> int:
+        """0: a series model has no token embedding (the link the text module shares)."""
+        return 0
+
+    @property
+    def padding_idx(self) -> int:
+        return 0
+
+    def set_checkpoint_state(self, input_channels: int, label_names: Sequence[str] | None) -> None:
+        """Use a checkpoint's channel count and label names (test / predict without training data)."""
+        if self._channels != input_channels:
+            self._splits.clear()
+        self._channels = int(input_channels)
+        if label_names is not None:
+            self._labels = LabelTable([str(n) for n in label_names], self.hparams.label_offset, "the checkpoint's label names")
+            self._trained_ids = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs besides the hyperparameters: the channel count (labels: the model's hparams)."""
+        return {"input_channels": self.input_channels, "preprocessing": self.preprocessing.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if isinstance(state_dict.get("input_channels"), int):
+            self.set_checkpoint_state(state_dict["input_channels"], None)
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Load the training data, its labels and channel count, once, before setup."""
+        _ = (self._label_table(), self.input_channels)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {
+            "fit": ["train", "valid"],
+            "validate": ["valid"],
+            "test": ["test"],
+            "predict": ["predict"],
+            None: [s for s in SPLITS if self._sources.has(s)],
+        }[stage]
+        for split in wanted:
+            if (stage is None or split == "valid") and self._sources.get(split) is None:
+                continue
+            self._split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        overfit = self.trainer is not None and bool(getattr(self.trainer, "overfit_batches", 0))
+        return self._loader("train", shuffle=not overfit)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self._sources.get("valid") is None:
+            return []
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        split = self._split("predict")
+        replicas, rank = self._replicas(predicting=True)
+        return DataLoader(
+            split,
+            sampler=SortedSampler(split.lengths, num_replicas=replicas, rank=rank),
+            batch_size=self._eval_batch_size,
+            collate_fn=self._collator(),
+            num_workers=self.hparams.num_workers,
+        )
+
+    # ------------------------------------------------------------------ loaders
+
+    @property
+    def _eval_batch_size(self) -> int:
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
+    def _collator(self) -> SeriesCollator:
+        hp = self.hparams
+        return SeriesCollator(hp.pad_multiple, hp.max_length if hp.batching == "fixed" else None)
+
+    def _replicas(self, predicting: bool = False) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return 1, 0
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if getattr(connector, "use_distributed_sampler", False):
+            if predicting:
+                return 1, 0
+            raise UserError(
+                "SeriesDataModule shards its own length-bucketed batches across processes; "
+                "set trainer.use_distributed_sampler=false"
+            )
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, split_name: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        split = self._split(split_name)
+        replicas, rank = self._replicas()
+        sampler = LengthBucketBatchSampler(
+            split.lengths,
+            hp.batch_size if shuffle else self._eval_batch_size,
+            bucket=hp.batching == "bucket",
+            shuffle=shuffle,
+            seed=hp.seed,
+            num_replicas=replicas,
+            rank=rank,
+            pool_batches=hp.pool_batches,
+        )
+        return ResumableDataLoader(
+            split,
+            batch_sampler=sampler,
+            collate_fn=self._collator(),
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    # ------------------------------------------------------------------ labels and series
+
+    def _label_table(self) -> LabelTable:
+        if self._labels is not None:
+            return self._labels
+        hp = self.hparams
+        names = read_classes(hp.classes_file) if hp.classes_file else None
+        classes_source = f"data.classes_file {hp.classes_file!r}"
+        train = self._sources.get("train") if self._sources.has("train") else None
+        if train is None:
+            if names is None:
+                raise UserError(
+                    "the label names are unknown without a training split: set data.train (or data.hub_dataset), "
+                    "data.classes_file, or load them from a checkpoint"
+                )
+            self._labels = LabelTable(names, hp.label_offset, classes_source)
+            return self._labels
+        self._labels, self._trained_ids = LabelTable.from_train(
+            train, hp.label_column, hp.label_offset, names, classes_source
+        )
+        return self._labels
+
+    def _where(self, split: str, ds: datasets.Dataset, row: int) -> str:
+        """The series of a row, for messages: its file and data row when known."""
+        indices = getattr(ds, "_indices", None)  # rows selected by the validation hold-out
+        if indices is not None:
+            row = int(indices.column(0)[row].as_py())
+        try:
+            return f"the series in {self._sources.locate(split if indices is None else 'train', row)}"
+        except (IndexError, KeyError):
+            return f"the series in row {row + 1} of the {split} split ({self._sources.describe(split)})"
+
+    def _split(self, split: str) -> SeriesSplit:
+        """The split read, checked and preprocessed (cached in memory)."""
+        if split in self._splits:
+            return self._splits[split]
+        hp = self.hparams
+        ds = self._sources.require(split)
+        label_table = self._label_table() if split != "predict" or self._labels is not None else None
+        column = hp.series_column
+        _check_column_type(ds, column, split, self._sources.describe(split))
+        series = []
+        with_missing = 0
+        for row, value in enumerate(ds[column]):
+            where = f"<series {row}>"  # replaced by the file and row in a message (locating rows costs)
+            try:
+                raw = as_series(value, where)
+                with_missing += bool(np.isnan(raw).any())
+                series.append(self.preprocessing.apply(raw, where))
+            except UserError as err:
+                raise UserError(str(err).replace(where, self._where(split, ds, row))) from None
+        channels = {s.shape[0] for s in series}
+        expected = self._channels if self._channels is not None else series[0].shape[0]
+        if channels != {expected}:
+            odd = next(i for i, s in enumerate(series) if s.shape[0] != expected)
+            raise UserError(
+                f"{self._where(split, ds, odd)} has {series[odd].shape[0]} channels, but the model reads {expected} "
+                f"({'the checkpoint' if split != 'train' else 'the first training series'}); every series needs the same channels"
+            )
+        if with_missing:
+            how = "linear interpolation" if hp.missing == "interpolate" else "0 after normalisation"
+            warnings.warn(
+                f"the {split} split ({self._sources.describe(split)}): {with_missing} of {len(series)} series have "
+                f"missing values (null or NaN), filled by {how} (data.missing)",
+                stacklevel=2,
+            )
+        labels = None
+        if label_table is not None and hp.label_column in ds.column_names:
+            table = label_table.lookup(ds, hp.label_column, f"{split} split", self._trained_ids)
+            is_classlabel = isinstance(ds.features[hp.label_column], datasets.ClassLabel)
+            labels = label_ids(ds[hp.label_column], table, is_classlabel)
+        self._splits[split] = SeriesSplit(series, labels)
+        return self._splits[split]
+
+
+def _check_column_type(ds: datasets.Dataset, column: str, split: str, source: str) -> None:
+    """Refuse a series column whose values are not lists of numbers (e.g. strings), in one line."""
+    feature = ds.features[column]
+    inner = feature
+    while isinstance(inner, _LIST_FEATURES) or isinstance(inner, list):
+        inner = inner[0] if isinstance(inner, list) else inner.feature
+    if isinstance(inner, datasets.Value) and inner.dtype in ("string", "large_string", "binary"):
+        raise UserError(
+            f"data.series_column {column!r} in the {split} split ({source}) holds strings; a series holds numbers "
+            "(or null for missing values) only"
+        )
+    if inner is feature:
+        raise UserError(
+            f"data.series_column {column!r} in the {split} split ({source}) is not a list column ({feature}); "
+            "each row needs a list of numbers or a list of channels"
+        )

@@ -34,3 +34,30 @@ def test_head_norm_is_validated_and_off_by_default():
     assert ModelConfig().head_norm == "none"
     with pytest.raises(UserError, match="unknown head_norm 'group'"):
         ModelConfig(head_norm="group")
+
+
+def _dead_fc1_share_after_adamw_steps(head_norm: str, steps: int = 15) -> float:
+    """The mechanism of docs/longdoc_plateau.md on the head alone: k-max features of long texts
+    are positive and nearly the same vector for every text; AdamW's sign-like first steps then
+    move every fc1 pre-activation the same way, and units negative for every text die."""
+    torch.manual_seed(0)
+    model = create_model("vdcnn9", num_classes=18, head_norm=head_norm, hidden_size=256)  # 4096 features, as by default
+    head = model.head
+    common = 2.0 + torch.rand(model.num_features)  # shared positive part (the common mode)
+    features = (common + 0.3 * torch.randn(32, model.num_features)).clamp(min=0.01)  # (B, 4096), > 0
+    labels = torch.randint(0, 18, (32,))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.05)
+    head.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(head(features), labels, label_smoothing=0.1).backward()
+        optimizer.step()
+    with torch.no_grad():
+        pre = head[:2](features) if head_norm != "none" else head[0](features)  # fc1 pre-activations
+        return float((pre <= 0).all(dim=0).float().mean())
+
+
+def test_head_norm_batch_keeps_fc1_alive_on_common_mode_features():
+    """Issue 20: without the norm most fc1 units die within 15 steps; with BatchNorm none do."""
+    assert _dead_fc1_share_after_adamw_steps("none") > 0.5
+    assert _dead_fc1_share_after_adamw_steps("batch") == 0.0

@@ -6,7 +6,13 @@
     vdcnn-res predict --ckpt_path CKPT --data.predict texts.jsonl     (the checkpoint alone: no training data)
     vdcnn-res export --ckpt_path last.ckpt --out_dir exports/model [--onnx]   (own parser, no Trainer)
     vdcnn-res ablate --config configs/quickstart.yaml --out_dir ablations/x --depths 9 17   (depth x shortcut grid)
+    vdcnn-res fit --config configs/series/recipe.yaml --config configs/series/GunPoint.yaml   (time series)
     vdcnn-res fit --print_config
+
+Text or series: the top-level key `data_kind` (text | series, default text) picks the data module
+(TextDataModule or SeriesDataModule) before the config is parsed, from the command line, the
+--config files (the last that sets it wins) or, for validate/test/predict, the --ckpt_path
+checkpoint; every `data.*` key is then that module's argument.
 
 Defaults (the recipe lives here and in the signatures of the model, its OptimConfig and the data
 module; configs hold data settings and at most a budget): AdamW + warm-up + cosine, label
@@ -32,6 +38,8 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+
+import yaml
 
 from vdcnn_res.data import TextDataModule
 from vdcnn_res.errors import UserError
@@ -61,10 +69,13 @@ _NOT_FROM_CHECKPOINT = frozenset(
      "tokenizer", "lowercase", "max_vocab", "min_frequency"}
 )  # fmt: skip
 _DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state_dict() in a checkpoint
+_SERIES_STATE_KEY = "SeriesDataModule"  # ... and SeriesDataModule.state_dict()
+DATA_KINDS = ("text", "series")
 _DERIVED_HELP = {
     "model.arch.num_classes": "number of classes: linked from data.num_classes, never typed",
     "model.arch.vocab_size": "embedding rows: linked from the data module's tokenizer, never typed",
     "model.arch.padding_idx": "padding id: linked from the data module, never typed",
+    "model.arch.input_channels": "series channels (0 = text): linked from the data module, never typed",
     "model.label_names": "class names: linked from the data module (or the checkpoint), never typed",
 }
 
@@ -223,19 +234,36 @@ class VDCNNArgumentParser(LightningArgumentParser):
 # ----------------------------------------------------------------------------- the CLI
 
 
+def _input_channels(data: Any) -> int:
+    """The model's input channels for a data module: its series channels, 0 for text."""
+    return int(getattr(data, "input_channels", 0))
+
+
 class VDCNNCLI(LightningCLI):
     """Links every derived value from the data module into the model, once; test/predict/validate
-    take the tokenizer, label names and data settings from the checkpoint."""
+    take the tokenizer (series: the channel count), label names and data settings from the checkpoint."""
 
     _checkpoint: dict[str, Any] | None = None  # the eval subcommands' --ckpt_path file, loaded safely
 
+    def __init__(self, *args: Any, data_kind: str = "text", **kwargs: Any) -> None:
+        self.data_kind = data_kind  # chosen before parsing (see data_kind_of); LightningCLI parses in __init__
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--data_kind",
+            choices=DATA_KINDS,
+            default=self.data_kind,
+            help="text (TextDataModule, token ids) or series (SeriesDataModule, numeric time series); "
+            "read before the rest of the config",
+        )
         for action in parser._actions:  # jsonargparse's --help otherwise says "lacks type and help"
             if action.dest in _DERIVED_HELP and not action.help:
                 action.help = _DERIVED_HELP[action.dest]
         parser.link_arguments("data.num_classes", "model.arch.num_classes", apply_on="instantiate")
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.padding_idx", "model.arch.padding_idx", apply_on="instantiate")
+        parser.link_arguments("data", "model.arch.input_channels", compute_fn=_input_channels, apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpointWithLast, "checkpoint")  # last.ckpt = the last state
         parser.set_defaults(
@@ -267,6 +295,11 @@ class VDCNNCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        if config.get("data_kind", self.data_kind) != self.data_kind:  # a source data_kind_of does not read
+            raise UserError(
+                f"data_kind={config.get('data_kind')!r} must be given on the command line or in a --config file "
+                "(it is read before the rest of the config)"
+            )
         if config.get("trainer.precision") is None:  # the default: the fastest exact-enough choice here
             config["trainer.precision"] = default_precision(config.get("trainer.accelerator") or "auto")
         if not subcommand:
@@ -290,6 +323,12 @@ class VDCNNCLI(LightningCLI):
             if "://" not in str(ckpt_path):
                 checkpoint = load_checkpoint_safely(ckpt_path)  # UserError for pickled code or a missing file
                 if subcommand in _EVAL_SUBCOMMANDS and isinstance(checkpoint, dict):
+                    kind = _checkpoint_kind(checkpoint)
+                    if kind is not None and kind != self.data_kind:
+                        raise UserError(
+                            f"the checkpoint {str(ckpt_path)!r} was trained on {kind} data but data_kind={self.data_kind!r}; "
+                            f"drop data_kind (the checkpoint sets it) or use a {self.data_kind} checkpoint"
+                        )
                     self._checkpoint = checkpoint
                     self._data_from_checkpoint(config, subcommand, checkpoint)
 
@@ -316,8 +355,11 @@ class VDCNNCLI(LightningCLI):
             config["data.train"] = config["data.valid"] = None
 
     def before_instantiate_classes(self) -> None:
-        """Give the data module the checkpoint's tokenizer and label names as it is created, before
-        the links copy its num_classes / vocab_size / label_names into the model."""
+        """Give the data module the checkpoint's tokenizer (series: channel count) and label names as
+        it is created, before the links copy num_classes / vocab_size / label_names into the model."""
+        if self._checkpoint is not None and self.data_kind == "series":
+            self._series_from_checkpoint(self._checkpoint)
+            return
         vocabulary = _checkpoint_vocabulary(self._checkpoint) if self._checkpoint is not None else None
         if vocabulary is None:
             return
@@ -335,6 +377,24 @@ class VDCNNCLI(LightningCLI):
         with warnings.catch_warnings():  # the API LightningCLI itself uses; its successor needs jsonargparse>=4.49
             warnings.simplefilter("ignore", DeprecationWarning)
             self.parser.add_instantiator(with_vocabulary, TextDataModule, subclasses=True, prepend=True)
+
+    def _series_from_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from vdcnn_res.data.series_module import SeriesDataModule
+
+        state = checkpoint.get(_SERIES_STATE_KEY)
+        if not isinstance(state, dict) or not isinstance(state.get("input_channels"), int):
+            return
+        names = (checkpoint.get("hyper_parameters") or {}).get("label_names")
+
+        def with_channels(class_type: type[SeriesDataModule], *args: Any, **kwargs: Any) -> SeriesDataModule:
+            kwargs.pop("applied_instantiation_links", None)
+            data = class_type(*args, **kwargs)
+            data.set_checkpoint_state(state["input_channels"], [str(n) for n in names] if names else None)
+            return data
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.parser.add_instantiator(with_channels, SeriesDataModule, subclasses=True, prepend=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer with this CLI's callbacks, logger and write-then-rename checkpoint saves.
@@ -386,6 +446,65 @@ class VDCNNCLI(LightningCLI):
             print(f"Last checkpoint: {callback.last_model_path}")
 
 
+def _checkpoint_kind(checkpoint: dict[str, Any]) -> str | None:
+    """'series' or 'text' for a vdcnn-res checkpoint (by its data module's state), None for other files."""
+    if isinstance(checkpoint.get(_SERIES_STATE_KEY), dict):
+        return "series"
+    if isinstance(checkpoint.get(_DATA_STATE_KEY), dict):
+        return "text"
+    return None
+
+
+def _flag_values(args: list[str], flag: str) -> list[tuple[int, str]]:
+    """(position, value) of every `--flag value` / `--flag=value` in args."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            found.append((i, args[i + 1]))
+        elif arg.startswith(flag + "="):
+            found.append((i, arg.split("=", 1)[1]))
+    return found
+
+
+def data_kind_of(args: list[str]) -> str:
+    """The data kind a command line asks for, read before parsing (the parser's data group depends on it).
+
+    In command-line order, the last of: `--data_kind X`, a `data_kind:` key in a `--config` file
+    (top level or under the subcommand). Without either, validate/test/predict take it from the
+    `--ckpt_path` checkpoint; else text. Unreadable files are left to the parser to report.
+    """
+    subcommand = next((a for a in args if not a.startswith("-")), None)
+    settings: list[tuple[int, str]] = list(_flag_values(args, "--data_kind"))
+    for position, path in _flag_values(args, "--config"):
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if isinstance(loaded, dict):
+            nested = loaded.get(subcommand) if isinstance(loaded.get(subcommand), dict) else {}
+            kind = nested.get("data_kind", loaded.get("data_kind"))
+            if isinstance(kind, str):
+                settings.append((position, kind))
+    if settings:
+        kind = max(settings)[1]
+        if kind not in DATA_KINDS:
+            raise UserError(f"data_kind must be one of {', '.join(DATA_KINDS)}, got {kind!r}")
+        return kind
+    ckpt = _flag_values(args, "--ckpt_path")
+    if subcommand in _EVAL_SUBCOMMANDS and ckpt:
+        value = ckpt[-1][1]
+        root = ([None] + [v for _, v in _flag_values(args, "--trainer.default_root_dir")])[-1]
+        try:
+            resolved = {"last": _resolve_last, "best": _resolve_best}[value](root) if value in ("last", "best") else value
+            path = Path(os.path.expanduser(resolved))
+            if path.is_file():
+                return _checkpoint_kind(load_checkpoint_safely(path)) or "text"
+        except UserError:
+            pass  # parse_arguments reports the missing or unreadable checkpoint
+    return "text"
+
+
 def _checkpoint_vocabulary(checkpoint: dict[str, Any]) -> tuple[str, list[str] | None] | None:
     """(tokenizer JSON, label names or None) saved in a vdcnn-res checkpoint; None for other files."""
     state = checkpoint.get(_DATA_STATE_KEY)
@@ -421,9 +540,18 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VDCNNCLI:
 
 
 def _build(args: ArgsType, run: bool) -> VDCNNCLI:
+    listed = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+    kind = data_kind_of(listed)
+    if kind == "series":
+        from vdcnn_res.data.series_module import SeriesDataModule
+
+        data_class: type = SeriesDataModule
+    else:
+        data_class = TextDataModule
     return VDCNNCLI(
         VDCNNClassifier,
-        TextDataModule,
+        data_class,
+        data_kind=kind,
         args=args,
         run=run,
         parser_class=VDCNNArgumentParser,

@@ -25,6 +25,7 @@ __all__ = [
     "conv1",
     "conv3",
     "conv_k",
+    "EvenSameConv1d",
     "projection",
 ]
 
@@ -34,13 +35,27 @@ def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:
     return nn.Conv1d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
+class EvenSameConv1d(nn.Conv1d):
+    """Stride-1 conv of an even kernel k with 'same' output length: k/2 - 1 inputs to the left,
+    k/2 to the right (torch's padding="same" split). Pads k/2 per side and drops the first output,
+    which avoids torch's padded input copy and its warning, and exports to ONNX as a plain conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
+        super().__init__(in_channels, out_channels, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x)[..., 1:]
+
+
 def conv_k(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv1d:
     """Conv of any kernel, no bias. k=3 is exactly :func:`conv3`; other odd kernels pad (k-1)/2 per
-    side; even kernels (stride 1 only) pad (k-1)//2 left and the rest right ('same' padding)."""
+    side; even kernels (stride 1 only: the config refuses them with conv downsampling) are
+    :class:`EvenSameConv1d`."""
     if kernel == 3:
         return conv3(in_channels, out_channels, stride)
-    padding: int | str = (kernel - 1) // 2 if kernel % 2 else "same"
-    return nn.Conv1d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False)
+    if kernel % 2 == 0:
+        return EvenSameConv1d(in_channels, out_channels, kernel)
+    return nn.Conv1d(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2, bias=False)
 
 
 def conv1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:

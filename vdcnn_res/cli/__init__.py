@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "tune": "vdcnn_res.cli.tune",
     "serve": "vdcnn_res.cli.serve",
     "sweep": "vdcnn_res.cli.sweep",
+    "explain": "vdcnn_res.cli.explain",
 }
 
 

@@ -16,7 +16,13 @@ from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.data.batching import texts_to_batches
 from vdcnn_res.errors import MissingFileError, UserError
-from vdcnn_res.inference.model_files import CONFIG_FILE, FORMAT_VERSION, ONNX_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from vdcnn_res.inference.model_files import (
+    CONFIG_FILE,
+    ONNX_FILE,
+    TEXT_FORMAT_VERSION,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -46,7 +52,7 @@ def edit_config(folder, change) -> None:
 def test_export_writes_safetensors_config_and_tokenizer(exported, capsys):
     assert sorted(p.name for p in exported.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, ONNX_FILE])
     config = json.loads((exported / CONFIG_FILE).read_text())
-    assert config["format_version"] == FORMAT_VERSION
+    assert config["format_version"] == TEXT_FORMAT_VERSION  # text exports stay readable by older versions
     assert config["label_names"] == LABELS and config["max_length"] == 128
     assert config["architecture"]["channels"] == [8, 8, 16, 16] and config["architecture"]["num_classes"] == 4
     assert set(config) == {"format_version", "architecture", "label_names", "max_length"}

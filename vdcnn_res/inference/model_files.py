@@ -8,6 +8,10 @@ An exported model is a directory that loads without unpickling anything:
     tokenizer.json      the `tokenizers` tokenizer used in training
     model.onnx          optional, written by `vdcnn-res export --onnx` (see onnx.py)
 
+A series model (``architecture.input_channels > 0``) has no tokenizer.json: its config.json
+(format_version 2) holds ``series`` (the preprocessing: normalize, missing, max_length) in
+place of ``max_length``. Text exports keep writing format_version 1, byte for byte as before.
+
 Lightning checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data
 only, so a checkpoint cannot run code while it is read.
 """
@@ -25,6 +29,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from vdcnn_res.data.series import SeriesPreprocessing
 from vdcnn_res.data.tokenizer import load_tokenizer
 from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.model import VDCNN, ModelConfig, build_model, upgrade_state_dict
@@ -32,6 +37,7 @@ from vdcnn_res.model import VDCNN, ModelConfig, build_model, upgrade_state_dict
 __all__ = [
     "CONFIG_FILE",
     "FORMAT_VERSION",
+    "TEXT_FORMAT_VERSION",
     "ONNX_FILE",
     "TOKENIZER_FILE",
     "WEIGHTS_FILE",
@@ -42,23 +48,30 @@ __all__ = [
     "write_pretrained",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this version reads; text exports are written as 1
+TEXT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
 _CONFIG_KEYS = ("format_version", "architecture", "label_names", "max_length")
+_SERIES_CONFIG_KEYS = ("format_version", "architecture", "label_names", "series")
 _DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state_dict() in a checkpoint
+_SERIES_STATE_KEY = "SeriesDataModule"  # ... and SeriesDataModule.state_dict()
 
 
 @dataclass
 class LoadedModel:
-    """Everything a Predictor needs, read from a checkpoint or an exported directory."""
+    """Everything a Predictor needs, read from a checkpoint or an exported directory.
+
+    ``tokenizer`` is how raw inputs become model inputs: the text tokenizer, or for a series
+    model its :class:`SeriesPreprocessing` (``max_length`` is then the preprocessing's, or None).
+    """
 
     model: VDCNN
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | SeriesPreprocessing
     label_names: list[str]
-    max_length: int
+    max_length: int | None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -165,6 +178,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     checkpoint = load_checkpoint_safely(path)
     where = f"checkpoint {str(path)!r}"
     hparams = checkpoint.get("hyper_parameters")
+    if isinstance(checkpoint.get(_SERIES_STATE_KEY), dict) and isinstance(hparams, dict) and "arch" in hparams:
+        return _read_series_checkpoint(checkpoint, hparams, where)
     data_state = checkpoint.get(_DATA_STATE_KEY)
     if not isinstance(hparams, dict) or "arch" not in hparams or not isinstance(data_state, dict) or "tokenizer" not in data_state:
         raise UserError(f"{where} is not a vdcnn-res checkpoint (no model config or tokenizer inside); train with `vdcnn-res fit`")
@@ -184,50 +199,84 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     return LoadedModel(model, _tokenizer(tokenizer, config, where), labels, max_length)
 
 
+def _read_series_checkpoint(checkpoint: dict[str, Any], hparams: dict[str, Any], where: str) -> LoadedModel:
+    config = _architecture(hparams["arch"], where)
+    if not config.input_channels:
+        raise UserError(f"{where}: a series data module's checkpoint whose model reads token ids; train with `vdcnn-res fit`")
+    labels = _label_names(hparams.get("label_names") or [str(i) for i in range(config.num_classes)], config, where)
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    settings = {k: data[k] for k in ("normalize", "missing", "max_length") if k in data}
+    try:
+        preprocessing = SeriesPreprocessing(**settings)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+    state = checkpoint.get("state_dict") or {}
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    model = _load_weights(build_model(config), weights, where)
+    return LoadedModel(model, preprocessing, labels, preprocessing.max_length)
+
+
 # ----------------------------------------------------------------------------- exported folder
 
 
 def write_pretrained(
     out_dir: str | os.PathLike[str],
     model: VDCNN,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | SeriesPreprocessing,
     label_names: list[str],
-    max_length: int,
+    max_length: int | None,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Write model.safetensors, config.json and tokenizer.json into ``out_dir``; returns the paths."""
+    """Write model.safetensors, config.json and tokenizer.json into ``out_dir``; returns the paths.
+
+    A series model (``tokenizer`` is its SeriesPreprocessing) gets no tokenizer.json; its
+    config.json holds the preprocessing (``max_length`` is then the preprocessing's).
+    """
     from safetensors.torch import save
 
+    series = isinstance(tokenizer, SeriesPreprocessing)
+    if series != bool(model.config.input_channels):
+        raise UserError(
+            "a series model (input_channels > 0) is saved with its SeriesPreprocessing, a text model with its tokenizer"
+        )
     out = Path(out_dir)
-    paths = [out / WEIGHTS_FILE, out / CONFIG_FILE, out / TOKENIZER_FILE]
+    paths = [out / WEIGHTS_FILE, out / CONFIG_FILE] + ([] if series else [out / TOKENIZER_FILE])
     existing = [p.name for p in paths if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{str(out)!r} already holds {existing}; choose another --out_dir or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format_version": FORMAT_VERSION,
-        "architecture": asdict(model.config),
-        "label_names": list(label_names),
-        "max_length": int(max_length),
-    }
+    config: dict[str, Any]
+    if series:
+        config = {
+            "format_version": FORMAT_VERSION,
+            "architecture": asdict(model.config),
+            "label_names": list(label_names),
+            "series": tokenizer.to_dict(),
+        }
+    else:
+        config = {
+            "format_version": TEXT_FORMAT_VERSION,
+            "architecture": asdict(model.config),
+            "label_names": list(label_names),
+            "max_length": int(max_length),
+        }
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Serialized in memory and written like the JSON files, so every file gets the same umask-based
     # mode (safetensors' save_file creates its file with mode 0600).
-    paths[0].write_bytes(save(weights, metadata={"format": "pt", "vdcnn_res_format_version": str(FORMAT_VERSION)}))
+    paths[0].write_bytes(save(weights, metadata={"format": "pt", "vdcnn_res_format_version": str(config["format_version"])}))
     paths[1].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    tokenizer.save(str(paths[2]))
+    if not series:
+        tokenizer.save(str(paths[2]))
     return paths
 
 
 def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
     """Read an exported folder: JSON and safetensors only, nothing unpickled; validated strictly."""
-    from safetensors.torch import load_file
-
     d = Path(directory)
     if not d.is_dir():
         hint = " (a .ckpt file loads with Predictor.from_checkpoint)" if d.is_file() else ""
         raise MissingFileError(f"{str(d)!r} is not a folder{hint}; give the --out_dir of `vdcnn-res export`")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (d / name).is_file():
             raise MissingFileError(f"{str(d)!r} has no {name}; export the model again with `vdcnn-res export`")
     where = str(d / CONFIG_FILE)
@@ -237,11 +286,13 @@ def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
         raise UserError(f"{where} is not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{where} must hold a JSON object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_CONFIG_KEYS))
-    missing = [k for k in _CONFIG_KEYS if k not in raw]
+    series = isinstance(raw.get("architecture"), dict) and bool(raw["architecture"].get("input_channels"))
+    keys = _SERIES_CONFIG_KEYS if series else _CONFIG_KEYS
+    unknown = sorted(set(raw) - set(keys))
+    missing = [k for k in keys if k not in raw]
     if unknown or missing:
         problem = "; ".join(filter(None, [unknown and f"unknown key(s) {unknown}", missing and f"missing {missing}"]))
-        raise UserError(f"{where}: {problem}; the file holds exactly {list(_CONFIG_KEYS)}")
+        raise UserError(f"{where}: {problem}; the file holds exactly {list(keys)}")
     version = raw["format_version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UserError(f"{where}: format_version must be a positive int, got {version!r}")
@@ -251,14 +302,25 @@ def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
         )
     config = _architecture(raw["architecture"], where)
     labels = _label_names(raw["label_names"], config, where)
+    if series:
+        preprocessing = SeriesPreprocessing.from_dict(raw["series"], where)
+        model = _load_weights(build_model(config), _safetensors(d), str(d))
+        return LoadedModel(model, preprocessing, labels, preprocessing.max_length)
     max_length = _max_length(raw["max_length"], where)
+    if not (d / TOKENIZER_FILE).is_file():
+        raise MissingFileError(f"{str(d)!r} has no {TOKENIZER_FILE}; export the model again with `vdcnn-res export`")
     try:
         tokenizer = load_tokenizer(str(d / TOKENIZER_FILE))
     except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
         raise UserError(f"{d / TOKENIZER_FILE} cannot be read as a tokenizer ({err})") from None
+    model = _load_weights(build_model(config), _safetensors(d), str(d))
+    return LoadedModel(model, _tokenizer(tokenizer, config, str(d / TOKENIZER_FILE)), labels, max_length)
+
+
+def _safetensors(d: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
     try:
-        weights = load_file(d / WEIGHTS_FILE)
+        return load_file(d / WEIGHTS_FILE)
     except Exception as err:  # noqa: BLE001 - SafetensorError and OSError
         raise UserError(f"{d / WEIGHTS_FILE} cannot be read as safetensors ({err}); export the model again") from None
-    model = _load_weights(build_model(config), weights, str(d))
-    return LoadedModel(model, _tokenizer(tokenizer, config, str(d / TOKENIZER_FILE)), labels, max_length)

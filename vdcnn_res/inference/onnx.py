@@ -2,6 +2,8 @@
 
     model.onnx   inputs input_ids (B, L) int64 right-padded with the padding id and lengths (B,)
                  int64; output logits (B, num_classes); B and L are dynamic
+                 (a series model: inputs series (B, C, L) float32, already preprocessed and
+                 right-padded, and lengths (B,) int64; B and L dynamic, C fixed)
 
 What tracing needs (no data-dependent checks, a max pooling with a dynamic length, the stable
 sort as ONNX TopK) is swapped in here; the model itself is written as the paper reads.
@@ -90,7 +92,8 @@ def export_onnx(model: VDCNN, path: str | os.PathLike[str], verify: bool = True)
     path = Path(path)
     wrapper = _OnnxModel(model).eval()
     example_ids, example_lengths = _example_inputs(model, batch=3, length=2 * model.min_length + 5)
-    dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("length")}, "lengths": {0: torch.export.Dim("batch")}}
+    name, time_axis = _input_name(model), example_ids.dim() - 1
+    dims = {"input_ids": {0: torch.export.Dim("batch"), time_axis: torch.export.Dim("length")}, "lengths": {0: torch.export.Dim("batch")}}
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
     onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" and similar noise
@@ -102,7 +105,7 @@ def export_onnx(model: VDCNN, path: str | os.PathLike[str], verify: bool = True)
                 (example_ids, example_lengths),
                 str(path),
                 dynamo=True,
-                input_names=["input_ids", "lengths"],
+                input_names=[name, "lengths"],
                 output_names=["logits"],
                 dynamic_shapes=dims,
                 custom_translation_table={torch.ops.aten.sort.stable: _sort_stable},
@@ -114,19 +117,28 @@ def export_onnx(model: VDCNN, path: str | os.PathLike[str], verify: bool = True)
     finally:
         onnx_logger.setLevel(level)
     graph_input = onnx.load(str(path), load_external_data=False).graph.input[0]
-    if not all(d.dim_param for d in graph_input.type.tensor_type.shape.dim):
+    shape = list(graph_input.type.tensor_type.shape.dim)
+    if not (shape[0].dim_param and shape[-1].dim_param and all(d.dim_param or d.dim_value for d in shape)):
         raise RuntimeError(f"ONNX export fixed an input axis of {path} (dims {graph_input.type.tensor_type.shape.dim})")
     if verify:
         _verify_onnx(model, path)
     return path
 
 
+def _input_name(model: VDCNN) -> str:
+    return "series" if model.config.input_channels else "input_ids"
+
+
 def _example_inputs(model: VDCNN, batch: int, length: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
     lengths = torch.randint(1, length + 1, (batch,), generator=g)
     lengths[0] = length
-    ids[torch.arange(length)[None, :] >= lengths[:, None]] = model.config.padding_idx
+    padding = torch.arange(length)[None, :] >= lengths[:, None]  # (B, L)
+    if model.config.input_channels:
+        values = torch.randn(batch, model.config.input_channels, length, generator=g)
+        return values.masked_fill(padding[:, None, :], 0.0), lengths
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=g)
+    ids[padding] = model.config.padding_idx
     return ids, lengths
 
 
@@ -140,7 +152,7 @@ def _verify_onnx(model: VDCNN, path: Path) -> None:
         ids, lengths = _example_inputs(model, batch, length, seed=batch)
         with torch.no_grad():
             expected = model.eval()(ids, lengths).numpy()
-        got = session.run(None, {"input_ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+        got = session.run(None, {_input_name(model): ids.numpy(), "lengths": lengths.numpy()})[0]
         scale = max(1.0, float(np.abs(expected).max()))
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * scale):
             raise RuntimeError(

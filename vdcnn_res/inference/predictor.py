@@ -6,6 +6,11 @@
     # {"label": "Business", "probability": 0.91, "top_k": [("Business", 0.91), ("World", 0.05)]}
     predictor.save_pretrained("exports/agnews")     # safetensors + JSON, no pickle
     Predictor.from_pretrained("exports/agnews").predict_proba(["...", "..."])  # (2, n_classes)
+
+A series model (trained with ``data_kind: series``) takes arrays instead of strings:
+
+    Predictor.from_checkpoint("series.ckpt").predict(np.array([[0.1, 0.4, ...], [...]]))  # one (C, L) series
+    predictor.predict([series_a, series_b])   # a list of series, any lengths
 """
 
 from __future__ import annotations
@@ -21,13 +26,19 @@ import torch
 from tokenizers import Tokenizer
 
 from vdcnn_res.data.batching import texts_to_batches
+from vdcnn_res.data.series import SeriesPreprocessing, as_series, series_to_batches
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import LoadedModel, read_checkpoint, read_pretrained, write_pretrained
 from vdcnn_res.model import VDCNN
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["InputKindError", "Prediction", "Predictor"]
 
 Prediction = dict[str, Any]  # {"label": str, "probability": float, "top_k": [(label, probability), ...]}
+
+
+class InputKindError(UserError, TypeError):
+    """Input of the wrong kind for the model: arrays for a text model, strings for a series model
+    (a TypeError too, like the Predictor's other wrong-type errors)."""
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -54,20 +65,33 @@ class Predictor:
     CPUs with AVX512-BF16 or AMX; its speed-up is measured in docs/performance.md).
     Probabilities then differ from float32 by up to a few hundredths; ``bf16=False`` gives
     float32 results, ``bf16=True`` forces bf16.
+
+    A series model (``model.config.input_channels = C > 0``) is given its
+    :class:`SeriesPreprocessing` as ``tokenizer`` and predicts arrays: one series ``(C, L)``
+    (``(L,)`` or a flat list when C = 1) or a list of them, any lengths. Each is checked,
+    its missing values filled and normalised exactly as in training (``max_length`` is then
+    the preprocessing's).
     """
 
     def __init__(
         self,
         model: VDCNN,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | SeriesPreprocessing,
         label_names: Sequence[str],
-        max_length: int = 1024,
+        max_length: int | None = 1024,
         device: str | torch.device = "cpu",
         bf16: bool | None = None,
     ) -> None:
         if len(label_names) != model.config.num_classes:
             raise UserError(f"{len(label_names)} label names for a model with {model.config.num_classes} classes")
-        if max_length < 1:
+        self.is_series = bool(model.config.input_channels)
+        if self.is_series != isinstance(tokenizer, SeriesPreprocessing):
+            raise UserError(
+                "a series model (input_channels > 0) needs its SeriesPreprocessing, a text model its tokenizer"
+            )
+        if self.is_series:
+            max_length = tokenizer.max_length
+        elif max_length is None or max_length < 1:
             raise UserError(f"max_length must be >= 1, got {max_length}")
         try:
             self.device = torch.device(device)
@@ -76,7 +100,7 @@ class Predictor:
             raise UserError(f"device {device!r} is not usable here ({err}); use e.g. 'cpu' or an available 'cuda:0'") from None
         self.tokenizer = tokenizer
         self.label_names = list(label_names)
-        self.max_length = int(max_length)
+        self.max_length = None if max_length is None else int(max_length)
         self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
 
     @classmethod
@@ -94,19 +118,23 @@ class Predictor:
         return cls._from_loaded(read_pretrained(directory), device, bf16)
 
     def save_pretrained(self, directory: str | os.PathLike[str], overwrite: bool = False) -> list[Path]:
-        """Write model.safetensors, config.json and tokenizer.json (what `from_pretrained` reads)."""
+        """Write model.safetensors, config.json and tokenizer.json (series: no tokenizer.json), what `from_pretrained` reads."""
         return write_pretrained(directory, self.model, self.tokenizer, self.label_names, self.max_length, overwrite)
 
     @torch.inference_mode()
-    def predict_proba(self, texts: str | Iterable[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (float32), shape (n_texts, n_classes), columns in `label_names` order.
+    def predict_proba(self, texts: str | Iterable[str] | Any, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (float32), shape (n_inputs, n_classes), columns in `label_names` order.
 
-        One string gives one row. Empty texts and texts without a known character still get a
-        prediction (the model sees padding only); long texts are cut to `max_length`.
+        One string (series model: one series) gives one row. Empty texts and texts without a
+        known character still get a prediction (the model sees padding only); long texts are
+        cut to `max_length`.
         """
-        items = _as_list(texts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
+        if self.is_series:
+            series, _ = self._series_list(texts)
+            return self._predict_series(series, batch_size)
+        items = _as_list(texts)
         probs = np.zeros((len(items), len(self.label_names)), dtype=np.float32)
         if not items:
             return probs
@@ -128,7 +156,12 @@ class Predictor:
         n = len(self.label_names)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
             raise UserError(f"top_k must be an int between 1 and {n} (the number of classes), got {top_k!r}")
-        probs = self.predict_proba(texts, batch_size=batch_size)
+        if self.is_series:
+            series, single = self._series_list(texts)
+            probs = self._predict_series(series, batch_size)
+        else:
+            single = isinstance(texts, str)
+            probs = self.predict_proba(texts, batch_size=batch_size)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
         results = [
             {
@@ -138,17 +171,95 @@ class Predictor:
             }
             for p, row in zip(probs, order)
         ]
-        return results[0] if isinstance(texts, str) else results
+        return results[0] if single else results
+
+    # ------------------------------------------------------------------ series
+
+    def _predict_series(self, series: list[np.ndarray], batch_size: int) -> np.ndarray:
+        probs = np.zeros((len(series), len(self.label_names)), dtype=np.float32)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        for batch in series_to_batches(series, batch_size=batch_size):
+            with autocast:
+                logits = self.model(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
+            probs[batch["index"].numpy()] = logits.float().softmax(-1).cpu().numpy()
+        return probs
+
+    def _series_list(self, inputs: Any) -> tuple[list[np.ndarray], bool]:
+        """(preprocessed series, whether the input was one series).
+
+        One series: an ndarray / tensor (L,) or (C, L), a flat list of numbers, or (C > 1) a list
+        of C number lists. Several: an ndarray (N, C, L), or a list of series. For C = 1 a list
+        of number lists is several univariate series.
+        """
+        channels = self.model.config.input_channels
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and all(isinstance(v, str) for v in inputs)):
+            raise InputKindError(
+                f"this is a series model ({channels} channel(s)): give numeric arrays, not strings; "
+                "texts need a model trained with data_kind: text"
+            )
+        if isinstance(inputs, np.ndarray) or torch.is_tensor(inputs):
+            arr = np.asarray(inputs.detach().cpu() if torch.is_tensor(inputs) else inputs)
+            if arr.ndim == 3:
+                raw, single = list(arr), False
+            else:
+                raw, single = [arr], True
+        elif isinstance(inputs, (list, tuple)):
+            if not inputs:
+                return [], False
+            depth = _nesting(inputs)
+            single = depth == 1 or (depth == 2 and channels > 1)
+            raw = [inputs] if single else list(inputs)
+        else:
+            raise InputKindError(
+                f"a series model takes an array (channels, length), a list of numbers or a list of series, "
+                f"got {type(inputs).__name__}"
+            )
+        out = []
+        for i, value in enumerate(raw):
+            where = "the series" if single else f"series {i}"
+            if isinstance(value, str):
+                raise InputKindError(f"{where} is a string; this series model takes numeric arrays, not text")
+            x = as_series(value, where)
+            if x.shape[0] != channels:
+                raise UserError(
+                    f"{where} has {x.shape[0]} channel(s) (shape {x.shape}); the model reads {channels}: "
+                    "give (channels, length) arrays, or for several series a list of them"
+                )
+            out.append(self.tokenizer.apply(x, where))
+        return out, single
+
+
+def _nesting(value: Any) -> int:
+    """How deep the first elements of nested lists/arrays go: 1 for [1, 2], 2 for [[1, 2]], ..."""
+    depth = 0
+    while isinstance(value, (list, tuple, np.ndarray)) or torch.is_tensor(value):
+        if isinstance(value, np.ndarray) or torch.is_tensor(value):
+            return depth + value.ndim
+        depth += 1
+        if not value:
+            return depth
+        value = value[0]
+    return depth
 
 
 def _as_list(texts: str | Iterable[str]) -> list[str]:
     """One string or an iterable of strings (list, tuple, NumPy array, pandas Series) as a list."""
     if isinstance(texts, str):
         return [texts]
+    if isinstance(texts, np.ndarray) and texts.dtype.kind in "fiub" or torch.is_tensor(texts):
+        raise InputKindError(
+            "this is a text model: it takes a string or a list of strings, not a numeric array; "
+            "series need a model trained with data_kind: series"
+        )
     if isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     items = list(texts)
     for i, text in enumerate(items):
         if not isinstance(text, str):
+            if isinstance(text, (list, tuple, np.ndarray)) or isinstance(text, (int, float)) and not isinstance(text, bool):
+                raise InputKindError(
+                    f"this is a text model: every input must be a string; item {i} is {type(text).__name__} "
+                    f"({text!r:.40}); series need a model trained with data_kind: series"
+                )
             raise TypeError(f"every text must be a string; item {i} is {type(text).__name__}: {text!r:.60}")
     return items

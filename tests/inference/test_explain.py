@@ -242,3 +242,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(keyword_ckpt, tmp_path, ca
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"vdcnn-res: error: {message}"]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_series_model_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    with pytest.raises(UserError, match="takes a text model, not a series model"):
+        explain(SimpleNamespace(is_series=True), "stocks")

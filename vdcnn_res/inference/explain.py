@@ -130,6 +130,8 @@ def explain(
     require_captum()
     from captum.attr import LayerIntegratedGradients
 
+    if getattr(predictor, "is_series", False):
+        raise UserError("explain attributes a prediction to characters: it takes a text model, not a series model")
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     if not text:
@@ -301,6 +303,20 @@ def to_html(explanations: Sequence[Explanation], title: str = "vdcnn-res explana
     )
 
 
+def _wrap(cells: list[tuple[str, float]], width: int) -> list[list[tuple[str, float]]]:
+    """Lines of at most ``width`` cells, broken after the last space that fits (else mid-word)."""
+    lines, start = [], 0
+    while start < len(cells):
+        end = min(start + width, len(cells))
+        if end < len(cells):
+            spaces = [i for i in range(start, end) if cells[i][0] == " "]
+            if spaces and spaces[-1] > start:
+                end = spaces[-1] + 1
+        lines.append(cells[start:end])
+        start = end
+    return lines
+
+
 def to_png(e: Explanation, path: str | os.PathLike[str], width: int = 80, max_lines: int = 12) -> Path:
     """A picture of one explanation (for a README): shaded characters in a monospace grid, top labels above."""
     import matplotlib
@@ -312,7 +328,7 @@ def to_png(e: Explanation, path: str | os.PathLike[str], width: int = 80, max_li
     n_read = len(e.text) - e.n_cut
     cells = [(_visible(c) if c not in "\n\t" else " ", e.attributions[i]) for i, c in enumerate(e.text[:n_read])]
     width = max(1, min(width, len(cells)))
-    lines = [cells[i : i + width] for i in range(0, len(cells), width)][:max_lines]
+    lines = _wrap(cells, width)[:max_lines]
     scale = _scale(e)
     char_w, char_h = 0.11, 0.24
     fig = plt.figure(figsize=(width * char_w + 0.4, len(lines) * char_h + 0.75))
@@ -331,7 +347,7 @@ def to_png(e: Explanation, path: str | os.PathLike[str], width: int = 80, max_li
                 color = (0.13, 0.55, 0.13, alpha) if score > 0 else (0.84, 0.15, 0.16, alpha)
                 ax.add_patch(Rectangle((col - 0.5, y - 0.5), 1, 1, color=color, lw=0))
             ax.text(col, y, ch, family="monospace", fontsize=9, ha="center", va="center")
-    if len(cells) > width * max_lines or e.n_cut:
+    if sum(map(len, lines)) < len(cells) or e.n_cut:
         ax.text(0, len(lines) + 2.1, "…", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

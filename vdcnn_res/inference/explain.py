@@ -38,20 +38,30 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from vdcnn_res.data.tokenizer import PAD_ID, UNK_ID, encode
 from vdcnn_res.errors import UserError
+from vdcnn_res.model import VDCNN
 
-if TYPE_CHECKING:
-    from vdcnn_res.inference.predictor import Predictor
-
-__all__ = ["Explanation", "explain", "require_captum", "to_html", "to_png"]
+__all__ = ["Explanation", "PredictorLike", "explain", "require_captum", "to_html", "to_png"]
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+class PredictorLike(Protocol):
+    """What `explain` uses of a :class:`~vdcnn_res.inference.predictor.Predictor` (not imported
+    here, so that ``Predictor.explain`` can call this module without an import cycle)."""
+
+    model: VDCNN
+    tokenizer: Tokenizer
+    label_names: list[str]
+    max_length: int
+    device: torch.device
 
 
 def require_captum() -> None:
@@ -111,7 +121,7 @@ def _label_index(label: str | int | None, names: list[str], predicted: int) -> i
 
 
 def explain(
-    predictor: Predictor,
+    predictor: PredictorLike,
     text: str,
     label: str | int | None = None,
     *,

@@ -39,3 +39,20 @@ def test_quick_run_prints_a_markdown_table(tmp_path: Path) -> None:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[3]) > 0  # samples/s
     assert "Matmul peak" in table
+
+
+def test_longdoc_reproduction_is_deterministic_and_long(tmp_path: Path) -> None:
+    """benchmarks/longdoc/make_longdoc.py (issue 20): same seed, same files; every document is long."""
+    import subprocess
+
+    script = BENCH.parent / "longdoc" / "make_longdoc.py"
+    if not (BENCH.parents[1].parent / "shared" / "data" / "ag_news_7600").is_dir():
+        pytest.skip("../shared/data is not beside the checkout")
+    for out in ("a", "b"):
+        subprocess.run([sys.executable, str(script), str(tmp_path / out), "--source", "ag_news",
+                        "--train-per-class", "20", "--eval-per-class", "5"], check=True, capture_output=True)
+    for split in ("train", "valid", "test"):
+        a, b = (tmp_path / out / f"{split}.tsv" for out in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
+    rows = (tmp_path / "a" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    assert len(rows) == 4 * 20 and all(len(r.split("\t")[0]) > 512 for r in rows)

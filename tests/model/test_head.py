@@ -61,3 +61,12 @@ def test_head_norm_batch_keeps_fc1_alive_on_common_mode_features():
     """Issue 20: without the norm most fc1 units die within 15 steps; with BatchNorm none do."""
     assert _dead_fc1_share_after_adamw_steps("none") > 0.5
     assert _dead_fc1_share_after_adamw_steps("batch") == 0.0
+
+
+def test_onnx_export_with_head_norm(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vdcnn_res.inference.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("vdcnn9", head_norm="batch", **SMALL).eval()
+    export_onnx(model, tmp_path / "model.onnx")  # verifies the graph against PyTorch on two shapes

@@ -256,8 +256,11 @@ class VDCNN(nn.Module):
         return input_ids, lengths
 
     def pad_to_min_length(self, input_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Right-pad ids shorter than min_length; padding below min_length counts as real zero content."""
+        """Right-pad ids shorter than min_length; padding below min_length counts as real zero content
+        (a series' padding is zeroed first, so only zeros are ever counted)."""
         short_by = torch.sym_max(self.min_length - input_ids.shape[-1], 0)  # one traced graph for any length
+        if self.config.input_channels:  # the caller's padding may hold anything; below min_length it counts
+            input_ids = input_ids.mul(~padding_mask(lengths, input_ids.shape[-1]))
         pad_value = 0.0 if self.config.input_channels else self.config.padding_idx
         input_ids = F.pad(input_ids, (0, short_by), value=pad_value)
         return input_ids, lengths.clamp(min=self.min_length)

@@ -210,3 +210,112 @@ def test_cli_tells_lightning_weights_only_even_if_the_environment_says_otherwise
         main(["predict", *TINY, *QUIET, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(path),
               "--data.predict", "data/ag_news_sample/test.csv", "--trainer.logger=false"])
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- series models
+
+
+@pytest.fixture(scope="module")
+def series_predictor() -> Predictor:
+    """A 3-channel series model with known weights and z-score preprocessing."""
+    from vdcnn_res.data.series import SeriesPreprocessing
+    from vdcnn_res.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        num_classes=3, input_channels=3, blocks_per_stage=(1, 1), channels=(8, 16), kernel_sizes=(8, 5, 3),
+        downsampling="none", head="global_avg", hidden_size=0,
+    )  # fmt: skip
+    model = build_model(config)
+    with torch.no_grad():
+        model.head.fc.weight.normal_(0, 1.0)  # distinct probabilities per series
+    return Predictor(model, SeriesPreprocessing(), ["a", "b", "c"], bf16=False)
+
+
+def _series(n: int, length: int, channels: int = 3, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((channels, length + 7 * i)) for i in range(n)]
+
+
+def test_series_one_array_one_result_a_list_a_list_any_lengths(series_predictor):
+    items = _series(5, 10)
+    one = series_predictor.predict(items[0], top_k=2)
+    assert set(one) == {"label", "probability", "top_k"} and len(one["top_k"]) == 2
+    many = series_predictor.predict(items)
+    assert isinstance(many, list) and len(many) == 5
+    probs = series_predictor.predict_proba(items)
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # In input order, each as if alone; lists of channel lists and tensors work like arrays.
+    for i, x in enumerate(items):
+        np.testing.assert_allclose(series_predictor.predict_proba(x)[0], probs[i], atol=1e-5)
+    np.testing.assert_allclose(series_predictor.predict_proba(items[1].tolist()), probs[1:2], atol=1e-6)
+    np.testing.assert_allclose(series_predictor.predict_proba(torch.from_numpy(items[2])), probs[2:3], atol=1e-6)
+    same = np.stack([x[:, :10] for x in items])  # (N, C, L): a batch of series
+    assert series_predictor.predict_proba(same).shape == (5, 3)
+    assert series_predictor.predict([]) == []
+
+
+def test_series_are_normalised_and_filled_as_in_training(series_predictor):
+    x = _series(1, 30)[0]
+    expected = series_predictor.predict_proba(x)
+    np.testing.assert_allclose(series_predictor.predict_proba(5 * x + 3), expected, atol=1e-5)  # z-score per channel
+    holey = x.copy()
+    holey[1, 4] = np.nan
+    assert np.isfinite(series_predictor.predict_proba(holey)).all()
+
+
+def test_univariate_inputs_of_a_one_channel_model():
+    from vdcnn_res.data.series import SeriesPreprocessing
+    from vdcnn_res.model import ModelConfig, build_model
+
+    model = build_model(ModelConfig(num_classes=2, input_channels=1, blocks_per_stage=(1,), channels=(8,),
+                                    head="global_avg", hidden_size=0, downsampling="none"))  # fmt: skip
+    p = Predictor(model, SeriesPreprocessing(), ["x", "y"], bf16=False)
+    assert isinstance(p.predict([0.1, 0.5, 0.2]), dict)  # one flat list: one series
+    assert isinstance(p.predict(np.array([0.1, 0.5, 0.2])), dict)  # (L,)
+    assert len(p.predict([[0.1, 0.5], [1.0, 2.0, 3.0]])) == 2  # a list of flat lists: several series
+    with pytest.raises(UserError, match="has 3 channel"):
+        p.predict(np.zeros((3, 10)))  # a 2-D array is one (C, L) series
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ([[0.1, 0.2, 0.3], [0.1, 0.2], [0.3, 0.4, 0.5]], "channels of different lengths"),
+        ([[0.1, "x"], [0.1, 0.2], [0.3, 0.4]], "holds a string"),
+        (np.full((3, 5), np.nan), "no valid value"),
+        (np.zeros((3, 0)), "zero-length"),
+        ("a text", "series model (3 channel(s)): give numeric arrays, not strings"),
+        (["a", "b"], "not strings"),
+        (np.zeros((2, 5)), "has 2 channel(s)"),
+        ({"series": [1]}, "takes an array"),
+    ],
+)
+def test_bad_series_inputs_are_one_line_user_errors(series_predictor, bad, words):
+    with pytest.raises(UserError) as err:
+        series_predictor.predict(bad)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 5)), torch.zeros(3), [[0.1, 0.2]], [0.5, 0.7]])
+def test_a_text_model_given_arrays_is_a_user_error(predictor, bad):
+    with pytest.raises(UserError, match="this is a text model"):
+        predictor.predict(bad)
+
+
+def test_series_model_and_preprocessing_must_match(predictor, series_predictor):
+    with pytest.raises(UserError, match="needs its SeriesPreprocessing"):
+        Predictor(series_predictor.model, build_tokenizer("char"), ["a", "b", "c"])
+    with pytest.raises(UserError, match="needs its SeriesPreprocessing"):
+        Predictor(predictor.model, series_predictor.tokenizer, LABELS)
+
+
+def test_series_save_pretrained_round_trips(series_predictor, tmp_path):
+    from vdcnn_res.inference.model_files import TOKENIZER_FILE
+
+    paths = series_predictor.save_pretrained(tmp_path / "s")
+    assert not (tmp_path / "s" / TOKENIZER_FILE).exists() and len(paths) == 2
+    loaded = Predictor.from_pretrained(tmp_path / "s", bf16=False)
+    assert loaded.is_series and loaded.tokenizer == series_predictor.tokenizer
+    items = _series(4, 12, seed=3)
+    np.testing.assert_allclose(loaded.predict_proba(items), series_predictor.predict_proba(items), atol=1e-6)

@@ -448,6 +448,8 @@ class VDCNNCLI(LightningCLI):
 
 def _checkpoint_kind(checkpoint: dict[str, Any]) -> str | None:
     """'series' or 'text' for a vdcnn-res checkpoint (by its data module's state), None for other files."""
+    if not isinstance(checkpoint, dict):
+        return None
     if isinstance(checkpoint.get(_SERIES_STATE_KEY), dict):
         return "series"
     if isinstance(checkpoint.get(_DATA_STATE_KEY), dict):

@@ -175,6 +175,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ series
 
+    @torch.inference_mode()
     def _predict_series(self, series: list[np.ndarray], batch_size: int) -> np.ndarray:
         probs = np.zeros((len(series), len(self.label_names)), dtype=np.float32)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()

@@ -245,3 +245,80 @@ def test_onnx_without_its_packages_is_a_user_error_before_anything_is_written(ck
     assert exit_.value.code == 2
     assert "pip install 'vdcnn-res[onnx]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- series models
+
+
+def _series_model(channels: int = 2):
+    from vdcnn_res.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=3, input_channels=channels, blocks_per_stage=(1, 1), channels=(8, 16),
+                         kernel_sizes=(8, 5, 3), downsampling="none", head="global_avg", hidden_size=0)  # fmt: skip
+    return build_model(config).eval()
+
+
+def test_series_export_is_version_2_with_its_preprocessing_and_no_tokenizer(tmp_path):
+    from vdcnn_res.data.series import SeriesPreprocessing
+    from vdcnn_res.inference.model_files import read_pretrained, write_pretrained
+
+    prep = SeriesPreprocessing("zscore", "zero", 50)
+    write_pretrained(tmp_path, _series_model(), prep, ["a", "b", "c"], None)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert config["format_version"] == 2 and config["series"] == {"normalize": "zscore", "missing": "zero", "max_length": 50}
+    assert "max_length" not in config and not (tmp_path / TOKENIZER_FILE).exists()
+    loaded = read_pretrained(tmp_path)
+    assert loaded.tokenizer == prep and loaded.max_length == 50 and loaded.model.config.input_channels == 2
+    with pytest.raises(UserError, match="saved with its SeriesPreprocessing"):
+        write_pretrained(tmp_path / "x", _series_model(), build_tokenizer_char(), ["a", "b", "c"], 10)
+
+
+def build_tokenizer_char():
+    from vdcnn_res.data.tokenizer import build_tokenizer
+
+    return build_tokenizer("char")
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda c: c.pop("series"), "missing ['series']"),
+        (lambda c: c.update(max_length=10), "unknown key(s) ['max_length']"),
+        (lambda c: c["series"].update(normalize="minmax"), "series.normalize must be one of"),
+        (lambda c: c["series"].pop("missing"), "exactly the keys"),
+    ],
+)
+def test_series_config_json_is_validated_strictly(tmp_path, change, words):
+    from vdcnn_res.data.series import SeriesPreprocessing
+    from vdcnn_res.inference.model_files import read_pretrained, write_pretrained
+
+    write_pretrained(tmp_path, _series_model(), SeriesPreprocessing(), ["a", "b", "c"], None)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    change(config)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(UserError) as err:
+        read_pretrained(tmp_path)
+    assert words in str(err.value)
+
+
+def test_series_onnx_has_dynamic_batch_and_length_and_fixed_channels(tmp_path):
+    import onnxruntime as ort
+
+    from vdcnn_res.inference.onnx import export_onnx
+
+    model = _series_model(channels=3)
+    path = export_onnx(model, tmp_path / ONNX_FILE)  # verifies against PyTorch on two other shapes itself
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    series, lengths = session.get_inputs()
+    assert series.name == "series" and series.shape == ["batch", 3, "length"] and lengths.shape == ["batch"]
+    rng = np.random.default_rng(0)
+    for batch, length in ((1, 1), (5, 300)):
+        x = rng.standard_normal((batch, 3, length)).astype(np.float32)
+        n = rng.integers(1, length + 1, batch)
+        n[0] = length
+        x[np.arange(length)[None, None, :] >= n[:, None, None].repeat(3, 1)] = 0
+        got = session.run(None, {"series": x, "lengths": n.astype(np.int64)})[0]
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x), torch.from_numpy(n)).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

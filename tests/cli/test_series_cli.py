@@ -1,0 +1,108 @@
+"""Series through the command line: data_kind selection, the series configs, and (slow) fit, test and
+predict from the checkpoint alone, export with ONNX, Predictor.from_checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fixtures.tiny import QUIET, REPO
+from vdcnn_res.cli import main
+from vdcnn_res.cli.lightning import data_kind_of
+from vdcnn_res.errors import UserError
+
+SERIES_CONFIGS = sorted((REPO / "configs" / "series").glob("*.yaml"))
+RECIPE = REPO / "configs" / "series" / "recipe.yaml"
+TINY_SERIES = ["--model.arch.channels=[8, 16, 16]", "--data.batch_size=8", "--trainer.max_epochs=2",
+               "--data.valid_fraction=0.25"]  # fmt: skip
+
+
+def write_sets(folder: Path, channels: int = 2) -> dict[str, str]:
+    """Tiny train/test/predict JSONL files: 2 classes (a rising or falling ramp), unequal lengths."""
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, n in (("train", 24), ("test", 10), ("predict", 5)):
+        rows = []
+        for i in range(n):
+            length = 10 + (i * 7) % 23
+            sign = 1 if i % 2 else -1
+            series = (sign * np.linspace(-1, 1, length)[None] + 0.1 * rng.standard_normal((channels, length))).tolist()
+            rows.append({"series": series} if split == "predict" else {"series": series, "label": ["down", "up"][i % 2]})
+        paths[split] = str(folder / f"{split}.jsonl")
+        Path(paths[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return paths
+
+
+def test_data_kind_is_read_from_flags_configs_and_checkpoints(tmp_path):
+    text_config = tmp_path / "t.yaml"
+    text_config.write_text("data_kind: text\n")
+    assert data_kind_of(["fit"]) == "text"
+    assert data_kind_of(["fit", "--config", str(RECIPE)]) == "series"
+    assert data_kind_of(["fit", "--config", str(RECIPE), "--config", str(text_config)]) == "text"  # the last wins
+    assert data_kind_of(["fit", "--config", str(RECIPE), "--data_kind=text"]) == "text"
+    assert data_kind_of(["fit", "--data_kind", "series"]) == "series"
+    with pytest.raises(UserError, match="data_kind must be one of text, series"):
+        data_kind_of(["fit", "--data_kind", "audio"])
+    ckpt = tmp_path / "s.ckpt"
+    torch.save({"SeriesDataModule": {"input_channels": 2}, "hyper_parameters": {}}, ckpt)
+    assert data_kind_of(["test", "--ckpt_path", str(ckpt)]) == "series"
+    assert data_kind_of(["fit", "--ckpt_path", str(ckpt)]) == "text"  # fit resumes what its config says
+
+
+@pytest.mark.usefixtures("in_repo")
+@pytest.mark.parametrize("config", SERIES_CONFIGS, ids=[c.name for c in SERIES_CONFIGS])
+def test_series_configs_compose_with_the_recipe(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(RECIPE), "--config", str(config), "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data_kind"] == "series" and printed["data"]["train"].endswith(f"{config.stem if config != RECIPE else 'GunPoint'}/train.jsonl")
+    assert printed["model"]["arch"]["head"] == "global_avg" and printed["model"]["arch"]["kernel_sizes"] == [8, 5, 3]
+    assert "input_channels" not in printed["model"]["arch"]  # linked from the data, never typed
+    assert "series_column" in printed["data"] and "tokenizer" not in printed["data"]
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_text_configs_print_data_kind_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/quickstart.yaml", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data_kind"] == "text" and "tokenizer" in printed["data"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_fit_test_predict_export_from_the_checkpoint_alone(tmp_path, capsys):
+    from vdcnn_res import Predictor
+
+    data = write_sets(tmp_path)
+    root = ["--trainer.default_root_dir", str(tmp_path)]
+    main(["fit", "--config", str(RECIPE), *TINY_SERIES, *QUIET, *root, "--data.train", data["train"],
+          "--data.test", data["test"], "--data.label_offset=0", "--trainer.precision=32-true"])  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file() and yaml.safe_load((run / "config.yaml").read_text())["data_kind"] == "series"
+    capsys.readouterr()
+
+    main(["test", "--ckpt_path", str(last), "--data.test", data["test"], *QUIET])  # the checkpoint alone
+    assert "Test error:" in (out := capsys.readouterr().out) and "on 10 " in out
+    main(["predict", "--ckpt_path", str(last), "--data.predict", data["predict"], *QUIET])
+    written = next((run / "predict").rglob("predictions.jsonl"))
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [r["row"] for r in rows] == list(range(5)) and {r["label"] for r in rows} <= {"down", "up"}
+
+    with pytest.raises(SystemExit):  # a text checkpoint's kind cannot be overridden
+        main(["test", "--ckpt_path", str(last), "--data.test", data["test"], "--data_kind=text", *QUIET])
+    assert "was trained on series data" in capsys.readouterr().err
+
+    main(["export", "--ckpt_path", str(last), "--out_dir", str(tmp_path / "export"), "--onnx"])
+    from_ckpt = Predictor.from_checkpoint(last, bf16=False)
+    from_export = Predictor.from_pretrained(tmp_path / "export", bf16=False)
+    series = [json.loads(line)["series"] for line in Path(data["predict"]).read_text().splitlines()]
+    np.testing.assert_allclose(from_ckpt.predict_proba(series), from_export.predict_proba(series), atol=1e-6)
+    assert [r["label"] for r in from_ckpt.predict(series)] == [r["label"] for r in rows]

@@ -348,7 +348,7 @@ def _check_column_type(ds: datasets.Dataset, column: str, split: str, source: st
     """Refuse a series column whose values are not lists of numbers (e.g. strings), in one line."""
     feature = ds.features[column]
     inner = feature
-    while isinstance(inner, _LIST_FEATURES) or isinstance(inner, list):
+    while isinstance(inner, (*_LIST_FEATURES, list)):
         inner = inner[0] if isinstance(inner, list) else inner.feature
     if isinstance(inner, datasets.Value) and inner.dtype in ("string", "large_string", "binary"):
         raise UserError(

@@ -159,15 +159,15 @@ class VDCNN(nn.Module):
         self.final_norm = nn.BatchNorm1d(in_channels) if c.block == "preact" else None
         self.pool = KMaxPool1d(c.kmax) if c.head == "kmax_mlp" else MaskedAvgPool1d()
         head_norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(c.head_norm)
-        hidden = (
-            dict(
-                fc1=nn.Linear(c.num_features, c.hidden_size),
-                act1=nn.ReLU(),
-                drop1=nn.Dropout(c.dropout),
-                fc2=nn.Linear(c.hidden_size, c.hidden_size),
-                act2=nn.ReLU(),
-                drop2=nn.Dropout(c.dropout),
-            )
+        hidden: dict[str, nn.Module] = (
+            {
+                "fc1": nn.Linear(c.num_features, c.hidden_size),
+                "act1": nn.ReLU(),
+                "drop1": nn.Dropout(c.dropout),
+                "fc2": nn.Linear(c.hidden_size, c.hidden_size),
+                "act2": nn.ReLU(),
+                "drop2": nn.Dropout(c.dropout),
+            }
             if c.hidden_size
             else {}
         )

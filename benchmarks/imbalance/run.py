@@ -7,7 +7,7 @@ Every cell is one `vdcnn-res fit` of ag_news_7600_imb10.yaml (the CLI's default 
 one thread) followed by `vdcnn-res test` of its last checkpoint (the cosine schedule ends there;
 no checkpoint selection), one cell at a time. Per-class recall and macro-F1 come from the
 test's confusion matrix (confusion_matrix_test.csv). A finished cell is not run again;
-results.csv holds every cell with its commands and results.md the table (mean over seeds).
+results.csv holds every cell with its commands and results.md the table (mean ± sd over seeds).
 """
 
 from __future__ import annotations

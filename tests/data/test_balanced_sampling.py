@@ -186,3 +186,32 @@ def test_balanced_sampling_with_a_class_absent_from_training_is_one_clear_error(
 def test_unknown_sampling_is_refused():
     with pytest.raises(UserError, match="data.sampling must be 'natural' or 'balanced'"):
         TextDataModule(train="x.csv", sampling="oversample")
+
+
+# ----------------------------------------------------------------------------- the imbalanced benchmark split
+
+
+def test_make_imbalanced_is_deterministic_and_keeps_rows_byte_for_byte(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from fixtures.tiny import REPO
+
+    script = REPO / "benchmarks" / "imbalance" / "make_imbalanced.py"
+    source = tmp_path / "train.csv"
+    rows = [f'"{1 + i % 4}","title {i}","a, ""quoted"" description {i}"\r\n' for i in range(400)]
+    source.write_bytes("".join(rows).encode("utf-8"))
+    outs = []
+    for name in ("a.csv", "b.csv"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, str(script), "--source", str(source), "--out", str(out),
+                        "--minority", "3", "4", "--fraction", "0.1"], check=True, capture_output=True)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    kept = outs[0].decode("utf-8").splitlines(keepends=True)
+    assert all(line in rows for line in kept) and kept == sorted(kept, key=rows.index)  # file order, bytes as they were
+    spec = importlib.util.spec_from_file_location("make_imbalanced", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert Counter(module.label_of(line) for line in kept) == {"1": 100, "2": 100, "3": 10, "4": 10}

@@ -42,7 +42,7 @@ def run(cmd: list[str], log: Path) -> None:
     with log.open("a", encoding="utf-8") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"run.py: a command failed (exit {done.returncode}); see {log}")
 
@@ -67,7 +67,7 @@ def cell(out_dir: Path, variant: str, seed: int, epochs: int) -> dict[str, objec
     fit = [*cli(), "fit", "--config", str(CONFIG), *VARIANTS[variant], f"--seed_everything={seed}", f"--data.seed={seed}",
            f"--trainer.max_epochs={epochs}", "--trainer.logger=false", f"--trainer.default_root_dir={root}", *QUIET]
     test = [*cli(), "test", "--config", str(CONFIG), "--ckpt_path", str(root / "checkpoints" / "last.ckpt"),
-            f"--trainer.default_root_dir={root / 'test'}", f"--trainer.logger=false", *QUIET]
+            f"--trainer.default_root_dir={root / 'test'}", "--trainer.logger=false", *QUIET]
     if not confusion.is_file():
         root.mkdir(parents=True, exist_ok=True)
         start = time.process_time(), time.time()
@@ -89,7 +89,7 @@ def table(rows: list[dict[str, object]]) -> str:
         if not mine:
             continue
 
-        def stat(key: str) -> str:
+        def stat(key: str, mine: list[dict[str, object]] = mine) -> str:
             v = 100 * np.array([float(r[key]) for r in mine])
             return f"{v.mean():.1f}" + (f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else "")
 

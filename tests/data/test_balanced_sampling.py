@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from vdcnn_res.data import TextDataModule
-from vdcnn_res.data.sampler import ClassBalancedDraw, LengthBucketBatchSampler, num_batches_per_replica
+from vdcnn_res.data.sampler import (
+    ClassBalancedDraw,
+    LengthBucketBatchSampler,
+    num_batches_per_replica,
+)
 from vdcnn_res.errors import UserError
 
 

@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from fixtures.tiny import QUIET
 
 from vdcnn_res.cli import main
 from vdcnn_res.data.tokenizer import PAD_ID, build_tokenizer
@@ -23,12 +24,10 @@ from vdcnn_res.inference.explain import explain, to_html, to_png
 from vdcnn_res.inference.predictor import Predictor
 from vdcnn_res.model import ModelConfig, build_model
 
-from fixtures.tiny import QUIET  # noqa: E402
-
 pytest.importorskip("captum")
 
 KEYWORDS = {"money": "stocks", "sport": "football", "tech": "software", "war": "soldiers"}
-FILLER = "the a of to in and on for with by at from said new year after week over two more one first into".split()
+FILLER = ["the", "a", "of", "to", "in", "and", "on", "for", "with", "by", "at", "from", "said", "new", "year", "after", "week", "over", "two", "more", "one", "first", "into"]
 
 
 def keyword_texts(n: int, seed: int) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from fixtures.tiny import QUIET, TINY
 
 from vdcnn_res.cli import main
 from vdcnn_res.data import TextDataModule
@@ -13,9 +14,7 @@ from vdcnn_res.errors import UserError
 from vdcnn_res.model.config import ModelConfig
 from vdcnn_res.training.module import VDCNNClassifier, balanced_class_weights
 
-from fixtures.tiny import QUIET, TINY  # noqa: E402
-
-ARCH = dict(num_classes=3, vocab_size=20, channels=(8, 8, 16, 16), hidden_size=16)
+ARCH = {"num_classes": 3, "vocab_size": 20, "channels": (8, 8, 16, 16), "hidden_size": 16}
 
 
 def module(**kwargs) -> VDCNNClassifier:

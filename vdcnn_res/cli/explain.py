@@ -21,7 +21,13 @@ from pathlib import Path
 from vdcnn_res.data.sources import SplitSources
 from vdcnn_res.data.texts import join_texts
 from vdcnn_res.errors import UserError
-from vdcnn_res.inference.explain import Explanation, explain, require_captum, to_html, to_png
+from vdcnn_res.inference.explain import (
+    Explanation,
+    explain,
+    require_captum,
+    to_html,
+    to_png,
+)
 from vdcnn_res.inference.model_files import load_checkpoint_safely
 from vdcnn_res.inference.predictor import Predictor
 
@@ -117,8 +123,7 @@ def main(argv: list[str]) -> None:
         names = predictor.label_names
         shown = ", ".join(names) if len(names) <= 20 else ", ".join(names[:20]) + f", ... ({len(names)} in all)"
         raise UserError(f"--label {args.label!r} is not one of the model's labels: {shown}")
-    if args.top_k > len(predictor.label_names):
-        args.top_k = len(predictor.label_names)
+    args.top_k = min(args.top_k, len(predictor.label_names))
 
     if args.predict:
         given = {k: getattr(args, k) for k in _DATA_KEYS if getattr(args, k) is not None}

@@ -248,3 +248,14 @@ def test_a_series_model_is_refused_in_one_line():
 
     with pytest.raises(UserError, match="takes a text model, not a series model"):
         explain(SimpleNamespace(is_series=True), "stocks")
+
+
+def test_predictor_explain_is_the_same_as_explain(ckpt):
+    from vdcnn_res import Predictor
+    from vdcnn_res.inference.explain import explain
+
+    predictor = Predictor.from_checkpoint(ckpt, bf16=False)
+    text = "Stocks rallied after the Fed decision."
+    a, b = predictor.explain(text), explain(predictor, text)
+    assert a.label == b.label
+    np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-6, atol=1e-7)

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from vdcnn_res.data.series import SeriesPreprocessing, as_series, series_to_batc
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import LoadedModel, read_checkpoint, read_pretrained, write_pretrained
 from vdcnn_res.model import VDCNN
+
+if TYPE_CHECKING:  # explain.py imports Captum lazily; the Predictor never needs it to predict
+    from vdcnn_res.inference.explain import Explanation
 
 __all__ = ["InputKindError", "Prediction", "Predictor"]
 
@@ -172,6 +175,15 @@ class Predictor:
             for p, row in zip(probs, order)
         ]
         return results[0] if single else results
+
+    def explain(self, text: str, label: str | int | None = None, n_steps: int = 50) -> Explanation:
+        """Per-character attributions of `text` for `label` (default: the predicted one).
+
+        Integrated gradients on the embeddings (Captum); see inference/explain.py and docs/explain.md.
+        """
+        from vdcnn_res.inference.explain import explain
+
+        return explain(self, text, label, n_steps=n_steps)
 
     # ------------------------------------------------------------------ series
 

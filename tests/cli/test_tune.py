@@ -21,13 +21,13 @@ FIT = [*TINY[2:], *QUIET, "--trainer.max_epochs=2", "--trainer.limit_train_batch
 SPACE = {"model.optim.lr": {"low": 1e-4, "high": 3e-3, "log": True}, "model.label_smoothing": {"choices": [0.0, 0.1]}}
 
 
-def _tune(study, *options: str, space: dict | None = SPACE) -> None:
+def _tune(study, *options: str, space: dict | None = SPACE, fit: tuple[str, ...] = ()) -> None:
     argv = ["tune", *TINY[:2], "--study", str(study), *options]
     if space is not None:
         path = study.parent / f"{study.name}_space.yaml"
         path.write_text(yaml.safe_dump(space), encoding="utf-8")
         argv += ["--space", str(path)]
-    main([*argv, "--", *FIT])
+    main([*argv, "--", *FIT, *fit])
 
 
 def _trials(study) -> list:
@@ -158,5 +158,7 @@ def test_folders_of_another_study_are_refused(tmp_path, in_repo, one_thread, cap
 
 
 def test_budget_too_small_for_one_trial(tmp_path, in_repo, one_thread, capsys):
-    line = _error(capsys, tmp_path / "s", "--time_budget", "1s", "--no_final_fit")
+    # a trial of 20 x 40 steps cannot finish in 1 s on any machine
+    line = _error(capsys, tmp_path / "s", "--time_budget", "1s", "--no_final_fit",
+                  fit=("--trainer.max_epochs=20", "--trainer.limit_train_batches=40", "--early_stopping=null"))
     assert "--time_budget 1s is too small for one trial" in line and "steps" in line

@@ -29,15 +29,15 @@ SUBCOMMANDS = {
 
 
 _PACKAGE = str(Path(__file__).resolve().parents[1])
-_default_showwarning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """The package's own warnings (about the user's data or run) as one line; others as usual."""
     if str(Path(filename).resolve()).startswith(_PACKAGE) and issubclass(category, UserWarning):
-        print(f"vdcnn-res: warning: {message}", file=file or sys.stderr)
+        text = f"vdcnn-res: warning: {message}\n"
     else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(text)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -169,9 +169,12 @@ class Objective:
             trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
             trial.set_user_attr("steps", cli.trainer.global_step)
             trial.set_user_attr("curve", pruning.values)
-        if timer.time_remaining("train") is not None and timer.time_remaining("train") <= 0 and not pruning.pruned:
+        planned = int(cli.trainer.estimated_stepping_batches)
+        # Cut by the budget: the deadline passed before the planned steps (the Timer's own clock
+        # starts late on a busy machine, so the deadline itself decides).
+        if time.monotonic() >= self.deadline and cli.trainer.global_step < planned and not pruning.pruned:
             trial.set_user_attr("cut", "time budget")
-            trial.set_user_attr("planned_steps", int(cli.trainer.estimated_stepping_batches))
+            trial.set_user_attr("planned_steps", planned)
             trial.set_user_attr("train_seconds", timer.time_elapsed("train") - timer.time_elapsed("validate"))
             raise optuna.TrialPruned("the time budget ran out")
         if pruning.pruned:

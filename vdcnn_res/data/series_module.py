@@ -22,12 +22,10 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
-from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader
 
+from vdcnn_res.data.base import BucketedDataModule
 from vdcnn_res.data.files import FORMATS
-from vdcnn_res.data.labels import LabelTable, label_ids, read_classes
-from vdcnn_res.data.sampler import LengthBucketBatchSampler, ResumableDataLoader, SortedSampler
+from vdcnn_res.data.labels import LabelTable, label_ids
 from vdcnn_res.data.series import (
     MISSING_KINDS,
     NORMALIZE_KINDS,
@@ -46,7 +44,7 @@ _LIST_FEATURES = tuple(
 )
 
 
-class SeriesDataModule(LightningDataModule):
+class SeriesDataModule(BucketedDataModule):
     """Time-series classification data (C channels, any length) from local files or a hub dataset.
 
     Args:
@@ -147,15 +145,6 @@ class SeriesDataModule(LightningDataModule):
         return self._channels
 
     @property
-    def label_names(self) -> list[str]:
-        """Class names, index = label id."""
-        return list(self._label_table().names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self._label_table().names)
-
-    @property
     def vocab_size(self) -> int:
         """0: a series model has no token embedding (the link the text module shares)."""
         return 0
@@ -187,109 +176,13 @@ class SeriesDataModule(LightningDataModule):
         """Load the training data, its labels and channel count, once, before setup."""
         _ = (self._label_table(), self.input_channels)
 
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {
-            "fit": ["train", "valid"],
-            "validate": ["valid"],
-            "test": ["test"],
-            "predict": ["predict"],
-            None: [s for s in SPLITS if self._sources.has(s)],
-        }[stage]
-        for split in wanted:
-            if (stage is None or split == "valid") and self._sources.get(split) is None:
-                continue
-            self._split(split)
-
-    def train_dataloader(self) -> DataLoader:
-        overfit = self.trainer is not None and bool(getattr(self.trainer, "overfit_batches", 0))
-        return self._loader("train", shuffle=not overfit)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self._sources.get("valid") is None:
-            return []
-        return self._loader("valid", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        split = self._split("predict")
-        replicas, rank = self._replicas(predicting=True)
-        return DataLoader(
-            split,
-            sampler=SortedSampler(split.lengths, num_replicas=replicas, rank=rank),
-            batch_size=self._eval_batch_size,
-            collate_fn=self._collator(),
-            num_workers=self.hparams.num_workers,
-        )
-
     # ------------------------------------------------------------------ loaders
-
-    @property
-    def _eval_batch_size(self) -> int:
-        return self.hparams.eval_batch_size or self.hparams.batch_size
 
     def _collator(self) -> SeriesCollator:
         hp = self.hparams
         return SeriesCollator(hp.pad_multiple, hp.max_length if hp.batching == "fixed" else None)
 
-    def _replicas(self, predicting: bool = False) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return 1, 0
-        connector = getattr(trainer, "_accelerator_connector", None)
-        if getattr(connector, "use_distributed_sampler", False):
-            if predicting:
-                return 1, 0
-            raise UserError(
-                "SeriesDataModule shards its own length-bucketed batches across processes; "
-                "set trainer.use_distributed_sampler=false"
-            )
-        return trainer.world_size, trainer.global_rank
-
-    def _loader(self, split_name: str, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        split = self._split(split_name)
-        replicas, rank = self._replicas()
-        sampler = LengthBucketBatchSampler(
-            split.lengths,
-            hp.batch_size if shuffle else self._eval_batch_size,
-            bucket=hp.batching == "bucket",
-            shuffle=shuffle,
-            seed=hp.seed,
-            num_replicas=replicas,
-            rank=rank,
-            pool_batches=hp.pool_batches,
-        )
-        return ResumableDataLoader(
-            split,
-            batch_sampler=sampler,
-            collate_fn=self._collator(),
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
-
     # ------------------------------------------------------------------ labels and series
-
-    def _label_table(self) -> LabelTable:
-        if self._labels is not None:
-            return self._labels
-        hp = self.hparams
-        names = read_classes(hp.classes_file) if hp.classes_file else None
-        classes_source = f"data.classes_file {hp.classes_file!r}"
-        train = self._sources.get("train") if self._sources.has("train") else None
-        if train is None:
-            if names is None:
-                raise UserError(
-                    "the label names are unknown without a training split: set data.train (or data.hub_dataset), "
-                    "data.classes_file, or load them from a checkpoint"
-                )
-            self._labels = LabelTable(names, hp.label_offset, classes_source)
-            return self._labels
-        self._labels, self._trained_ids = LabelTable.from_train(
-            train, hp.label_column, hp.label_offset, names, classes_source
-        )
-        return self._labels
 
     def _where(self, split: str, ds: datasets.Dataset, row: int) -> str:
         """The series of a row, for messages: its file and data row when known."""

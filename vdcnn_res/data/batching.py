@@ -74,21 +74,35 @@ class PadCollator:
         self.fixed_length = fixed_length
 
     def __call__(self, items: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
-        lengths = np.fromiter((len(ids) for ids, _, _ in items), dtype=np.int64, count=len(items))
+        lengths = np.fromiter((self.length(x) for x, _, _ in items), dtype=np.int64, count=len(items))
         if self.fixed_length is not None:
             width = self.fixed_length
         else:
             m = self.pad_multiple
             width = max(1, -(-int(lengths.max(initial=0)) // m)) * m
-        input_ids = np.full((len(items), width), PAD_ID, dtype=np.int64)
-        for row, (ids, _, _) in enumerate(items):
+        return batch_dict(self.pad([x for x, _, _ in items], width), lengths, width, items)
+
+    @staticmethod
+    def length(ids: np.ndarray) -> int:
+        return len(ids)
+
+    @staticmethod
+    def pad(rows: list[np.ndarray], width: int) -> np.ndarray:
+        """(B, width) int64 ids, right-padded with PAD_ID, longer rows cut."""
+        input_ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+        for row, ids in enumerate(rows):
             input_ids[row, : len(ids)] = ids[:width]
-        return {
-            "input_ids": torch.from_numpy(input_ids),
-            "lengths": torch.from_numpy(np.minimum(lengths, width)),
-            "labels": torch.tensor([label for _, label, _ in items], dtype=torch.long),
-            "index": torch.tensor([index for _, _, index in items], dtype=torch.long),
-        }
+        return input_ids
+
+
+def batch_dict(inputs: np.ndarray, lengths: np.ndarray, width: int, items: Sequence[tuple]) -> dict[str, torch.Tensor]:
+    """The batch every model input shares: inputs padded to `width`, lengths, labels, row indices."""
+    return {
+        "input_ids": torch.from_numpy(inputs),
+        "lengths": torch.from_numpy(np.minimum(lengths, width)),
+        "labels": torch.tensor([label for _, label, _ in items], dtype=torch.long),
+        "index": torch.tensor([index for _, _, index in items], dtype=torch.long),
+    }
 
 
 def texts_to_batches(

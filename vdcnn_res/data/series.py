@@ -23,7 +23,6 @@ training module feeds ``batch["input_ids"]`` to the model whatever the input kin
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset
 
+from vdcnn_res.data.batching import PadCollator
 from vdcnn_res.data.sampler import SortedSampler
 from vdcnn_res.errors import UserError
 
@@ -198,35 +198,24 @@ class SeriesSplit(Dataset):
         return self.series[index], int(self.labels[index]), index
 
 
-class SeriesCollator:
+class SeriesCollator(PadCollator):
     """Right-pad ``(values (C, L), label, index)`` items with 0 into a batch dict.
 
     Pads to the longest series rounded up to ``pad_multiple``, or to exactly ``fixed_length``
-    (longer series are cut to it).
+    (longer series are cut to it). The values go under "input_ids", like token ids.
     """
 
-    def __init__(self, pad_multiple: int = 8, fixed_length: int | None = None) -> None:
-        if pad_multiple < 1:
-            raise UserError(f"pad_multiple must be >= 1, got {pad_multiple}")
-        self.pad_multiple = pad_multiple
-        self.fixed_length = fixed_length
+    @staticmethod
+    def length(values: np.ndarray) -> int:
+        return values.shape[1]
 
-    def __call__(self, items: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
-        lengths = np.fromiter((v.shape[1] for v, _, _ in items), dtype=np.int64, count=len(items))
-        if self.fixed_length is not None:
-            width = self.fixed_length
-        else:
-            width = max(1, math.ceil(int(lengths.max(initial=0)) / self.pad_multiple)) * self.pad_multiple
-        channels = items[0][0].shape[0]
-        values = np.zeros((len(items), channels, width), dtype=np.float32)
-        for row, (v, _, _) in enumerate(items):
+    @staticmethod
+    def pad(rows: list[np.ndarray], width: int) -> np.ndarray:
+        """(B, C, width) float32, right-padded with 0, longer series cut."""
+        values = np.zeros((len(rows), rows[0].shape[0], width), dtype=np.float32)
+        for row, v in enumerate(rows):
             values[row, :, : v.shape[1]] = v[:, :width]
-        return {
-            "input_ids": torch.from_numpy(values),
-            "lengths": torch.from_numpy(np.minimum(lengths, width)),
-            "labels": torch.tensor([label for _, label, _ in items], dtype=torch.long),
-            "index": torch.tensor([index for _, _, index in items], dtype=torch.long),
-        }
+        return values
 
 
 def series_to_batches(

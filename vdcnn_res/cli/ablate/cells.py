@@ -269,13 +269,18 @@ class GridCommand:
         return config_args(self.args.config, parser) + cell_defaults + self.extra
 
 
+def split_fit_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(own options, fit arguments): everything after the first `--` goes to every fit unchanged."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
 def parse_command(parser: argparse.ArgumentParser, subcommand: str, argv: list[str]) -> GridCommand:
     """Parse `argv` (everything after `--` goes to every cell's fit unchanged)."""
-    argv = list(argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    argv, extra = split_fit_args(argv)
     args = parser.parse_args(argv)
     grid_argv = without_execution_options(argv)
     return GridCommand(args, extra, grid_argv, grid_command(subcommand, grid_argv, extra))

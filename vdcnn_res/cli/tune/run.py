@@ -27,6 +27,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from vdcnn_res.cli.ablate.cells import split_fit_args
 from vdcnn_res.cli.tune.report import plot_search, trial_rows, write_table
 from vdcnn_res.cli.tune.space import Param, as_arg, check_keys, fingerprint, load_space
 from vdcnn_res.errors import MissingFileError, UserError
@@ -358,11 +359,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the fits use the config's seed)")
     parser.add_argument("--no_final_fit", dest="final_fit", action="store_false", help="search only (worker machines)")
-    argv = list(argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    argv, extra = split_fit_args(argv)
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("--config is required: the base fit config every trial starts from")

@@ -43,15 +43,18 @@ class EpochSummary(pl.Callback):
     else to stdout; under DDP only rank 0 prints.
     """
 
-    def __init__(self, monitor: str = "val/acc") -> None:
+    def __init__(self, monitor: str = "val/acc", chance_warning_after: float = 0.25) -> None:
         self.monitor = monitor
+        self.chance_warning_after = chance_warning_after  # share of the budget; 0 or more than 1: never
         self._losses: list[float] = []
         self._start = 0.0
         self._best = -math.inf
+        self._warned = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
         self._best = -math.inf
+        self._warned = False
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._losses = []
@@ -88,6 +91,32 @@ class EpochSummary(pl.Callback):
             bar.print(line)
         else:
             print(line, flush=True)
+        self._warn_if_at_chance(trainer, pl_module, loss)
+
+    def _warn_if_at_chance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: float) -> None:
+        """One warning when the training loss is still at chance (ln C, the loss of a uniform guess
+        over C classes, label smoothing included) after a share of the budget: the plateau of
+        docs/longdoc_plateau.md. Classes of very unequal size make the prior's loss lower than
+        ln C, so this check only sees a run stuck at a uniform guess."""
+        arch = getattr(pl_module, "arch", None)
+        classes = getattr(arch, "num_classes", 0)
+        if self._warned or classes < 2 or math.isnan(loss) or self.chance_warning_after <= 0:
+            return
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            done = (trainer.current_epoch + 1) / trainer.max_epochs
+        elif trainer.max_steps and trainer.max_steps > 0:
+            done = trainer.global_step / trainer.max_steps
+        else:
+            return
+        chance = math.log(classes)
+        if done >= self.chance_warning_after and loss >= 0.97 * chance:
+            self._warned = True
+            warnings.warn(
+                f"the training loss ({loss:.3f}) is still at chance (ln {classes} = {chance:.3f}) after "
+                f"{100 * done:.0f} % of the budget: the head is probably stuck (docs/longdoc_plateau.md); "
+                "try --model.arch.head_norm batch, or a lower --model.optim.lr",
+                stacklevel=2,
+            )
 
 
 class FlopsModelSummary(ModelSummary):

@@ -1,0 +1,43 @@
+"""The one-line warning when training is still at chance after a share of the budget (issue 20)."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from vdcnn_res.training.progress import EpochSummary
+
+
+def trainer(epoch: int, max_epochs: int = 8, max_steps: int = -1, step: int = 0):
+    return SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, max_steps=max_steps, global_step=step)
+
+
+MODULE = SimpleNamespace(arch=SimpleNamespace(num_classes=20))
+CHANCE = math.log(20)
+
+
+def test_warns_once_when_the_loss_is_at_chance_after_a_quarter_of_the_budget():
+    summary = EpochSummary()
+    with pytest.warns(UserWarning) as caught:
+        summary._warn_if_at_chance(trainer(epoch=0), MODULE, CHANCE)  # 1/8 of the budget: too early
+        summary._warn_if_at_chance(trainer(epoch=1), MODULE, CHANCE)  # 2/8: warns
+        summary._warn_if_at_chance(trainer(epoch=2), MODULE, CHANCE)  # once only
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "still at chance (ln 20 = 2.996) after 25 % of the budget" in message
+    assert "--model.arch.head_norm batch" in message
+
+
+@pytest.mark.parametrize("case", ["learning", "disabled", "step budget too early"])
+def test_no_warning_when_learning_disabled_or_too_early(case, recwarn):
+    summary = EpochSummary(chance_warning_after=0 if case == "disabled" else 0.25)
+    if case == "step budget too early":
+        summary._warn_if_at_chance(trainer(epoch=0, max_epochs=-1, max_steps=1000, step=100), MODULE, CHANCE)
+    else:
+        summary._warn_if_at_chance(trainer(epoch=3), MODULE, 0.8 * CHANCE if case == "learning" else CHANCE)
+    assert not [w for w in recwarn if "still at chance" in str(w.message)]
+
+
+def test_step_budgets_count_steps():
+    with pytest.warns(UserWarning, match="after 30 % of the budget"):
+        EpochSummary()._warn_if_at_chance(trainer(epoch=0, max_epochs=-1, max_steps=1000, step=300), MODULE, CHANCE)

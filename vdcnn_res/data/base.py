@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from vdcnn_res.data.labels import LabelTable, read_classes
 from vdcnn_res.data.sampler import LengthBucketBatchSampler, ResumableDataLoader, SortedSampler
-from vdcnn_res.data.sources import SPLITS
+from vdcnn_res.data.sources import DEFAULT_HUB_SPLITS, SPLITS, SplitSources
 from vdcnn_res.errors import UserError
 
 __all__ = ["BucketedDataModule"]
@@ -31,6 +31,26 @@ class BucketedDataModule(LightningDataModule):
     _sources: Any
     _labels: Any = None  # LabelTable, built on first use
     _trained_ids: Any = None
+
+    @staticmethod
+    def split_sources(
+        *,
+        train: str | None,
+        valid: str | None,
+        test: str | None,
+        predict: str | None,
+        hub_splits: dict[str, str] | None,
+        **settings: Any,
+    ) -> SplitSources:
+        """Where each split comes from, with the checks every data module's arguments share."""
+        unknown_splits = set(hub_splits or {}) - set(SPLITS)
+        if unknown_splits:
+            raise UserError(f"data.hub_splits: unknown keys {sorted(unknown_splits)}; use {', '.join(SPLITS)}")
+        return SplitSources(
+            paths={"train": train, "valid": valid, "test": test, "predict": predict},
+            hub_splits={**DEFAULT_HUB_SPLITS, **(hub_splits or {})},
+            **settings,
+        )
 
     def _split(self, split: str) -> Any:
         raise NotImplementedError

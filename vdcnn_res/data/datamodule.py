@@ -38,7 +38,6 @@ from vdcnn_res.data.batching import PadCollator, TokenizedSplit
 from vdcnn_res.data.files import FORMATS
 from vdcnn_res.data.labels import LabelTable, label_ids
 from vdcnn_res.data.sampler import SortedSampler
-from vdcnn_res.data.sources import DEFAULT_HUB_SPLITS, SPLITS, SplitSources
 from vdcnn_res.data.texts import join_texts, odd_text_summary
 from vdcnn_res.data.tokenizer import KINDS, PAD_ID, build_tokenizer, encode, load_tokenizer
 from vdcnn_res.errors import UserError
@@ -142,14 +141,14 @@ class TextDataModule(BucketedDataModule):
             raise UserError(f"data.file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
         if max_length < 1 or batch_size < 1 or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError("data.max_length, data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1")
-        unknown_splits = set(hub_splits or {}) - set(SPLITS)
-        if unknown_splits:
-            raise UserError(f"data.hub_splits: unknown keys {sorted(unknown_splits)}; use {', '.join(SPLITS)}")
-        self._sources = SplitSources(
-            paths={"train": train, "valid": valid, "test": test, "predict": predict},
+        self._sources = self.split_sources(
+            train=train,
+            valid=valid,
+            test=test,
+            predict=predict,
+            hub_splits=hub_splits,
             hub_dataset=hub_dataset,
             hub_config=hub_config,
-            hub_splits={**DEFAULT_HUB_SPLITS, **(hub_splits or {})},
             file_format=file_format,
             column_names=list(column_names) if column_names else None,
             text_columns=list(text_columns),
@@ -160,8 +159,6 @@ class TextDataModule(BucketedDataModule):
             missing_labels=missing_labels,
         )
         self._tokenizer: Tokenizer | None = None
-        self._labels: LabelTable | None = None
-        self._trained_ids: set[int] | None = None
         self._tokenized: dict[str, TokenizedSplit] = {}
 
     # ------------------------------------------------------------------ linked attributes

@@ -34,7 +34,6 @@ from vdcnn_res.data.series import (
     SeriesSplit,
     as_series,
 )
-from vdcnn_res.data.sources import DEFAULT_HUB_SPLITS, SPLITS, SplitSources
 from vdcnn_res.errors import UserError
 
 __all__ = ["SeriesDataModule"]
@@ -106,15 +105,15 @@ class SeriesDataModule(BucketedDataModule):
             raise UserError(f"data.missing must be one of {', '.join(MISSING_KINDS)}, got {missing!r}")
         if batch_size < 1 or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError("data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1")
-        unknown_splits = set(hub_splits or {}) - set(SPLITS)
-        if unknown_splits:
-            raise UserError(f"data.hub_splits: unknown keys {sorted(unknown_splits)}; use {', '.join(SPLITS)}")
         self.preprocessing = SeriesPreprocessing(normalize, missing, max_length)
-        self._sources = SplitSources(
-            paths={"train": train, "valid": valid, "test": test, "predict": predict},
+        self._sources = self.split_sources(
+            train=train,
+            valid=valid,
+            test=test,
+            predict=predict,
+            hub_splits=hub_splits,
             hub_dataset=hub_dataset,
             hub_config=hub_config,
-            hub_splits={**DEFAULT_HUB_SPLITS, **(hub_splits or {})},
             file_format=file_format,
             column_names=None,
             text_columns=[series_column],
@@ -126,8 +125,6 @@ class SeriesDataModule(BucketedDataModule):
             column_arg="data.series_column",
         )
         self._channels: int | None = None
-        self._labels: LabelTable | None = None
-        self._trained_ids: set[int] | None = None
         self._splits: dict[str, SeriesSplit] = {}
 
     # ------------------------------------------------------------------ linked attributes

@@ -59,3 +59,15 @@ def malicious(tmp_path, ckpt):
     path = tmp_path / "malicious.ckpt"
     torch.save(checkpoint, path)
     return path, marker
+
+
+def run_cli(args, capsys) -> tuple[int, list[str]]:
+    """Exit status (0 when main returns) and stderr lines of one in-process `vdcnn-res` call."""
+    from vdcnn_res.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()

@@ -25,7 +25,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from conftest import RunsCode
+from conftest import RunsCode, run_cli
 from fixtures.tiny import QUIET, REPO, SAMPLE, TINY
 
 from vdcnn_res import Predictor
@@ -56,12 +56,7 @@ ODD_TEXTS = {
 
 def cli(*args, capsys) -> tuple[int, list[str]]:
     """Exit status (0 when main returns) and stderr lines of one `vdcnn-res` call."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err.strip().splitlines()
+    return run_cli(args, capsys)
 
 
 # ----------------------------------------------------------------------------- bad data files (Python API)

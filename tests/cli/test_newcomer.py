@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import run_cli
 from fixtures.tiny import LABELS, QUIET, REPO, SAMPLE, TINY
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -47,12 +48,7 @@ def write_tsv(path: Path, split: str, n: int, text_column: str = "text", labels:
 
 
 def errors(args: list, capsys) -> tuple[int, list[str]]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err.strip().splitlines()
+    return run_cli(args, capsys)
 
 
 # ----------------------------------------------------------------------------- 1, 2: the recipe and budget are the defaults

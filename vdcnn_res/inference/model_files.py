@@ -12,6 +12,12 @@ A series model (``architecture.input_channels > 0``) has no tokenizer.json: its 
 (format_version 2) holds ``series`` (the preprocessing: normalize, missing, max_length) in
 place of ``max_length``. Text exports keep writing format_version 1, byte for byte as before.
 
+A calibrated model (temperature != 1, training/calibration.py) keeps its temperature as the
+scalar tensor ``temperature`` in model.safetensors and is written as format_version 3, so an
+older vdcnn-res refuses it with "upgrade" instead of silently ignoring the calibration. An
+uncalibrated model's files are unchanged (no tensor, version 1 or 2); a file without the
+tensor loads with temperature 1.
+
 Lightning checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data
 only, so a checkpoint cannot run code while it is read.
 """
@@ -36,7 +42,9 @@ from vdcnn_res.model import VDCNN, ModelConfig, build_model, upgrade_state_dict
 
 __all__ = [
     "CONFIG_FILE",
+    "CALIBRATED_FORMAT_VERSION",
     "FORMAT_VERSION",
+    "SERIES_FORMAT_VERSION",
     "TEXT_FORMAT_VERSION",
     "ONNX_FILE",
     "TOKENIZER_FILE",
@@ -48,8 +56,10 @@ __all__ = [
     "write_pretrained",
 ]
 
-FORMAT_VERSION = 2  # the newest this version reads; text exports are written as 1
+FORMAT_VERSION = 3  # the newest this version reads; text exports are written as 1
 TEXT_FORMAT_VERSION = 1
+SERIES_FORMAT_VERSION = 2
+CALIBRATED_FORMAT_VERSION = 3  # model.safetensors holds a temperature (text or series)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -122,6 +132,12 @@ def _load_weights(model: VDCNN, weights: dict[str, Tensor], where: str) -> VDCNN
         raise UserError(
             f"{where}: the weights do not match the architecture ({', '.join(problems)}); "
             "the files must come from one export of one model"
+        )
+    temperature = weights["temperature"]
+    if not temperature.is_floating_point() or not bool(torch.isfinite(temperature)) or float(temperature) <= 0:
+        raise UserError(
+            f"{where}: the temperature must be a positive finite number, got {temperature.tolist()}; "
+            "calibrate the model again (`vdcnn-res calibrate`) or export it again"
         )
     model.load_state_dict(weights)
     return model.eval()
@@ -246,21 +262,26 @@ def write_pretrained(
         raise UserError(f"{str(out)!r} already holds {existing}; choose another --out_dir or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any]
+    calibrated = float(model.temperature) != 1.0
+    version = CALIBRATED_FORMAT_VERSION if calibrated else SERIES_FORMAT_VERSION if series else TEXT_FORMAT_VERSION
     if series:
         config = {
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
             "architecture": asdict(model.config),
             "label_names": list(label_names),
             "series": tokenizer.to_dict(),
         }
     else:
         config = {
-            "format_version": TEXT_FORMAT_VERSION,
+            "format_version": version,
             "architecture": asdict(model.config),
             "label_names": list(label_names),
             "max_length": int(max_length),
         }
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Uncalibrated: no temperature tensor, so the files stay readable by versions before calibration.
+    weights = {
+        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if calibrated or k != "temperature"
+    }
     # Serialized in memory and written like the JSON files, so every file gets the same umask-based
     # mode (safetensors' save_file creates its file with mode 0600).
     paths[0].write_bytes(save(weights, metadata={"format": "pt", "vdcnn_res_format_version": str(config["format_version"])}))

@@ -74,6 +74,10 @@ class Predictor:
     (``(L,)`` or a flat list when C = 1) or a list of them, any lengths. Each is checked,
     its missing values filled and normalised exactly as in training (``max_length`` is then
     the preprocessing's).
+
+    Probabilities are calibrated when the model is: its logits are divided by the temperature
+    fitted on the validation split (``temperature``; 1.0 = uncalibrated, see
+    training/calibration.py). The temperature never changes which label is predicted.
     """
 
     def __init__(
@@ -105,6 +109,11 @@ class Predictor:
         self.label_names = list(label_names)
         self.max_length = None if max_length is None else int(max_length)
         self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
+
+    @property
+    def temperature(self) -> float:
+        """The model's calibration temperature (1.0 = uncalibrated)."""
+        return float(self.model.temperature)
 
     @classmethod
     def _from_loaded(cls, loaded: LoadedModel, device: str | torch.device, bf16: bool | None) -> Predictor:

@@ -185,16 +185,22 @@ class VDCNN(nn.Module):
             if c.ngram_orders
             else None
         )
+        # Temperature scaling (Guo et al. 2017): logits are divided by it. Fitted after training
+        # on the validation split (training/calibration.py), never trained; 1.0 = uncalibrated,
+        # which is also what files written before it existed load with.
+        self.register_buffer("temperature", torch.ones(()))
         self.reset_parameters()
         self.register_load_state_dict_pre_hook(_upgrade_hook)
 
     def reset_parameters(self) -> None:
-        """He init for convs and hidden linears (paper), BN to identity, zero biases.
+        """He init for convs and hidden linears (paper), BN to identity, zero biases; temperature 1.
 
         The classifier layer gets std 0.01 instead: He init there gives logits of std ~3 at
         the start (loss far above ln C), and small-data runs spend their first epochs, or
         all of them, undoing it.
         """
+        with torch.no_grad():
+            self.temperature.fill_(1.0)
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -295,11 +301,11 @@ class VDCNN(nn.Module):
         return self.features(*self._prepare(input_ids, lengths))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """Features (B, num_features) -> logits (B, num_classes)."""
+        """Features (B, num_features) -> logits (B, num_classes), divided by ``temperature``."""
         if self.ngrams is None:
-            return self.head(features)
+            return self.head(features) / self.temperature
         cnn, ngrams = features.split([self.config.num_features, self.config.ngram_dim], dim=1)
-        return self.head(cnn) + self.ngram_head(ngrams)
+        return (self.head(cnn) + self.ngram_head(ngrams)) / self.temperature
 
     def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids (B, L), optional lengths (B,) -> logits (B, num_classes)."""
@@ -317,16 +323,23 @@ def _new_key(key: str) -> str:
 
 
 def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Weights written by an older vdcnn-res with today's key names (a new dict)."""
-    return {_new_key(key): value for key, value in state_dict.items()}
+    """Weights written by an older vdcnn-res with today's key names (a new dict); without a
+    temperature (files from before calibration, uncalibrated exports) it is 1.0."""
+    upgraded = {_new_key(key): value for key, value in state_dict.items()}
+    if upgraded and "temperature" not in upgraded:
+        upgraded["temperature"] = torch.ones(())
+    return upgraded
 
 
 def _upgrade_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     # load_state_dict hands every module the whole dict: rename this model's old keys in place.
-    for key in [k for k in state_dict if k.startswith(prefix)]:
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    for key in keys:
         new = prefix + _new_key(key[len(prefix) :])
         if new != key:
             state_dict[new] = state_dict.pop(key)
+    if keys and prefix + "temperature" not in state_dict:
+        state_dict[prefix + "temperature"] = torch.ones(())
 
 
 # --------------------------------------------------------------------------- registry

@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/bench.py                      # full run (~10 min on 2 cores)
     .venv/bin/python benchmarks/bench.py --quick              # tiny budget (smoke test)
     .venv/bin/python benchmarks/bench.py --depths 9 --compile # also time torch.compile
+    python benchmarks/bench.py --device cuda                  # on a GPU (benchmarks/gpu_check.sh runs it)
 
 Every speed is compared with the paper-style baseline *of the same run* (texts padded to
 1024, fp32), so the ratios hold on a shared, loaded machine where absolute numbers do not.
 Training: samples/s over full optimizer steps (forward, loss, backward, AdamW step), after
 warm-up steps, median of several timed windows; peak memory is the process's resident-set
-high-water mark (VmHWM), reset before each configuration. Inference goes through the public
+high-water mark (VmHWM), reset before each configuration (on CUDA: the peak of allocated device memory). Inference goes through the public
 `vdcnn_res.Predictor` (tokenization, batching and softmax included). Useful GFLOP/s counts
 only the FLOPs of the texts' real lengths (`vdcnn_res.model.flops`, training = 3x forward) and is
 set against the fp32 and bf16 matmul peaks measured at the start of the run.
@@ -109,22 +110,52 @@ def _reset_hwm() -> None:
         pass
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _memory_before(device: torch.device) -> float:
+    """Start of a configuration's peak-memory window: host RSS on CPU, allocated memory on CUDA (MiB)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    rss = _rss_mib()
+    _reset_hwm()
+    return rss
+
+
+def _peak_extra(device: torch.device, before: float) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - before
+    return _hwm_mib() - before
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0, device: torch.device = torch.device("cpu")) -> float:
     """GFLOP/s of a square n x n matmul in `dtype` (the machine's practical peak)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):
         a @ b
+    _sync(device)
     reps, t0 = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds or reps < 3:
         a @ b
         reps += 1
+        if reps % 10 == 0:
+            _sync(device)
+    _sync(device)
+    elapsed = time.perf_counter() - t0
     return 2 * n**3 * reps / elapsed / 1e9
 
 
 Step = Callable[[], tuple[int, float]]  # one timed call -> (samples, useful FLOPs)
 
 
-def interleaved_windows(steps: list[Step], windows: int, calls: int) -> list[tuple[float, float]]:
+def interleaved_windows(
+    steps: list[Step], windows: int, calls: int, device: torch.device = torch.device("cpu")
+) -> list[tuple[float, float]]:
     """Per step function, medians over `windows` of samples/s and useful FLOP/s.
 
     The windows are interleaved (window 1 of every configuration, then window 2, ...), so
@@ -134,10 +165,12 @@ def interleaved_windows(steps: list[Step], windows: int, calls: int) -> list[tup
     rates: list[list[tuple[float, float]]] = [[] for _ in steps]
     for _ in range(windows):
         for i, step in enumerate(steps):
+            _sync(device)
             n, flops, t0 = 0, 0.0, time.perf_counter()
             for _ in range(calls):
                 dn, df = step()
                 n, flops = n + dn, flops + df
+            _sync(device)
             seconds = time.perf_counter() - t0
             rates[i].append((n / seconds, flops / seconds))
     return [(statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for rs in rates]
@@ -165,23 +198,28 @@ class TrainConfig:
 
 
 def prepare_train(
-    depth: int, cfg: TrainConfig, texts: list[str], tokenizer, warmup: int, flops_of: Callable[[int], int]
+    depth: int,
+    cfg: TrainConfig,
+    texts: list[str],
+    tokenizer,
+    warmup: int,
+    flops_of: Callable[[int], int],
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[Step, dict]:
     """Build one training configuration, run its warm-up steps; returns its step function and
     its peak memory (resident-set high-water mark during warm-up minus the RSS before it)."""
-    gc.collect()
-    rss_before = _rss_mib()
-    _reset_hwm()
+    mem_before = _memory_before(device)
     torch.manual_seed(0)
     ids = encode(tokenizer, texts, cfg.max_length)
     batches = make_batches(ids, cfg.batch_size, cfg.bucket, None if cfg.bucket else cfg.max_length)
-    model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
+    model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size()).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cfg.fused_adamw or None)
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     # FLOPs of each batch's real lengths, counted before timing (the counter runs a forward).
     flops = [3 * sum(flops_of(int(n)) for n in b["lengths"]) for b in batches]  # training = 3x forward
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     it = cycle(list(zip(batches, flops)))
 
     def step() -> tuple[int, float]:
@@ -197,8 +235,9 @@ def prepare_train(
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
+    _sync(device)
     info = {
-        "peak_mib": _hwm_mib() - rss_before,
+        "peak_mib": _peak_extra(device, mem_before),
         "warmup_s": time.perf_counter() - t0,
         "mean_len": float(np.mean([b["input_ids"].shape[1] for b in batches])),
     }
@@ -206,19 +245,25 @@ def prepare_train(
 
 
 def prepare_inference(
-    depth: int, texts: list[str], tokenizer, budget: dict, *, fixed: bool, bf16: bool, compile: bool = False
+    depth: int,
+    texts: list[str],
+    tokenizer,
+    budget: dict,
+    *,
+    fixed: bool,
+    bf16: bool,
+    compile: bool = False,
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[Step, dict]:
     """Raw texts -> probabilities through `Predictor.predict_proba` (tokenization included),
     one chunk of texts per call. `fixed=True` is the paper-style baseline: the same API with
     every text padded to 1024."""
     import vdcnn_res.inference.predictor as predict_module
 
-    gc.collect()
-    rss_before = _rss_mib()
-    _reset_hwm()
+    mem_before = _memory_before(device)
     torch.manual_seed(0)
     model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
-    predictor = Predictor(model, tokenizer, ["a", "b", "c", "d"], max_length=PAPER_LENGTH, bf16=bf16)
+    predictor = Predictor(model, tokenizer, ["a", "b", "c", "d"], max_length=PAPER_LENGTH, device=device, bf16=bf16)
     if compile:
         predictor.model = torch.compile(model, dynamic=True)  # warm-up chunk pays the compilation
     original = predict_module.texts_to_batches
@@ -239,7 +284,7 @@ def prepare_inference(
 
     for _ in range(budget["infer_warmup"]):
         step()
-    return step, {"peak_mib": _hwm_mib() - rss_before}
+    return step, {"peak_mib": _peak_extra(device, mem_before)}
 
 
 # --------------------------------------------------------------------------- report
@@ -253,7 +298,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the harness, not the speed")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where models train and predict")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -291,25 +340,27 @@ def main(argv: list[str] | None = None) -> str:
             TrainConfig("buckets + bf16 + torch.compile", max_length=paper_len, batch_size=bs, bf16=True, compile=True),
         ]
 
-    peak32 = matmul_peak(torch.float32, 512 if quick else 2048, 0.05 if quick else 1.0)
-    peak16 = matmul_peak(torch.bfloat16, 512 if quick else 2048, 0.05 if quick else 1.0)
+    peak32 = matmul_peak(torch.float32, 512 if quick else 2048, 0.05 if quick else 1.0, device)
+    peak16 = matmul_peak(torch.bfloat16, 512 if quick else 2048, 0.05 if quick else 1.0, device)
+    gpu = f"; device {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    memory = "peak extra CUDA MiB" if device.type == "cuda" else "peak extra RSS MiB"
     lines = [
         (
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"load average at start {os.getloadavg()[0]:.2f}"
+            f"load average at start {os.getloadavg()[0]:.2f}{gpu}"
         ),
         (
             f"Data: {args.dataset}, {len(texts)} texts, median length {int(np.median(lengths))}, "
             f"p90 {int(np.percentile(lengths, 90))} characters"
         ),
-        f"Matmul peak (2048^2, this run): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s",
+        f"Matmul peak (2048^2 on {device.type}, this run): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s",
         "",
-        "| depth | workload | configuration | samples/s | x baseline | useful GFLOP/s | % fp32 peak | % bf16 peak | peak extra RSS MiB | mean padded length |",
+        f"| depth | workload | configuration | samples/s | x baseline | useful GFLOP/s | % fp32 peak | % bf16 peak | {memory} | mean padded length |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for depth in args.depths:
-        model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())
+        model = create_model(f"vdcnn{depth}", num_classes=4, vocab_size=tokenizer.get_vocab_size())  # FLOP counts, CPU
         cache: dict[int, int] = {}
 
         def flops_of(n: int, model=model, cache=cache) -> int:
@@ -318,7 +369,7 @@ def main(argv: list[str] | None = None) -> str:
                 cache[n] = forward_flops(model, n)
             return cache[n]
 
-        train = [prepare_train(depth, cfg, texts, tokenizer, budget["warmup"], flops_of) for cfg in configs]
+        train = [prepare_train(depth, cfg, texts, tokenizer, budget["warmup"], flops_of, device) for cfg in configs]
         inference = [
             ("paper-style: pad to 1024, fp32", True, False, False),
             ("Predictor (length-sorted batches), fp32", False, False, False),
@@ -327,11 +378,11 @@ def main(argv: list[str] | None = None) -> str:
         if args.compile:
             inference.append(("Predictor, bf16=True, torch.compile", False, True, True))
         infer = [
-            prepare_inference(depth, texts, tokenizer, budget, fixed=f, bf16=b, compile=c)
+            prepare_inference(depth, texts, tokenizer, budget, fixed=f, bf16=b, compile=c, device=device)
             for _, f, b, c in inference
         ]
-        results = interleaved_windows([s for s, _ in train], budget["windows"], budget["steps"])
-        results_inf = interleaved_windows([s for s, _ in infer], budget["windows"], 1)
+        results = interleaved_windows([s for s, _ in train], budget["windows"], budget["steps"], device)
+        results_inf = interleaved_windows([s for s, _ in infer], budget["windows"], 1, device)
         base = results[0][0]
         for cfg, (_, info), (rate, flop_rate) in zip(configs, train, results):
             gflops = flop_rate / 1e9

@@ -16,6 +16,7 @@ A series model (trained with ``data_kind: series``) takes arrays instead of stri
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -109,6 +110,7 @@ class Predictor:
         self.label_names = list(label_names)
         self.max_length = None if max_length is None else int(max_length)
         self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
+        self.int8: Any = None  # an inference.quantize.Int8Session once use_int8 is called
 
     @property
     def temperature(self) -> float:
@@ -125,9 +127,41 @@ class Predictor:
         return cls._from_loaded(read_checkpoint(path), device, bf16)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool | None = None) -> Predictor:
-        """Load a folder written by `vdcnn-res export` or `save_pretrained`: safetensors + JSON, no pickle."""
-        return cls._from_loaded(read_pretrained(directory), device, bf16)
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool | None = None, int8: bool = False
+    ) -> Predictor:
+        """Load a folder written by `vdcnn-res export` or `save_pretrained`: safetensors + JSON, no pickle.
+
+        ``int8=True`` predicts with the folder's model.int8.onnx (`vdcnn-res export --int8`) instead.
+        """
+        predictor = cls._from_loaded(read_pretrained(directory), device, bf16)
+        if int8:
+            from vdcnn_res.inference.quantize import INT8_ONNX_FILE
+
+            predictor.use_int8(Path(directory) / INT8_ONNX_FILE)
+        return predictor
+
+    def use_int8(self, source: str | os.PathLike[str] | Sequence[str]) -> Predictor:
+        """Predict with an int8 graph in ONNX Runtime on the CPU (inference/quantize.py; speed and accuracy
+        in docs/performance.md): a model.int8.onnx file, or calibration texts (a few hundred training
+        texts) to quantize this model with now. Returns the Predictor; the float model stays for the rest.
+        """
+        from vdcnn_res.inference.quantize import Int8Session, quantize_model
+
+        if self.is_series:
+            raise UserError("int8 inference is for text models; a series model predicts in float")
+        if self.device.type != "cpu":
+            raise UserError(f"int8 inference runs on the CPU (ONNX Runtime); load the Predictor with device='cpu', not {self.device}")
+        if isinstance(source, (str, os.PathLike)):
+            self.int8 = Int8Session(source)
+        else:
+            with tempfile.TemporaryDirectory(prefix="vdcnn_int8_") as tmp:
+                path = quantize_model(self.model, self.tokenizer, self.max_length, list(source), Path(tmp) / "model.int8.onnx")
+                self.int8 = Int8Session(path)
+        if self.int8.num_classes != len(self.label_names):
+            found, self.int8 = self.int8.num_classes, None
+            raise UserError(f"the int8 model has {found} classes, this Predictor {len(self.label_names)}: export them together")
+        return self
 
     def save_pretrained(self, directory: str | os.PathLike[str], overwrite: bool = False) -> list[Path]:
         """Write model.safetensors, config.json and tokenizer.json (series: no tokenizer.json), what `from_pretrained` reads."""
@@ -152,8 +186,11 @@ class Predictor:
             return probs
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         for batch in texts_to_batches(self.tokenizer, items, max_length=self.max_length, batch_size=batch_size):
-            with autocast:
-                logits = self.model(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
+            if self.int8 is not None:
+                logits = self.int8(batch["input_ids"], batch["lengths"])
+            else:
+                with autocast:
+                    logits = self.model(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
             probs[batch["index"].numpy()] = logits.float().softmax(-1).cpu().numpy()
         return probs
 

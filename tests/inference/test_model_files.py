@@ -17,9 +17,9 @@ from vdcnn_res.cli import main
 from vdcnn_res.data.batching import texts_to_batches
 from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.inference.model_files import (
+    CALIBRATED_FORMAT_VERSION,
     CONFIG_FILE,
     ONNX_FILE,
-    TEXT_FORMAT_VERSION,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
 )
@@ -52,7 +52,9 @@ def edit_config(folder, change) -> None:
 def test_export_writes_safetensors_config_and_tokenizer(exported, capsys):
     assert sorted(p.name for p in exported.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, ONNX_FILE])
     config = json.loads((exported / CONFIG_FILE).read_text())
-    assert config["format_version"] == TEXT_FORMAT_VERSION  # text exports stay readable by older versions
+    # fit calibrated the checkpoint, so its export says so (an uncalibrated one is TEXT_FORMAT_VERSION:
+    # tests/inference/test_calibrated_files.py)
+    assert config["format_version"] == CALIBRATED_FORMAT_VERSION
     assert config["label_names"] == LABELS and config["max_length"] == 128
     assert config["architecture"]["channels"] == [8, 8, 16, 16] and config["architecture"]["num_classes"] == 4
     assert set(config) == {"format_version", "architecture", "label_names", "max_length"}

@@ -5,6 +5,10 @@
                  (a series model: inputs series (B, C, L) float32, already preprocessed and
                  right-padded, and lengths (B,) int64; B and L dynamic, C fixed)
 
+The logits are the model's, divided by its calibration temperature (a constant of the graph;
+1.0 for an uncalibrated model), so softmax(logits) are the same calibrated probabilities as
+the Predictor's.
+
 What tracing needs (no data-dependent checks, a max pooling with a dynamic length, the stable
 sort as ONNX TopK) is swapped in here; the model itself is written as the paper reads.
 """

@@ -1,8 +1,15 @@
-"""LightningModule around the pure VDCNN: loss, metrics, optimizers, checkpoint contents."""
+"""LightningModule around the pure VDCNN: loss, metrics, optimizers, checkpoint contents.
+
+Calibration (training/calibration.py): every validation fits a temperature on its own logits,
+and a checkpoint saved at that step (best and last are saved right after a validation) stores
+it as ``model.temperature``; training itself always runs with temperature 1. Test reports NLL
+and ECE before and after the checkpoint's temperature and draws a reliability diagram.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -10,6 +17,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -19,8 +27,9 @@ from torchmetrics.classification import (
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import ModelConfig, build_model
+from vdcnn_res.training.calibration import N_BINS, Calibration, LogitCollector, calibrate, nll, reliability_bins
 from vdcnn_res.training.optim import OptimConfig, build_optimizer, build_scheduler
-from vdcnn_res.training.plotting import plot_confusion_matrix, write_confusion_csv
+from vdcnn_res.training.plotting import plot_confusion_matrix, plot_reliability, write_confusion_csv
 
 
 class VDCNNClassifier(pl.LightningModule):
@@ -82,11 +91,19 @@ class VDCNNClassifier(pl.LightningModule):
         self.test_f1 = MulticlassF1Score(n, average="macro")
         self.test_class_f1 = MulticlassF1Score(n, average="none")
         self.test_confusion = MulticlassConfusionMatrix(n)
+        # Uncalibrated logits of the current validation / test (gathered over DDP ranks).
+        self.val_logits = LogitCollector()
+        self.test_logits = LogitCollector()
+        self.calibration: Calibration | None = None  # fitted at the latest validation ...
+        self._calibration_step: int | None = None  # ... which ran at this global step
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, lengths)  # (B, num_classes) logits
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            with torch.no_grad():  # training runs uncalibrated, also for a module fitted before in this process
+                self.model.temperature.fill_(1.0)
         if stage == "fit" and self.hparams.get("class_weights") == "balanced":
             counts = getattr(self.trainer.datamodule, "class_counts", None)
             if counts is None:
@@ -118,14 +135,40 @@ class VDCNNClassifier(pl.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
+    def _uncalibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's logits before its temperature (float32)."""
+        return logits.float() * self.model.temperature.float()
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["lengths"])
         labels = batch["labels"]
         self.log("val/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
         self.val_acc(logits, labels)
         self.val_f1(logits, labels)
+        self.val_logits.update(self._uncalibrated(logits), labels)
         self.log("val/acc", self.val_acc, prog_bar=True)
         self.log("val/f1_macro", self.val_f1)
+
+    def on_validation_epoch_end(self) -> None:
+        """Fit a temperature on this validation's logits (one 1-D search, milliseconds); checkpoints
+        saved at this step store it (on_save_checkpoint). A failed fit leaves them uncalibrated."""
+        collector = self.val_logits
+        if self.trainer.sanity_checking or not collector.update_called:
+            collector.reset()
+            return
+        logits, labels = collector.compute()  # every rank's, so all ranks fit the same temperature
+        collector.reset()
+        self._calibration_step = self.trainer.global_step
+        try:
+            self.calibration = calibrate(logits, labels)
+        except ValueError as err:
+            self.calibration = None
+            if self.trainer.is_global_zero:
+                warnings.warn(
+                    f"no temperature fitted at step {self.trainer.global_step} ({err}); "
+                    "checkpoints of this step keep temperature 1 (uncalibrated)",
+                    stacklevel=1,
+                )
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["lengths"])
@@ -133,6 +176,7 @@ class VDCNNClassifier(pl.LightningModule):
         self.log("test/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
         for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
             metric.update(logits, labels)
+        self.test_logits.update(self._uncalibrated(logits), labels)
 
     def on_test_epoch_end(self) -> None:
         # compute() syncs the states of all ranks, so every number covers the whole split.
@@ -148,6 +192,17 @@ class VDCNNClassifier(pl.LightningModule):
             self.log(f"test/recall/{name}", r)
         for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
             metric.reset()
+        temperature = float(self.model.temperature)
+        logits, labels = self.test_logits.compute()  # uncalibrated, all ranks
+        self.test_logits.reset()
+        before = reliability_bins(logits.double().softmax(-1), labels)
+        after = reliability_bins((logits.double() / temperature).softmax(-1), labels)
+        nll_before, nll_after = nll(logits, labels), nll(logits, labels, temperature)
+        self.log("test/temperature", temperature)
+        self.log("test/nll", nll_after)
+        self.log("test/ece", after.ece)
+        self.log("test/nll_uncalibrated", nll_before)
+        self.log("test/ece_uncalibrated", before.ece)
         if self.trainer.is_global_zero:
             n_texts = int(confusion.sum())
             print(f"\nTest error: {100.0 * (1.0 - float(acc)):.2f} % "
@@ -156,6 +211,16 @@ class VDCNNClassifier(pl.LightningModule):
             png = plot_confusion_matrix(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.png")
             table = write_confusion_csv(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.csv")
             print(f"Confusion matrix: {png} (counts: {table.name})")
+            if temperature != 1.0:
+                panels = [("uncalibrated (temperature 1)", before), (f"temperature {temperature:.3f}", after)]
+                print(f"Calibration (temperature {temperature:.3f}, fitted on the validation split): "
+                      f"NLL {nll_before:.4f} -> {nll_after:.4f}, ECE {100 * before.ece:.2f} % -> {100 * after.ece:.2f} % "
+                      f"({N_BINS} bins)")
+            else:
+                panels = [("uncalibrated (temperature 1)", before)]
+                print(f"Calibration: none (temperature 1): NLL {nll_before:.4f}, ECE {100 * before.ece:.2f} % "
+                      f"({N_BINS} bins); `vdcnn-res calibrate --ckpt_path CKPT --data.valid FILE` fits a temperature")
+            print(f"Reliability diagram: {plot_reliability(panels, out_dir / 'reliability_test.png')}")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["input_ids"], batch["lengths"])
@@ -196,9 +261,42 @@ class VDCNNClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if getattr(self, "_diverged", None):  # e.g. ModelCheckpoint(save_on_exception=True): never save NaN weights
             raise UserError(self._diverged)
+        # The temperature fitted on these very weights' validation logits; other saves keep 1.
+        state = checkpoint.get("state_dict")
+        fitted = self.calibration is not None and self._calibration_step == checkpoint.get("global_step")
+        if fitted and isinstance(state, dict) and "model.temperature" in state:
+            state["model.temperature"] = torch.tensor(self.calibration.temperature, dtype=state["model.temperature"].dtype)
+            checkpoint["calibration"] = self.calibration.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
+        state = checkpoint.get("state_dict")
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and isinstance(state, dict) and "model.temperature" in state:
+            # Training always runs uncalibrated; the next validation fits a new temperature.
+            state["model.temperature"] = torch.ones_like(state["model.temperature"])
+
+    def on_fit_end(self) -> None:
+        """The in-memory model takes the temperature fitted on its own (final) weights, as last.ckpt
+        has; one line reports the temperature stored in the best checkpoint (or why there is none)."""
+        if self.calibration is not None and self._calibration_step == self.trainer.global_step:
+            with torch.no_grad():
+                self.model.temperature.fill_(self.calibration.temperature)
+        callback = self.trainer.checkpoint_callback
+        path = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not self.trainer.is_global_zero or not path:
+            return
+        try:  # mmap: only the small calibration entry is read, not the weights
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("calibration")
+        except (OSError, RuntimeError, ValueError, AttributeError):
+            return
+        if isinstance(saved, dict) and all(k in saved for k in _CALIBRATION_KEYS):
+            print(f"Calibration of the best checkpoint: {Calibration(**{k: saved[k] for k in _CALIBRATION_KEYS}).summary()}")
+        else:
+            print("Calibration of the best checkpoint: none (no validation logits at its step): temperature 1")
+
+
+_CALIBRATION_KEYS = ("temperature", "texts", "nll_before", "nll_after", "ece_before", "ece_after")
 
 
 def _check_class_weights(class_weights: Any, num_classes: int) -> list[float] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -80,3 +80,41 @@ def _draw(ax: plt.Axes, counts: torch.Tensor, rates: torch.Tensor, label_names: 
             for j in range(n):
                 ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 0.5 else "black")
+
+
+def plot_reliability(panels: Sequence[tuple[str, Any]], path: str | Path) -> Path:
+    """Save a reliability diagram as PNG: one panel per ``(title, ReliabilityBins)``.
+
+    Bars: each confidence bin's accuracy (bins without predictions are left out); the diagonal
+    is perfect calibration; hatched red: the gap between a bin's accuracy and its mean
+    confidence; the bin's share of the predictions is written on top of its bar.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, bins) in zip(axes[0], panels):
+        n, total = bins.n_bins, max(int(bins.counts.sum()), 1)
+        width = 1.0 / n
+        lefts = [k * width for k in range(n) if bins.counts[k] > 0]
+        used = [k for k in range(n) if bins.counts[k] > 0]
+        accuracy = [float(bins.accuracy[k]) for k in used]
+        confidence = [float(bins.confidence[k]) for k in used]
+        ax.bar(lefts, accuracy, width=width, align="edge", color="tab:blue", edgecolor="black", linewidth=0.5,
+               label="accuracy")
+        ax.bar(lefts, [abs(c - a) for a, c in zip(accuracy, confidence)], bottom=[min(a, c) for a, c in zip(accuracy, confidence)],
+               width=width, align="edge", facecolor="none", edgecolor="tab:red", hatch="////", linewidth=0.5,
+               label="gap to mean confidence")
+        for left, k in zip(lefts, used):
+            ax.text(left + width / 2, min(max(float(bins.accuracy[k]), float(bins.confidence[k])) + 0.02, 0.97),
+                    f"{100 * int(bins.counts[k]) / total:.0f}%", ha="center", va="bottom", fontsize=6)
+        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}\nECE {100 * bins.ece:.2f} % ({total} texts, {n} bins)", fontsize=10)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

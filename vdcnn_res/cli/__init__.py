@@ -3,6 +3,7 @@
     vdcnn-res fit|validate|test|predict ...   LightningCLI (cli/lightning.py): the config schema
     vdcnn-res export ...                      safe model files and ONNX, no Trainer (cli/export.py)
     vdcnn-res ablate ...                      depth x shortcut grids of fits (cli/ablate/)
+    vdcnn-res calibrate ...                   a checkpoint's temperature fitted on validation (cli/calibrate.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SUBCOMMANDS = {
     "serve": "vdcnn_res.cli.serve",
     "sweep": "vdcnn_res.cli.sweep",
     "explain": "vdcnn_res.cli.explain",
+    "calibrate": "vdcnn_res.cli.calibrate",
 }
 
 

@@ -1,0 +1,111 @@
+"""`vdcnn-res calibrate`: a temperature fitted on a validation split, written into the checkpoint; and
+`vdcnn-res test` reporting NLL/ECE before and after with a reliability diagram."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from fixtures.tiny import LABELS, REPO, SAMPLE, sample_texts
+from vdcnn_res import Predictor
+from vdcnn_res.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VALID = str(SAMPLE / "valid.csv")
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def overconfident(ckpt, tmp_path):
+    """The tiny checkpoint, uncalibrated, with its classifier's logits scaled by 30: an over-confident model."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    state = checkpoint["state_dict"]
+    for key in ("model.head.fc.weight", "model.head.fc.bias"):
+        state[key] = 30 * state[key]
+    state["model.temperature"] = torch.tensor(1.0)
+    checkpoint.pop("calibration", None)
+    path = tmp_path / "run" / "overconfident.ckpt"
+    path.parent.mkdir()
+    torch.save(checkpoint, path)
+    return path
+
+
+def _valid_nll(predictor: Predictor) -> float:
+    texts, labels = sample_texts("valid")
+    probs = predictor.predict_proba(texts)
+    truth = np.array([LABELS.index(label) for label in labels])
+    return float(-np.log(probs[np.arange(len(truth)), truth]).mean())
+
+
+def test_without_a_validation_split_it_is_one_line_and_nothing_is_written(overconfident, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = _digest(overconfident)
+    code, err = run_cli(["calibrate", "--ckpt_path", overconfident, "--trainer.enable_progress_bar=false"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("vdcnn-res: error: calibrate: no validation texts to fit the temperature on; give the split with --data.valid")
+    assert _digest(overconfident) == before
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["run", "run/overconfident.ckpt"]
+
+
+def test_calibrate_lowers_the_validation_nll_of_an_overconfident_model(overconfident, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = _digest(overconfident)
+    out = tmp_path / "calibrated.ckpt"
+    main(["calibrate", "--ckpt_path", str(overconfident), "--data.valid", VALID, "--out", str(out),
+          "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert _digest(overconfident) == before  # --out: the source stays as it was
+    saved = torch.load(out, weights_only=True)
+    temperature = float(saved["state_dict"]["model.temperature"])
+    assert temperature > 2  # the logits were scaled by 30
+    assert saved["calibration"]["temperature"] == pytest.approx(temperature)
+    assert saved["calibration"]["texts"] == 400 and saved["calibration"]["nll_after"] < saved["calibration"]["nll_before"]
+    assert f"temperature {temperature:.3f}" in printed and f"Written to {out}" in printed
+
+    hot, cool = Predictor.from_checkpoint(overconfident, bf16=False), Predictor.from_checkpoint(out, bf16=False)
+    assert cool.temperature == pytest.approx(temperature)
+    assert _valid_nll(cool) < _valid_nll(hot) - 0.1
+    assert _valid_nll(cool) == pytest.approx(saved["calibration"]["nll_after"], abs=1e-4)  # Predictor = Trainer in fp32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibrated.ckpt", "run"]  # no logs, no config.yaml
+
+    # test: NLL and ECE before -> after, the reliability diagram beside the confusion matrix
+    main(["test", "--ckpt_path", str(out), "--data.test", str(SAMPLE / "test.csv"), "--trainer.limit_test_batches=4",
+          "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"Calibration (temperature {temperature:.3f}, fitted on the validation split): NLL " in printed
+    outputs = tmp_path / "test" / "calibrated"
+    assert (outputs / "confusion_matrix_test.png").is_file()
+    assert (outputs / "reliability_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrate_in_place_replaces_the_checkpoint_atomically(overconfident, capsys):
+    main(["calibrate", "--ckpt_path", str(overconfident), "--data.valid", VALID, "--trainer.limit_val_batches=3",
+          "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert float(torch.load(overconfident, weights_only=True)["state_dict"]["model.temperature"]) > 1
+    assert sorted(p.name for p in overconfident.parent.iterdir()) == ["overconfident.ckpt"]  # no temporary file left
+    assert "Written to" in capsys.readouterr().out
+
+
+def test_an_existing_out_file_is_refused_before_anything_runs(overconfident, tmp_path, capsys):
+    taken = tmp_path / "taken.ckpt"
+    taken.write_bytes(b"mine")
+    code, err = run_cli(["calibrate", "--ckpt_path", overconfident, "--data.valid", VALID, "--out", taken], capsys)
+    assert code == 2 and err == [f"vdcnn-res: error: --out {str(taken)!r} exists; choose another path or pass --overwrite"]
+    assert taken.read_bytes() == b"mine"
+
+
+def test_an_uncalibrated_checkpoint_says_so_in_test(overconfident, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    main(["test", "--ckpt_path", str(overconfident), "--data.test", str(SAMPLE / "test.csv"),
+          "--trainer.limit_test_batches=2", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Calibration: none (temperature 1): NLL " in printed and "vdcnn-res calibrate" in printed
+    assert (overconfident.parent / "test" / "overconfident" / "reliability_test.png").is_file()

@@ -101,3 +101,28 @@ def test_updates_are_fused_on_cpu_and_skipped_where_unsupported():
 def test_bad_settings_name_the_field(kwargs, words):
     with pytest.raises(ValueError, match=words):
         OptimConfig(**kwargs)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "step", "constant"])
+def test_ngram_bag_trains_at_its_own_lr(schedule):
+    from vdcnn_res import VDCNN, ModelConfig
+
+    model = VDCNN(ModelConfig(num_classes=3, depth=9, channels=(4, 4, 4, 4), hidden_size=8, ngram_orders=(1, 2), ngram_buckets=64, ngram_dim=4))
+    cfg = OptimConfig(lr=1e-3, ngram_lr_scale=10.0, schedule=schedule)
+    opt = build_optimizer(model, cfg)
+    build_scheduler(opt, cfg, 100)
+    bag = {id(p) for n, p in model.named_parameters() if n.startswith(("ngrams.", "ngram_head."))}
+    assert bag  # the model has a bag, and every parameter is in exactly one group
+    assert sorted(id(p) for g in opt.param_groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    key = {"onecycle": "max_lr", "constant": "lr"}.get(schedule, "initial_lr")  # the peak each group starts from
+    assert opt.param_groups[0][key] == pytest.approx(1e-3)
+    for group in opt.param_groups:
+        in_bag = {id(p) in bag for p in group["params"]}
+        assert len(in_bag) == 1
+        assert group[key] / 1e-3 == pytest.approx(10.0 if in_bag.pop() else 1.0)
+    assert OptimConfig(ngram_lr_scale=1.0) and len(parameter_groups(model, 0.05, 1e-3, 1.0)) == 2
+
+
+def test_ngram_lr_scale_must_be_positive():
+    with pytest.raises(ValueError, match="ngram_lr_scale"):
+        OptimConfig(ngram_lr_scale=0)

@@ -85,6 +85,7 @@ class ModelConfig:
     ngram_orders: tuple[int, ...] = ()
     ngram_buckets: int = 262144  # rows of the n-gram embedding table (hash collisions share a row)
     ngram_dim: int = 64  # width of the n-gram embedding
+    ngram_dropout: float = 0.5  # dropout on the mean n-gram embedding (fastText-style bags memorise without it)
 
     def __post_init__(self) -> None:
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
@@ -105,8 +106,9 @@ class ModelConfig:
             raise UserError(f"hidden_size must be >= 0 (0 = no hidden layers), got {self.hidden_size}")
         if self.head not in HEAD_TYPES:
             raise UserError(f"unknown head {self.head!r}; valid choices: {list(HEAD_TYPES)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "ngram_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.head_norm not in HEAD_NORM_TYPES:
             raise UserError(f"unknown head_norm {self.head_norm!r}; valid choices: {list(HEAD_NORM_TYPES)}")
         if self.block not in BLOCK_TYPES:

@@ -181,7 +181,7 @@ class VDCNN(nn.Module):
         # Optional bag of hashed n-grams with its own linear classifier; its logits are added.
         self.ngrams = HashedNGramBag(c.ngram_orders, c.ngram_buckets, c.ngram_dim) if c.ngram_orders else None
         self.ngram_head = (
-            nn.Sequential(OrderedDict(drop=nn.Dropout(c.dropout), fc=nn.Linear(c.ngram_dim, c.num_classes)))
+            nn.Sequential(OrderedDict(drop=nn.Dropout(c.ngram_dropout), fc=nn.Linear(c.ngram_dim, c.num_classes)))
             if c.ngram_orders
             else None
         )

@@ -38,6 +38,10 @@ class OptimConfig:
     step_epochs: int = 3  # "step": multiply the lr by step_gamma every this many epochs
     step_gamma: float = 0.5  # "step": 0.5 halves the lr, as in the paper
     warmup_fraction: float = 0.05  # "cosine": share of all optimizer steps spent warming up
+    # The n-gram bag (model.arch.ngram_orders) trains at lr x this: each of its rows gets a share
+    # of a mean over hundreds of n-grams and appears in few texts, so at the CNN's lr it learns
+    # slowly (docs/results.md §7).
+    ngram_lr_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -53,20 +57,32 @@ class OptimConfig:
             raise UserError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
             raise UserError("optim.step_epochs must be >= 1 and optim.step_gamma in (0, 1]")
+        if isinstance(self.ngram_lr_scale, bool) or not self.ngram_lr_scale > 0:
+            raise UserError(f"optim.ngram_lr_scale must be a positive number, got {self.ngram_lr_scale!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise UserError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split parameters so weight decay skips biases and normalization weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+# Where the network keeps its n-gram bag (model/network.py); these train at lr x ngram_lr_scale.
+NGRAM_PREFIXES = ("ngrams.", "ngram_head.")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None, ngram_lr_scale: float = 1.0) -> list[dict]:
+    """Split parameters so weight decay skips biases and normalization weights (1-D tensors);
+    with ``lr`` given, the n-gram bag's parameters get their own groups at ``lr * ngram_lr_scale``."""
+    split = lr is not None and ngram_lr_scale != 1.0
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+            bag = split and name.startswith(NGRAM_PREFIXES)
+            groups.setdefault((bag, param.ndim > 1), []).append(param)
+    out = [{"params": groups.get((False, True), []), "weight_decay": weight_decay}]
+    if groups.get((False, False)):
+        out.append({"params": groups[(False, False)], "weight_decay": 0.0})
+    for decay in (True, False):
+        if groups.get((True, decay)):
+            out.append({"params": groups[(True, decay)], "weight_decay": weight_decay if decay else 0.0, "lr": lr * ngram_lr_scale})
+    return out
 
 
 def _can_fuse(model: nn.Module) -> bool:
@@ -90,7 +106,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     """Build the optimizer, fused where the device allows it (benchmarks/bench.py: the fused
     AdamW update is a measurable share of a CPU training step)."""
     _require_number(cfg)
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.weight_decay, cfg.lr, cfg.ngram_lr_scale)
     fused = _can_fuse(model) or None
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
@@ -109,7 +125,9 @@ def build_scheduler(
         return {"scheduler": sched, "interval": "epoch"}
     total_steps = max(1, int(total_steps))
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps
+        )
         return {"scheduler": sched, "interval": "step"}
     warmup = int(cfg.warmup_fraction * total_steps)
 

@@ -56,6 +56,9 @@ __all__ = ["VDCNNCLI", "build_cli", "default_precision", "silence_foreign_noise"
 # at the latest after MAX_EPOCHS (the length of the cosine schedule). Configs may override both.
 MAX_EPOCHS = 20
 PATIENCE = 4
+# The text recipe's bag of hashed character n-grams next to the CNN (docs/results.md §7): fit on
+# text uses it unless a config says `model.arch.ngram_orders: []` (the pure CNN: paper, ablation).
+TEXT_NGRAMS = {"model.arch.ngram_orders": [1, 2, 3, 4, 5], "model.arch.ngram_buckets": 65536}
 
 # ckpt_path values Lightning resolves itself to checkpoints of this run, not paths.
 # ("last" and "best" are resolved here, to earlier runs: see _resolve_last and _resolve_best.)
@@ -285,6 +288,8 @@ class VDCNNCLI(LightningCLI):
                 "epoch_summary": {"class_path": "vdcnn_res.training.progress.EpochSummary"},
             }
         )
+        if self.data_kind == "text":
+            parser.set_defaults(TEXT_NGRAMS)
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(LRRangeTest, "lr_finder")  # model.optim.lr=auto: a range test before fit
 

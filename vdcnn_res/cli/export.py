@@ -1,6 +1,6 @@
-"""`vdcnn-res export`: a checkpoint as safe model files (safetensors + JSON) and optionally ONNX.
+"""`vdcnn-res export`: a checkpoint as safe model files (safetensors + JSON), optionally ONNX and int8 ONNX.
 
-    vdcnn-res export --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt --out_dir exports/agnews [--onnx]
+    vdcnn-res export --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt --out_dir exports/agnews [--onnx] [--int8]
 """
 
 from __future__ import annotations
@@ -11,25 +11,66 @@ import os
 from pathlib import Path
 
 from vdcnn_res.errors import UserError
-from vdcnn_res.inference.model_files import ONNX_FILE, read_checkpoint, write_pretrained
+from vdcnn_res.inference.model_files import ONNX_FILE, load_checkpoint_safely, read_checkpoint, write_pretrained
 from vdcnn_res.inference.onnx import export_onnx, require_onnx
+from vdcnn_res.inference.quantize import CALIBRATION_TEXTS, INT8_ONNX_FILE, Int8Session, agreement, quantize_model, require_onnxruntime
 
-__all__ = ["export_checkpoint", "main"]
+__all__ = ["calibration_texts", "export_checkpoint", "main"]
+
+_DATA_KEYS = ("text_columns", "column_names", "label_column", "file_format", "text_separator")
+
+
+def calibration_texts(ckpt_path: str | os.PathLike[str], path: str | None, n: int) -> list[str]:
+    """`n` texts spread evenly over a file (default: the checkpoint's training file), read with the
+    checkpoint's column settings, for int8 calibration."""
+    from vdcnn_res.cli.explain import read_texts
+
+    settings = dict(load_checkpoint_safely(ckpt_path).get("datamodule_hyper_parameters") or {})
+    if path is None:
+        path = settings.get("train")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise UserError(
+                f"--int8 needs calibration texts: the checkpoint's training file {path!r} is not here; "
+                "pass --calibration path/to/train.csv (a few hundred real texts are enough)"
+            )
+    texts = read_texts(path, {k: settings.get(k) for k in _DATA_KEYS}, limit=10**9)
+    step = max(1, len(texts) // n)
+    return texts[::step][:n]
 
 
 def export_checkpoint(
-    ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], onnx: bool = False, overwrite: bool = False
+    ckpt_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    onnx: bool = False,
+    overwrite: bool = False,
+    int8: bool = False,
+    calibration: str | None = None,
+    calibration_size: int = CALIBRATION_TEXTS,
 ) -> list[Path]:
-    """Checkpoint -> exported folder (+ model.onnx); returns the written paths."""
+    """Checkpoint -> exported folder (+ model.onnx, + model.int8.onnx); returns the written paths."""
     loaded = read_checkpoint(ckpt_path)
-    onnx_path = Path(out_dir) / ONNX_FILE
+    targets = ([Path(out_dir) / ONNX_FILE] if onnx else []) + ([Path(out_dir) / INT8_ONNX_FILE] if int8 else [])
     if onnx:  # before anything is written
         require_onnx()
-        if onnx_path.exists() and not overwrite:
-            raise UserError(f"{str(onnx_path)!r} exists; choose another --out_dir or pass --overwrite")
+    texts: list[str] = []
+    if int8:
+        require_onnxruntime()
+        if loaded.model.config.input_channels:
+            raise UserError("--int8 is for text models; a series model predicts in float (export it without --int8)")
+        if calibration_size < 1:
+            raise UserError(f"--calibration_texts must be >= 1, got {calibration_size}")
+        texts = calibration_texts(ckpt_path, calibration, calibration_size)
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise UserError(f"{str(target)!r} exists; choose another --out_dir or pass --overwrite")
     paths = write_pretrained(out_dir, loaded.model, loaded.tokenizer, loaded.label_names, loaded.max_length, overwrite)
     if onnx:
-        paths.append(export_onnx(loaded.model, onnx_path))
+        paths.append(export_onnx(loaded.model, Path(out_dir) / ONNX_FILE))
+    if int8:
+        path = quantize_model(loaded.model, loaded.tokenizer, loaded.max_length, texts, Path(out_dir) / INT8_ONNX_FILE)
+        share = agreement(loaded.model.eval(), Int8Session(path), loaded.tokenizer, loaded.max_length, texts)
+        print(f"int8: calibrated on {len(texts)} texts; its top class equals float's on {100 * share:.1f} % of them")
+        paths.append(path)
     return paths
 
 
@@ -38,14 +79,26 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="vdcnn-res export",
         description="Write a checkpoint as safe model files: model.safetensors, config.json, tokenizer.json "
-        "(and model.onnx with --onnx). Load them with Predictor.from_pretrained(out_dir).",
+        "(and model.onnx with --onnx, model.int8.onnx with --int8). Load them with Predictor.from_pretrained(out_dir).",
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `vdcnn-res fit`")
     parser.add_argument("--out_dir", required=True, help="folder to write (created if needed)")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs the onnx extra)")
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also write model.int8.onnx, int8 CPU inference with ONNX Runtime (Predictor.from_pretrained(dir, int8=True))",
+    )
+    parser.add_argument("--calibration", help="texts for --int8's activation ranges (default: the checkpoint's training file)")
+    parser.add_argument("--calibration_texts", type=int, default=CALIBRATION_TEXTS,
+                        help=f"how many texts of it, spread over the file (default {CALIBRATION_TEXTS})")
     parser.add_argument("--overwrite", action="store_true", help="replace model files already in out_dir")
     args = parser.parse_args(argv)
-    paths = export_checkpoint(args.ckpt_path, args.out_dir, onnx=args.onnx, overwrite=args.overwrite)
+    if (args.calibration or args.calibration_texts != CALIBRATION_TEXTS) and not args.int8:
+        raise UserError("--calibration and --calibration_texts only apply with --int8")
+    paths = export_checkpoint(
+        args.ckpt_path, args.out_dir, onnx=args.onnx, overwrite=args.overwrite,
+        int8=args.int8, calibration=args.calibration, calibration_size=args.calibration_texts,
+    )
     size = sum(p.stat().st_size for p in paths)
     print(f"Exported {args.ckpt_path} to {args.out_dir} ({math.ceil(size / 1e6)} MB):")
     for p in paths:

@@ -85,6 +85,7 @@ def test_ablation_end_to_end_writes_tables_and_figure_and_resumes(tmp_path, caps
         assert 0 <= float(r["test_err"]) <= 100 and int(r["params"]) > 0
     assert int(first[1]["params"]) > int(first[0]["params"])  # shortcut on adds the projections
     assert "--early_stopping=null" in first[0]["fit_args"]  # the same budget for every cell
+    assert "--model.arch.ngram_orders=[]" in first[0]["fit_args"]  # the shortcut is measured on the CNN alone
     md = (out / "results.md").read_text()
     assert "d9_res_maxpool_seed42" in md and "vdcnn-res ablate" in md
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

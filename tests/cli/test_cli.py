@@ -45,6 +45,9 @@ def test_every_config_parses(config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["train"] or printed["data"]["hub_dataset"], "no training data named"
     assert printed["model"]["arch"]["depth"] in VARIANTS
+    # The text recipe adds the n-gram bag; the paper, the ablation and series models are the CNN alone.
+    pure = config.parent.name in ("paper", "ablation", "series")
+    assert printed["model"]["arch"]["ngram_orders"] == ([] if pure else [1, 2, 3, 4, 5])
 
 
 def test_configs_do_not_type_derived_values():

@@ -149,6 +149,10 @@ def _bool(text: str) -> bool:
 # epochs) and prints the recorder's per-epoch line, which names the cell (workers interleave), instead
 # of the CLI's own. Arguments after `--` come later and may turn either back on.
 CELL_DEFAULTS = ["--early_stopping=null", "--epoch_summary=null"]
+# The shortcut's effect is measured on the CNN alone: fit's text default adds an n-gram bag, which
+# would carry part of every cell's accuracy. This comes before the configs, so a config (or
+# `-- --model.arch.ngram_orders=[1,2,3]`) that asks for the bag gets it.
+PURE_CNN = ["--model.arch.ngram_orders=[]"]
 
 
 def main(argv: list[str]) -> None:
@@ -171,7 +175,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed (model init and data order)")
     parsed = parse_command(parser, "ablate", argv)
     args, command = parsed.args, parsed.command
-    base = parsed.base_args(parser, CELL_DEFAULTS)
+    base = PURE_CNN + parsed.base_args(parser, CELL_DEFAULTS)
     limit = budget_args(args)
     cells = build_cells(args.depths, args.layouts, args.shortcut, args.downsampling, args.seeds)
     out = Path(args.out_dir)

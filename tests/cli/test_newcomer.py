@@ -23,7 +23,7 @@ from vdcnn_res.cli.lightning import MAX_EPOCHS, PATIENCE, _resolve_best, build_c
 from vdcnn_res.errors import UserError
 from vdcnn_res.training.progress import EpochSummary
 
-SMALL_MODEL = ["--model.arch.channels=[8, 8, 16, 16]", "--model.arch.hidden_size=16"]
+SMALL_MODEL = ["--model.arch.channels=[8, 8, 16, 16]", "--model.arch.hidden_size=16", "--model.arch.ngram_buckets=256"]
 SHORT = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread", "in_repo")

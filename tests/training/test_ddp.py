@@ -20,7 +20,7 @@ def cli(tmp_path: Path, subcommand: str, devices: int, *extra: str) -> dict[int,
     args = [
         sys.executable, "-m", "vdcnn_res.cli", subcommand,
         "--config", "configs/quickstart.yaml",
-        "--model.arch.channels=[8, 8, 16, 16]", "--model.arch.hidden_size=16",
+        "--model.arch.channels=[8, 8, 16, 16]", "--model.arch.hidden_size=16", "--model.arch.ngram_buckets=256",
         "--data.max_length=128", "--data.batch_size=32",
         "--model.arch.shortcut=false",  # no projection modules: DDP must not see unused parameters
         "--trainer.accelerator=cpu", f"--trainer.devices={devices}",

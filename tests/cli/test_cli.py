@@ -129,3 +129,15 @@ def test_the_packages_own_warnings_print_as_one_line(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "vdcnn-res: warning: the train split has 1 label(s) with surrounding whitespace"
     assert "pytest" in err[1] and "UserWarning: foreign" in err[1]  # other packages' warnings keep their form
+
+
+@pytest.mark.parametrize("which", ["tiny", "legacy_0_1_0"])
+def test_test_takes_the_architecture_from_the_checkpoint(which, ckpt, tmp_path, capsys):
+    """No model flags: the network's shape (the tiny widths; no n-gram bag in a 0.1.0 checkpoint,
+    though fit's text default has one now) comes from the checkpoint, not from fit's defaults."""
+    path = ckpt if which == "tiny" else REPO / "tests" / "fixtures" / "legacy_0_1_0" / "tiny.ckpt"
+    copy = tmp_path / "model.ckpt"
+    copy.write_bytes(Path(path).read_bytes())
+    run("test", "--ckpt_path", copy, "--data.test", "data/ag_news_sample/test.csv", "--trainer.limit_test_batches=1",
+        "--trainer.enable_progress_bar=false")
+    assert "Test error:" in capsys.readouterr().out

@@ -23,6 +23,7 @@ accuracy with a patience, capped at `trainer.max_epochs`; the cosine schedule sp
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -45,6 +46,7 @@ from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import load_checkpoint_safely
 from vdcnn_res.inference.predictor import native_bf16
 from vdcnn_res.inference.writer import PredictionWriter
+from vdcnn_res.model.config import ModelConfig
 from vdcnn_res.training.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast
 from vdcnn_res.training.lr_finder import LRRangeTest
 from vdcnn_res.training.module import VDCNNClassifier
@@ -73,6 +75,8 @@ _NOT_FROM_CHECKPOINT = frozenset(
 _DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state_dict() in a checkpoint
 _SERIES_STATE_KEY = "SeriesDataModule"  # ... and SeriesDataModule.state_dict()
 DATA_KINDS = ("text", "series")
+# model.arch keys the data module links in at instantiation (from the checkpoint's data state for eval).
+_LINKED_ARCH = frozenset({"num_classes", "vocab_size", "padding_idx", "input_channels"})
 _DERIVED_HELP = {
     "model.arch.num_classes": "number of classes: linked from data.num_classes, never typed",
     "model.arch.vocab_size": "embedding rows: linked from the data module's tokenizer, never typed",
@@ -335,6 +339,7 @@ class VDCNNCLI(LightningCLI):
                         )
                     self._checkpoint = checkpoint
                     self._data_from_checkpoint(config, subcommand, checkpoint)
+                    self._arch_from_checkpoint(config, subcommand, checkpoint)
 
     def _data_from_checkpoint(self, config: Any, subcommand: str, checkpoint: dict[str, Any]) -> None:
         """Data settings the user did not set come from the checkpoint (max_length, columns, labels, ...).
@@ -357,6 +362,23 @@ class VDCNNCLI(LightningCLI):
                 config[f"data.{key}"] = value
         if subcommand in ("test", "predict"):
             config["data.train"] = config["data.valid"] = None
+
+    def _arch_from_checkpoint(self, config: Any, subcommand: str, checkpoint: dict[str, Any]) -> None:
+        """The network's shape comes from the checkpoint: every `model.arch` key the user did not
+        set takes the checkpoint's value, or ModelConfig's default for a key the checkpoint predates
+        (older checkpoints have no n-gram bag, whatever fit's text default is now)."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("arch")
+        if not isinstance(saved, dict):
+            return
+        defaults = self._parser(subcommand).get_defaults()
+        for field in dataclasses.fields(ModelConfig):
+            key = f"model.arch.{field.name}"
+            if field.name in _LINKED_ARCH or key not in defaults or config.get(key) != defaults.get(key):
+                continue
+            if field.name not in saved and field.default is dataclasses.MISSING:
+                continue
+            value = saved[field.name] if field.name in saved else field.default
+            config[key] = list(value) if isinstance(value, tuple) else value
 
     def before_instantiate_classes(self) -> None:
         """Give the data module the checkpoint's tokenizer (series: channel count) and label names as

@@ -14,6 +14,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from vdcnn_res.model import ModelConfig
 from vdcnn_res.training.calibration import (
     N_BINS,
+    T_MAX,
     T_MIN,
     LogitCollector,
     calibrate,
@@ -98,11 +99,16 @@ def test_fit_is_a_minimum_also_far_from_the_start():
     assert nll(12 * logits, labels, fitted) <= nll(12 * logits, labels, best) + 1e-9
 
 
-def test_a_perfectly_classified_split_stops_at_the_lower_bound():
-    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
-    result = calibrate(logits, torch.tensor([0, 1, 0]))
-    assert result.temperature == pytest.approx(T_MIN) and result.at_bound
-    assert "search bound" in result.summary()
+def test_an_optimum_at_a_bound_is_refused():
+    """All right with a margin: the NLL falls as T -> 0; at chance it falls as T grows. Neither is a temperature."""
+    perfect, labels = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0]]), torch.tensor([0, 1, 0])
+    assert fit_temperature(perfect, labels) == pytest.approx(T_MIN)
+    with pytest.raises(ValueError, match=r"lowest at the search bound T = 0.05 \(every text is classified right"):
+        calibrate(perfect, labels)
+    chance = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert fit_temperature(chance, torch.tensor([0, 1, 0, 1])) == pytest.approx(T_MAX)
+    with pytest.raises(ValueError, match="no better than chance"):
+        calibrate(chance, torch.tensor([0, 1, 0, 1]))
 
 
 @pytest.mark.parametrize(

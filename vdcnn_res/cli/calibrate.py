@@ -78,6 +78,8 @@ def main(argv: list[str]) -> None:
         cli = build_cli(["validate", "--ckpt_path", args.ckpt_path, *rest, f"--trainer.logger={json.dumps(logger)}"])
     ckpt_path = Path(cli.config["validate"]["ckpt_path"])  # best / last resolved
     calibration = cli.model.calibration
+    if calibration is None and cli.model.calibration_error is not None:
+        raise UserError(f"calibrate: {cli.model.calibration_error}; {str(ckpt_path)!r} is unchanged")
     if calibration is None:
         raise UserError(
             f"calibrate: no validation texts to fit the temperature on; give the split with --data.valid FILE "

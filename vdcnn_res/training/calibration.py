@@ -7,8 +7,10 @@ uncalibrated), so checkpoints, exported folders and the ONNX graph carry it.
 
 The NLL of ``logits * b`` is convex in ``b = 1 / T`` (a log-sum-exp minus a linear term), so a
 golden-section search over log T in ``[T_MIN, T_MAX]`` finds the optimum of this one-dimensional
-problem without a learning rate, and cannot run off to T -> 0 on a validation split that the
-model classifies perfectly (where the NLL keeps falling as T shrinks).
+problem without a learning rate. An optimum at a bound is refused rather than used: on a split
+the model classifies entirely right with a margin the NLL keeps falling as T -> 0 (a T that
+small would make every later mistake near-certain), and for a model at chance it keeps falling
+as T grows; neither says anything about the right temperature.
 
 ECE (expected calibration error): confidences (the top probability) fall into ``n_bins``
 equal-width bins ``[k/n, (k+1)/n)`` (a confidence of exactly 1 into the last); ECE is the
@@ -136,28 +138,32 @@ class Calibration:
     ece_before: float
     ece_after: float
 
-    @property
-    def at_bound(self) -> bool:
-        """True when the search stopped at T_MIN or T_MAX (e.g. a small split classified perfectly)."""
-        return not T_MIN * 1.001 < self.temperature < T_MAX / 1.001
-
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers, for checkpoints (they load with torch.load(weights_only=True))."""
         return {**asdict(self), "n_bins": N_BINS}
 
     def summary(self, split: str = "validation") -> str:
         """One line: the temperature, on how many texts, NLL and ECE before -> after."""
-        bound = f" (at the search bound: the {split} split gives little to fit on)" if self.at_bound else ""
         return (
-            f"temperature {self.temperature:.3f}{bound} fitted on {self.texts} {split} texts: "
+            f"temperature {self.temperature:.3f} fitted on {self.texts} {split} texts: "
             f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
             f"ECE {100 * self.ece_before:.2f} % -> {100 * self.ece_after:.2f} %"
         )
 
 
 def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
-    """Fit T on uncalibrated ``logits`` (N, C) and measure NLL and ECE before and after."""
+    """Fit T on uncalibrated ``logits`` (N, C) and measure NLL and ECE before and after.
+
+    Raises ValueError when there is nothing sound to fit: no or non-finite logits, or an NLL
+    minimum at a bound of the search (see the module docstring).
+    """
     temperature = fit_temperature(logits, labels)
+    if not T_MIN * 1.001 < temperature < T_MAX / 1.001:
+        why = "every text is classified right with a margin" if temperature < 1 else "the predictions are no better than chance"
+        raise ValueError(
+            f"the NLL of these {len(labels)} texts is lowest at the search bound T = {temperature:g} ({why}), "
+            "which says nothing about the right temperature"
+        )
     z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
     return Calibration(
         temperature=temperature,

@@ -95,7 +95,9 @@ class VDCNNClassifier(pl.LightningModule):
         self.val_logits = LogitCollector()
         self.test_logits = LogitCollector()
         self.calibration: Calibration | None = None  # fitted at the latest validation ...
+        self.calibration_error: str | None = None  # ... or why none could be
         self._calibration_step: int | None = None  # ... which ran at this global step
+        self._calibration_warned = False
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, lengths)  # (B, num_classes) logits
@@ -104,6 +106,7 @@ class VDCNNClassifier(pl.LightningModule):
         if stage == "fit":
             with torch.no_grad():  # training runs uncalibrated, also for a module fitted before in this process
                 self.model.temperature.fill_(1.0)
+            self._calibration_warned = False
         if stage == "fit" and self.hparams.get("class_weights") == "balanced":
             counts = getattr(self.trainer.datamodule, "class_counts", None)
             if counts is None:
@@ -150,7 +153,7 @@ class VDCNNClassifier(pl.LightningModule):
         self.log("val/f1_macro", self.val_f1)
 
     def on_validation_epoch_end(self) -> None:
-        """Fit a temperature on this validation's logits (one 1-D search, milliseconds); checkpoints
+        """Fit a temperature on this validation's logits (a 1-D search, well under a second); checkpoints
         saved at this step store it (on_save_checkpoint). A failed fit leaves them uncalibrated."""
         collector = self.val_logits
         if self.trainer.sanity_checking or not collector.update_called:
@@ -160,13 +163,15 @@ class VDCNNClassifier(pl.LightningModule):
         collector.reset()
         self._calibration_step = self.trainer.global_step
         try:
-            self.calibration = calibrate(logits, labels)
+            self.calibration, self.calibration_error = calibrate(logits, labels), None
         except ValueError as err:
-            self.calibration = None
-            if self.trainer.is_global_zero:
+            self.calibration, self.calibration_error = None, str(err)
+            fitting = self.trainer.state.fn == TrainerFn.FITTING  # `vdcnn-res calibrate` reports it as its error
+            if fitting and self.trainer.is_global_zero and not self._calibration_warned:
+                self._calibration_warned = True  # once per run: the same split gives the same reason
                 warnings.warn(
-                    f"no temperature fitted at step {self.trainer.global_step} ({err}); "
-                    "checkpoints of this step keep temperature 1 (uncalibrated)",
+                    f"no temperature fitted at step {self.trainer.global_step}: {err}; "
+                    "checkpoints saved at such validations keep temperature 1 (uncalibrated)",
                     stacklevel=1,
                 )
 

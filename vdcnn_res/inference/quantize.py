@@ -11,11 +11,11 @@ pre-processing; the k-max head's sort, the padding masks and the softmax stay fl
 
 Why this and not the alternatives (docs/performance.md has the numbers, on an AG News model):
 - torch's dynamic quantization (`torch.ao.quantization.quantize_dynamic`) converts only
-  ``nn.Linear``: the head holds ~88 % of the depth-9 network's parameters but a few percent of its
+  ``nn.Linear``: the head holds most of the depth-9 network's parameters but a small share of its
   FLOPs, so it barely speeds anything up, and that API is deprecated in favour of torchao;
 - ONNX Runtime's *dynamic* quantization of every op turns the convolutions into ConvInteger,
-  which was slower than float; restricted to MatMul/Gemm it is faster than float but slower than
-  the static graph, whose QLinearConv kernels are the ones ONNX Runtime optimises.
+  which was slower than float; restricted to MatMul/Gemm it was slower than the static graph,
+  whose QLinearConv kernels are the ones ONNX Runtime optimises.
 Static quantization needs calibration texts: the training texts are the natural ones.
 """
 
@@ -40,7 +40,7 @@ from vdcnn_res.model import VDCNN
 __all__ = ["CALIBRATION_TEXTS", "INT8_ONNX_FILE", "Int8Session", "agreement", "quantize_model", "require_onnxruntime"]
 
 INT8_ONNX_FILE = "model.int8.onnx"
-CALIBRATION_TEXTS = 256  # texts whose activations set the uint8 ranges
+CALIBRATION_TEXTS = 1024  # texts whose activations set the uint8 ranges (fewer left accuracy less stable: docs/performance.md)
 
 
 def require_onnxruntime() -> None:

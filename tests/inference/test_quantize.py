@@ -52,12 +52,13 @@ def test_int8_predictor_agrees_with_float(exported) -> None:
     assert isinstance(predictor.int8, Int8Session)
     probs = predictor.predict_proba(texts)
     assert probs.shape == float_probs.shape and np.allclose(probs.sum(1), 1, atol=1e-5)
-    # a 3-step model is near uniform (top-2 margins ~1e-3), so compare probabilities, not labels;
-    # the accuracy of a trained model is measured in docs/performance.md
-    assert np.abs(probs - float_probs).max() < 0.01
+    # a 3-step model of 8-16 channels: compare probabilities, not labels (its top-2 margins can be
+    # tiny); the accuracy of a trained model against float is measured in docs/performance.md
+    assert np.abs(probs - float_probs).max() < 0.1
     assert not np.allclose(probs, float_probs, atol=1e-6)  # it really ran the int8 graph
     one = predictor.predict(texts[3], top_k=2)  # the rest of the API goes through the same path
-    assert one["label"] == predictor.label_names[int(probs[3].argmax())]
+    alone = predictor.predict_proba([texts[3]])[0]  # (padded to its own length, as predict pads it)
+    assert one["label"] == predictor.label_names[int(alone.argmax())] and one["probability"] == pytest.approx(float(alone.max()))
 
 
 def test_use_int8_in_memory_matches_the_exported_file(exported) -> None:

@@ -6,8 +6,8 @@ import torch
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import HashedNGramBag, ModelConfig, create_model, list_models
 
-SMALL = dict(num_classes=5, channels=(8, 8, 16, 16), hidden_size=16, embedding_dim=8)
-NGRAMS = dict(ngram_orders=(1, 2, 3), ngram_buckets=997, ngram_dim=6)
+SMALL = {"num_classes": 5, "channels": (8, 8, 16, 16), "hidden_size": 16, "embedding_dim": 8}
+NGRAMS = {"ngram_orders": (1, 2, 3), "ngram_buckets": 997, "ngram_dim": 6}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,6 +36,62 @@ def _rows(bag: HashedNGramBag, ids: list[int]) -> list[int]:
                 h = (h * P + t) % Q
             rows.append((h + n * OFFSET) % bag.buckets)
     return rows
+
+
+def _bag_as_first_written(bag: HashedNGramBag, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The bag's forward before `ngram_rows` was split out of it, verbatim: the reference it must still equal."""
+    B, L = input_ids.shape
+    ids = input_ids.long()
+    total = bag.embedding.weight.new_zeros(B, bag.embedding.embedding_dim)
+    count = lengths.new_zeros(B)
+    h = torch.zeros_like(ids)
+    for n in range(1, bag.orders[-1] + 1):
+        if n > L:
+            break
+        h = torch.remainder(h[:, : L - n + 1] * 1_000_003 + ids[:, n - 1 :], 2_147_483_647)
+        if n not in bag.orders:
+            continue
+        valid = torch.arange(L - n + 1, device=ids.device)[None, :] < (lengths - n + 1)[:, None]
+        rows = torch.remainder(h + n * 0x9E3779B1, bag.buckets)
+        total = total + (bag.embedding(rows) * valid.unsqueeze(-1)).sum(dim=1)
+        count = count + valid.sum(dim=1)
+    return total / count.clamp(min=1).unsqueeze(-1).to(total.dtype)
+
+
+@pytest.mark.parametrize("orders", [(1,), (2, 4), (1, 2, 3, 4, 5), (3, 5), (6,)])
+@pytest.mark.parametrize("length", [1, 2, 4, 5, 9, 40])
+def test_forward_is_bit_for_bit_the_first_formula(orders, length):
+    """Random ids (padding id 0 included, also inside texts) and lengths from 0 to the padded
+    length, some shorter than the largest order; the output must not move by a single bit."""
+    gen = torch.Generator().manual_seed(length * 31 + sum(orders))
+    bag = HashedNGramBag(orders, buckets=1009, dim=7)
+    torch.nn.init.normal_(bag.embedding.weight, generator=gen)
+    for batch in (1, 6):
+        ids = torch.randint(0, 300, (batch, length), generator=gen)
+        lengths = torch.randint(0, length + 1, (batch,), generator=gen)
+        lengths[0] = length
+        assert torch.equal(bag(ids, lengths), _bag_as_first_written(bag, ids, lengths))
+
+
+def test_ngram_rows_are_the_documented_hash_with_their_validity():
+    bag = HashedNGramBag((1, 3, 4), buckets=997, dim=2)
+    text = [5, 6, 7, 8, 9]
+    listed = bag.ngram_rows(padded([text], 8), torch.tensor([5]))
+    assert [n for n, _, _ in listed] == [1, 3, 4]
+    got = [int(r) for _, rows, valid in listed for r, ok in zip(rows[0], valid[0]) if ok]
+    assert got == _rows(bag, text)
+    assert [rows.shape[1] for _, rows, _ in listed] == [8, 6, 5]  # one per start position of the padded row
+    short = bag.ngram_rows(padded([[5, 6]], 3), torch.tensor([2]))
+    assert [(n, rows.shape[1], int(valid.sum())) for n, rows, valid in short] == [(1, 3, 2), (3, 1, 0), (4, 0, 0)]
+
+
+def test_bag_output_does_not_depend_on_padding():
+    torch.manual_seed(0)
+    bag = HashedNGramBag((1, 2, 3, 4, 5), buckets=4099, dim=5)
+    ids = padded([[3, 4, 5, 6, 7, 8, 9], [11, 12], [13]], 7)
+    lengths = torch.tensor([7, 2, 1])
+    longer = torch.cat([ids, torch.zeros(3, 9, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(bag(longer, lengths), bag(ids, lengths), atol=1e-6, rtol=1e-6)
 
 
 def test_same_ngram_same_row_in_any_text_and_position():

@@ -31,20 +31,29 @@ class HashedNGramBag(nn.Module):
         self.buckets = buckets
         self.embedding = nn.Embedding(buckets, dim)
 
-    def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        B, L = input_ids.shape
+    def ngram_rows(self, input_ids: Tensor, lengths: Tensor) -> list[tuple[int, Tensor, Tensor]]:
+        """(n, rows, valid) for each order n, ascending: the table row of the n-gram starting at
+        each position (B, max(L - n + 1, 0)) and whether it lies inside the text. `forward`
+        averages these rows; explanations (inference/explain.py) need them one by one to credit
+        each n-gram to the characters it covers."""
+        L = input_ids.shape[1]
         ids = input_ids.long()
-        total = self.embedding.weight.new_zeros(B, self.embedding.embedding_dim)
-        count = lengths.new_zeros(B)
+        out = []
         h = torch.zeros_like(ids)
         for n in range(1, self.orders[-1] + 1):
-            if n > L:
-                break
-            h = torch.remainder(h[:, : L - n + 1] * _P + ids[:, n - 1 :], _Q)  # (B, L - n + 1): n-grams from i
+            # Start positions; none when n > L, without a branch on L (one ONNX graph for every length).
+            starts = torch.sym_max(L - n + 1, 0)
+            h = torch.remainder(h[:, :starts] * _P + ids[:, n - 1 : n - 1 + starts], _Q)  # (B, starts): n-grams from i
             if n not in self.orders:
                 continue
-            valid = torch.arange(L - n + 1, device=ids.device)[None, :] < (lengths - n + 1)[:, None]  # (B, L-n+1)
-            rows = torch.remainder(h + n * _ORDER_OFFSET, self.buckets)
+            valid = torch.arange(starts, device=ids.device)[None, :] < (lengths - n + 1)[:, None]  # (B, starts)
+            out.append((n, torch.remainder(h + n * _ORDER_OFFSET, self.buckets), valid))
+        return out
+
+    def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
+        total = self.embedding.weight.new_zeros(input_ids.shape[0], self.embedding.embedding_dim)
+        count = lengths.new_zeros(input_ids.shape[0])
+        for _, rows, valid in self.ngram_rows(input_ids, lengths):
             total = total + (self.embedding(rows) * valid.unsqueeze(-1)).sum(dim=1)  # (B, dim)
             count = count + valid.sum(dim=1)
         return total / count.clamp(min=1).unsqueeze(-1).to(total.dtype)

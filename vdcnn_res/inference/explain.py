@@ -1,4 +1,5 @@
-"""Per-character explanations of a prediction: integrated gradients on the character embeddings.
+"""Per-character explanations of a prediction: integrated gradients on the character embeddings
+and, with a hashed n-gram bag, on the bag's mean n-gram embedding too.
 
     from vdcnn_res import Predictor
     from vdcnn_res.inference.explain import explain, to_html
@@ -13,19 +14,27 @@ probability of the label (log-softmax of the logits): unlike a raw logit it meas
 *for this label against the others*, and unlike the probability it does not saturate near 1.
 The baseline is the same text with every character replaced by padding, i.e. a zero embedding
 at every position, which is exactly what the model sees for padding. Attributions of a text's
-positions then add up to ``log p(label | text) - log p(label | empty text of that length)``
-(up to the integral's approximation error, reported as ``delta``). Occlusion would need one
-forward pass per character (512 for a full text) against ``n_steps`` (50) forward and backward
-passes here, and measures one character's removal in isolation; IG gives a complete account.
+positions then add up to ``log p(label | text) - log p(label | baseline)`` (up to the
+integral's approximation error, reported as ``delta``). Occlusion would need one forward pass
+per character (512 for a full text) against ``n_steps`` (50) forward and backward passes here,
+and measures one character's removal in isolation; IG gives a complete account.
+
+The n-gram bag (``ngram_orders``): its output, the mean m = (1/c) sum_j e_j of the embeddings
+of the text's c n-grams, is integrated along the same path, from zero (no n-grams: the bag of
+an empty text) to m, together with the character embeddings. Since m is linear in the e_j,
+IG on every n-gram's embedding e_j (baseline zero) is exactly (e_j / c) . G, where G is the
+integrated gradient at m; each n-gram's share is spread evenly over the n token positions it
+covers and added to the CNN's attribution there. The attributions of the whole model then add
+up to ``log p(label | text) - log p(label | padding for the CNN, no n-grams for the bag)``,
+``delta`` is measured against that, and ``ngram_attribution`` says how much of the sum came
+through the bag.
 
 Characters and positions: each token id is mapped back to the characters it came from through
 the tokenizer's offsets, so lower-casing that changes the length (``İ`` -> ``i̇``) and byte-level
 tokenizers (several ids per character) give one score per character of the original text.
 Characters the model never read (beyond ``max_length``) get NaN and are counted in
 ``n_cut``; characters outside the vocabulary (read as ``<unk>``) keep the attribution of the
-``<unk>`` embedding at their position and are flagged in ``unknown``. With a hashed n-gram bag
-(``ngram_orders``) the bag's contribution is held fixed at the text's n-grams: the
-attributions cover the CNN path only, and ``delta`` is measured against that path.
+``<unk>`` embedding at their position and are flagged in ``unknown``.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -92,7 +102,7 @@ class Explanation:
     max_length: int
     delta: float  # sum(attributions) - (target(text) - target(baseline)): the approximation error
     n_steps: int
-    ngrams_fixed: bool  # the model has an n-gram bag whose contribution is not attributed
+    ngram_attribution: float | None  # the part of sum(attributions) that came through the n-gram bag; None: no bag
 
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         """The k most probable labels with their probabilities, most probable first."""
@@ -135,7 +145,8 @@ def explain(
     setting, since gradients need it). ``n_steps`` points approximate the path integral;
     ``internal_batch_size`` bounds how many of them run at once (memory). A text longer than
     ``max_length`` is explained as the model reads it: cut, the rest NaN. An empty text has
-    nothing to attribute and is refused, as is an unknown label.
+    nothing to attribute and is refused, as is an unknown label. A model with an n-gram bag has
+    the bag's share attributed too (module docstring).
     """
     require_captum()
     from captum.attr import LayerIntegratedGradients
@@ -168,6 +179,10 @@ def explain(
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     lengths = torch.tensor([len(ids)], dtype=torch.long, device=device)
     baseline = torch.full_like(input_ids, PAD_ID)
+    bag = getattr(model, "ngrams", None)
+
+    def log_prob(ids_: torch.Tensor, lengths_: torch.Tensor) -> torch.Tensor:
+        return model(ids_, lengths_).float().log_softmax(-1)
 
     was_training = model.training
     model.eval()
@@ -179,22 +194,38 @@ def explain(
             predicted = int(np.argmax(probs))
             target = _label_index(label, names, predicted)
 
-            def log_prob(ids_: torch.Tensor, lengths_: torch.Tensor) -> torch.Tensor:
-                return model(ids_, lengths_).float().log_softmax(-1)
-
-            ig = LayerIntegratedGradients(log_prob, model.embedding)
-            attr, delta = ig.attribute(
-                input_ids,
-                baselines=baseline,
-                target=target,
-                additional_forward_args=(lengths,),
-                n_steps=n_steps,
-                internal_batch_size=internal_batch_size,
-                return_convergence_delta=True,
-            )
+            common = {"target": target, "n_steps": n_steps, "internal_batch_size": internal_batch_size}
+            if bag is None:
+                attr = LayerIntegratedGradients(log_prob, model.embedding).attribute(
+                    input_ids, baselines=baseline, additional_forward_args=(lengths,), **common
+                )
+                per_token_t = attr.sum(dim=-1)[0, : len(ids)]  # (n_ids,)
+                ngram_share = None
+            else:
+                # Captum maps the baseline *input* through the model for each layer's baseline
+                # output: padding ids embed as zeros (the CNN's baseline) and a length of 0 gives
+                # the bag no n-grams (a zero mean). The path runs on the text's own ids and lengths
+                # with only the two layers' outputs interpolated. The integrated gradients come
+                # back unscaled (multiply_by_inputs=False): the bag's is split over its n-grams.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Multiple layers provided")  # independent layers
+                    ig = LayerIntegratedGradients(log_prob, [model.embedding, bag], multiply_by_inputs=False)
+                grads = ig.attribute((input_ids, lengths), baselines=(baseline, torch.zeros_like(lengths)), **common)
+                with torch.no_grad():
+                    embedded = model.embedding(input_ids)  # (1, n_ids, E); min_length padding embeds as 0
+                    per_token_t = (grads[0][:, : len(ids)] * embedded).sum(dim=-1)[0]  # (n_ids,)
+                    ngram_share = _ngram_attribution(bag, input_ids, lengths, grads[1][0])
+            with torch.no_grad():
+                at_text = float(log_prob(input_ids, lengths)[0, target])
+                at_baseline = float(_baseline_log_prob(log_prob, bag, baseline, lengths)[0, target])
     finally:
         model.train(was_training)
-    per_token = attr.sum(dim=-1)[0, : len(ids)].detach().double().cpu().numpy()  # (n_ids,)
+    per_token = per_token_t.detach().double().cpu().numpy()
+    ngram_total = None
+    if ngram_share is not None:
+        per_token = per_token + ngram_share
+        ngram_total = float(ngram_share.sum())
+    delta = float(per_token.sum()) - (at_text - at_baseline)
 
     scores = np.full(len(text), np.nan)
     unknown = np.zeros(len(text), dtype=bool)
@@ -217,10 +248,41 @@ def explain(
         unknown=unknown,
         n_cut=len(text) - n_read,
         max_length=predictor.max_length,
-        delta=float(delta.reshape(-1)[0]),
+        delta=delta,
         n_steps=n_steps,
-        ngrams_fixed=getattr(model, "ngrams", None) is not None,
+        ngram_attribution=ngram_total,
     )
+
+
+def _ngram_attribution(bag: torch.nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    """Per token position (n_ids,), float64: each n-gram's IG share (e_j / c) . grad, spread evenly
+    over the n positions it covers; ``grad`` (dim,) is the integrated gradient at the bag's mean."""
+    per_token = np.zeros(input_ids.shape[1])
+    orders = bag.ngram_rows(input_ids, lengths)
+    count = max(sum(int(valid.sum()) for _, _, valid in orders), 1)  # the bag's divisor
+    g = grad.detach().double()
+    for n, rows, valid in orders:
+        share = (bag.embedding(rows)[0].double() @ g) * valid[0] / count  # (max(L - n + 1, 0),): n-gram from i
+        spread = (share / n).cpu().numpy()
+        for k in range(n):  # the n-gram from i covers positions i .. i + n - 1
+            per_token[k : k + len(spread)] += spread
+    return per_token
+
+
+def _baseline_log_prob(
+    log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    bag: torch.nn.Module | None,
+    baseline: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """log p at the start of the path: padding for the CNN (same lengths), no n-grams for the bag."""
+    if bag is None:
+        return log_prob(baseline, lengths)
+    handle = bag.register_forward_hook(lambda module, args, output: torch.zeros_like(output))
+    try:
+        return log_prob(baseline, lengths)
+    finally:
+        handle.remove()
 
 
 # ----------------------------------------------------------------------------- display
@@ -292,8 +354,9 @@ def to_html(explanations: Sequence[Explanation], title: str = "vdcnn-res explana
             notes.append(f"{e.n_cut:,} characters beyond max_length={e.max_length} not read (grey)")
         if e.unknown.any():
             notes.append(f"{int(e.unknown.sum())} characters outside the vocabulary (dotted)")
-        if e.ngrams_fixed:
-            notes.append("the n-gram bag's share is not attributed")
+        if e.ngram_attribution is not None:
+            total = float(np.nansum(e.attributions))
+            notes.append(f"of the total attribution {total:+.3g}, {e.ngram_attribution:+.3g} came through the n-gram bag")
         items.append(
             f'<section><h2>{n}. {html.escape(e.label)} <small>({which} label, p = {100 * e.probabilities[e.label_names.index(e.label)]:.1f} %)</small></h2>\n'
             f'<p class="probs">top labels: {probs}</p>\n<div class="text">{_text_html(e)}</div>\n'

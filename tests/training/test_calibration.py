@@ -184,6 +184,15 @@ def test_a_checkpoint_stores_the_temperature_of_its_own_step_only():
     assert float(other["state_dict"]["model.temperature"]) == 1.0 and "calibration" not in other
 
 
+def test_a_checkpoint_of_a_validation_without_a_temperature_says_why():
+    module = _module()
+    module.calibration, module.calibration_error, module._calibration_step = None, "the predictions are no better than chance", 4
+    saved = _checkpoint(module, 4)
+    module.on_save_checkpoint(saved)
+    assert float(saved["state_dict"]["model.temperature"]) == 1.0
+    assert saved["calibration"] == {"error": "the predictions are no better than chance"}
+
+
 @pytest.mark.parametrize("fn, kept", [(TrainerFn.FITTING, False), (TrainerFn.TESTING, True), (TrainerFn.VALIDATING, True)])
 def test_loading_for_training_resets_the_temperature(fn, kept):
     module = _module()

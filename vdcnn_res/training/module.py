@@ -9,7 +9,6 @@ and ECE before and after the checkpoint's temperature and draws a reliability di
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -97,7 +96,6 @@ class VDCNNClassifier(pl.LightningModule):
         self.calibration: Calibration | None = None  # fitted at the latest validation ...
         self.calibration_error: str | None = None  # ... or why none could be
         self._calibration_step: int | None = None  # ... which ran at this global step
-        self._calibration_warned = False
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, lengths)  # (B, num_classes) logits
@@ -106,7 +104,6 @@ class VDCNNClassifier(pl.LightningModule):
         if stage == "fit":
             with torch.no_grad():  # training runs uncalibrated, also for a module fitted before in this process
                 self.model.temperature.fill_(1.0)
-            self._calibration_warned = False
         if stage == "fit" and self.hparams.get("class_weights") == "balanced":
             counts = getattr(self.trainer.datamodule, "class_counts", None)
             if counts is None:
@@ -154,7 +151,7 @@ class VDCNNClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Fit a temperature on this validation's logits (a 1-D search, well under a second); checkpoints
-        saved at this step store it (on_save_checkpoint). A failed fit leaves them uncalibrated."""
+        saved at this step store it (on_save_checkpoint). A failed fit leaves them uncalibrated, with the reason."""
         collector = self.val_logits
         if self.trainer.sanity_checking or not collector.update_called:
             collector.reset()
@@ -164,16 +161,8 @@ class VDCNNClassifier(pl.LightningModule):
         self._calibration_step = self.trainer.global_step
         try:
             self.calibration, self.calibration_error = calibrate(logits, labels), None
-        except ValueError as err:
+        except ValueError as err:  # e.g. a model still at chance; the end of fit reports the best checkpoint's
             self.calibration, self.calibration_error = None, str(err)
-            fitting = self.trainer.state.fn == TrainerFn.FITTING  # `vdcnn-res calibrate` reports it as its error
-            if fitting and self.trainer.is_global_zero and not self._calibration_warned:
-                self._calibration_warned = True  # once per run: the same split gives the same reason
-                warnings.warn(
-                    f"no temperature fitted at step {self.trainer.global_step}: {err}; "
-                    "checkpoints saved at such validations keep temperature 1 (uncalibrated)",
-                    stacklevel=1,
-                )
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["lengths"])
@@ -268,10 +257,13 @@ class VDCNNClassifier(pl.LightningModule):
             raise UserError(self._diverged)
         # The temperature fitted on these very weights' validation logits; other saves keep 1.
         state = checkpoint.get("state_dict")
-        fitted = self.calibration is not None and self._calibration_step == checkpoint.get("global_step")
-        if fitted and isinstance(state, dict) and "model.temperature" in state:
+        if self._calibration_step != checkpoint.get("global_step") or not isinstance(state, dict):
+            return
+        if self.calibration is not None and "model.temperature" in state:
             state["model.temperature"] = torch.tensor(self.calibration.temperature, dtype=state["model.temperature"].dtype)
             checkpoint["calibration"] = self.calibration.to_dict()
+        elif self.calibration_error is not None:
+            checkpoint["calibration"] = {"error": self.calibration_error}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
@@ -297,8 +289,10 @@ class VDCNNClassifier(pl.LightningModule):
             return
         if isinstance(saved, dict) and all(k in saved for k in _CALIBRATION_KEYS):
             print(f"Calibration of the best checkpoint: {Calibration(**{k: saved[k] for k in _CALIBRATION_KEYS}).summary()}")
+        elif isinstance(saved, dict) and isinstance(saved.get("error"), str):
+            print(f"Calibration of the best checkpoint: none, temperature 1 ({saved['error']})")
         else:
-            print("Calibration of the best checkpoint: none (no validation logits at its step): temperature 1")
+            print("Calibration of the best checkpoint: none (no validation logits at its step), temperature 1")
 
 
 _CALIBRATION_KEYS = ("temperature", "texts", "nll_before", "nll_after", "ece_before", "ece_after")

@@ -3,8 +3,8 @@
     vdcnn-res explain --ckpt_path CKPT --text "Stocks rallied after the Fed decision." --out explain.html
     vdcnn-res explain --model exports/agnews --data.predict texts.csv --label Business --out explain.html --png explain.png
 
-Integrated gradients on the character embeddings (vdcnn_res/inference/explain.py says why and
-how). Every text is explained before anything is written, and the page is written whole (a
+Integrated gradients on the character embeddings and, with an n-gram bag, its n-gram
+embeddings (vdcnn_res/inference/explain.py says why and how). Every text is explained before anything is written, and the page is written whole (a
 temporary file renamed), so an error never leaves a half-written page.
 """
 
@@ -39,7 +39,7 @@ _DATA_KEYS = ("text_columns", "column_names", "label_column", "file_format", "te
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vdcnn-res explain",
-        description="Explain predictions character by character (integrated gradients on the embeddings): "
+        description="Explain predictions character by character (integrated gradients on the character and n-gram embeddings): "
         "an HTML page with each character shaded by its attribution and the top labels, optionally a PNG.",
     )
     source = parser.add_mutually_exclusive_group(required=True)

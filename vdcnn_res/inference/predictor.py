@@ -225,7 +225,8 @@ class Predictor:
     def explain(self, text: str, label: str | int | None = None, n_steps: int = 50) -> Explanation:
         """Per-character attributions of `text` for `label` (default: the predicted one).
 
-        Integrated gradients on the embeddings (Captum); see inference/explain.py and docs/explain.md.
+        Integrated gradients on the character embeddings and, with an n-gram bag, its n-gram
+        embeddings (Captum); see inference/explain.py and docs/explain.md.
         """
         from vdcnn_res.inference.explain import explain
 

@@ -4,8 +4,9 @@
     vdcnn-res explain --model exports/agnews --data.predict texts.csv --label Business --out explain.html --png explain.png
 
 Integrated gradients on the character embeddings and, with an n-gram bag, its n-gram
-embeddings (vdcnn_res/inference/explain.py says why and how). Every text is explained before anything is written, and the page is written whole (a
-temporary file renamed), so an error never leaves a half-written page.
+embeddings (vdcnn_res/inference/explain.py says why and how). Every text is explained before
+anything is written, and the page is written whole (a temporary file renamed), so an error
+never leaves a half-written page.
 """
 
 from __future__ import annotations

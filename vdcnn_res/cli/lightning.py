@@ -338,17 +338,17 @@ class VDCNNCLI(LightningCLI):
                             f"drop data_kind (the checkpoint sets it) or use a {self.data_kind} checkpoint"
                         )
                     self._checkpoint = checkpoint
-                    self._data_from_checkpoint(config, subcommand, checkpoint)
-                    self._arch_from_checkpoint(config, subcommand, checkpoint)
+                    defaults = self._parser(subcommand).get_defaults()  # what the user left unset
+                    self._data_from_checkpoint(config, subcommand, checkpoint, defaults)
+                    self._arch_from_checkpoint(config, checkpoint, defaults)
 
-    def _data_from_checkpoint(self, config: Any, subcommand: str, checkpoint: dict[str, Any]) -> None:
+    def _data_from_checkpoint(self, config: Any, subcommand: str, checkpoint: dict[str, Any], defaults: Any) -> None:
         """Data settings the user did not set come from the checkpoint (max_length, columns, labels, ...).
 
         test and predict read only their own split: the training files of a training config are
         dropped, so nothing is re-read and no learned tokenizer is rebuilt from them.
         """
         saved = checkpoint.get("datamodule_hyper_parameters") or {}
-        defaults = self._parser(subcommand).get_defaults()
         tokenizer = config.get("data.tokenizer")
         if "tokenizer" in saved and tokenizer not in (saved["tokenizer"], defaults.get("data.tokenizer")):
             raise UserError(
@@ -363,14 +363,13 @@ class VDCNNCLI(LightningCLI):
         if subcommand in ("test", "predict"):
             config["data.train"] = config["data.valid"] = None
 
-    def _arch_from_checkpoint(self, config: Any, subcommand: str, checkpoint: dict[str, Any]) -> None:
+    def _arch_from_checkpoint(self, config: Any, checkpoint: dict[str, Any], defaults: Any) -> None:
         """The network's shape comes from the checkpoint: every `model.arch` key the user did not
         set takes the checkpoint's value, or ModelConfig's default for a key the checkpoint predates
         (older checkpoints have no n-gram bag, whatever fit's text default is now)."""
         saved = (checkpoint.get("hyper_parameters") or {}).get("arch")
         if not isinstance(saved, dict):
             return
-        defaults = self._parser(subcommand).get_defaults()
         for field in dataclasses.fields(ModelConfig):
             key = f"model.arch.{field.name}"
             if field.name in _LINKED_ARCH or key not in defaults or config.get(key) != defaults.get(key):

@@ -24,6 +24,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "model.label_smoothing": {"low": 0.0, "high": 0.2},
     "model.arch.dropout": {"low": 0.0, "high": 0.5},
     "model.arch.depth": {"choices": [9, 17]},
+    # The n-gram bag's lr multiplier (the text default's bag; no effect on a model without one).
+    "model.optim.ngram_lr_scale": {"low": 3.0, "high": 30.0, "log": True},
 }
 
 # Keys the tuner sets itself for every trial: a space may not search them.

@@ -83,6 +83,7 @@ _DERIVED_HELP = {
     "model.arch.padding_idx": "padding id: linked from the data module, never typed",
     "model.arch.input_channels": "series channels (0 = text): linked from the data module, never typed",
     "model.label_names": "class names: linked from the data module (or the checkpoint), never typed",
+    "model.task": "multiclass | multilabel: linked from data.task (or the checkpoint), never typed",
 }
 
 
@@ -245,6 +246,11 @@ def _input_channels(data: Any) -> int:
     return int(getattr(data, "input_channels", 0))
 
 
+def _task(data: Any) -> str:
+    """The model's task for a data module: its data.task (series data: multiclass)."""
+    return str(getattr(data, "task", "multiclass"))
+
+
 class VDCNNCLI(LightningCLI):
     """Links every derived value from the data module into the model, once; test/predict/validate
     take the tokenizer (series: the channel count), label names and data settings from the checkpoint."""
@@ -271,6 +277,7 @@ class VDCNNCLI(LightningCLI):
         parser.link_arguments("data.padding_idx", "model.arch.padding_idx", apply_on="instantiate")
         parser.link_arguments("data", "model.arch.input_channels", compute_fn=_input_channels, apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
+        parser.link_arguments("data", "model.task", compute_fn=_task, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpointWithLast, "checkpoint")  # last.ckpt = the last state
         parser.set_defaults(
             {

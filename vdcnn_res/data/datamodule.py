@@ -10,8 +10,12 @@ character tokenizer (cached by `datasets`), and serves length-bucketed batches:
 ``L`` is the batch's longest text rounded up to ``pad_multiple`` (``batching="bucket"``) or
 ``max_length`` (``batching="fixed"``, as in the paper). The model pads to its own minimum.
 
+With ``task="multilabel"`` every row holds a label set and ``labels`` is an int8 multi-hot
+tensor (B, n_labels) (-1 in every column where unknown); see :mod:`vdcnn_res.data.labels` for
+how cells become sets.
+
 The attributes a model needs (``num_classes``, ``vocab_size``, ``padding_idx``,
-``label_names``, ``tokenizer``) are computed on first access, so a CLI can link them right
+``label_names``, ``task``, ``tokenizer``) are computed on first access, so a CLI can link them right
 after construction; ``state_dict`` carries the tokenizer into checkpoints (the label names
 travel once, in the model's hyperparameters).
 
@@ -30,19 +34,24 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from vdcnn_res.data.base import BucketedDataModule
 from vdcnn_res.data.batching import PadCollator, TokenizedSplit
 from vdcnn_res.data.files import FORMATS
-from vdcnn_res.data.labels import LabelTable, label_ids
+from vdcnn_res.data.labels import LabelSetError, LabelTable, label_ids, label_sets, read_classes
 from vdcnn_res.data.sampler import SortedSampler
 from vdcnn_res.data.texts import join_texts, odd_text_summary
 from vdcnn_res.data.tokenizer import KINDS, PAD_ID, build_tokenizer, encode, load_tokenizer
 from vdcnn_res.errors import UserError
 
-__all__ = ["FORMATS", "TextDataModule"]
+__all__ = ["FORMATS", "TASKS", "TextDataModule"]
+
+TASKS = ("multiclass", "multilabel")
 
 # Bump when the cached tokenized layout changes, so old `datasets` cache files are not reused.
 _CACHE_VERSION = 2
@@ -70,6 +79,11 @@ class TextDataModule(BucketedDataModule):
             and says how many. Prediction files need no labels.
         classes_file: class names, one per line (line 1 = id 0); otherwise names come
             from the ClassLabel feature or the sorted distinct training labels.
+        task: ``multiclass`` (one label per text, softmax) or ``multilabel`` (a set of labels
+            per text, possibly empty: one sigmoid per label). Linked into the model, and
+            taken from the checkpoint by test/predict.
+        label_separator: multi-label only: splits a label cell that is a string (CSV/TSV)
+            into its labels; JSON/Parquet lists need none.
         tokenizer: char | learned | byte, or a path to a saved ``tokenizer.json`` to reuse.
         lowercase, max_vocab, min_frequency: tokenizer settings (see `build_tokenizer`).
         max_length: texts are truncated to this many ids (default 512, the recommended recipe;
@@ -105,6 +119,8 @@ class TextDataModule(BucketedDataModule):
         label_offset: int = 0,
         missing_labels: Literal["error", "drop"] = "error",
         classes_file: str | None = None,
+        task: Literal["multiclass", "multilabel"] = "multiclass",
+        label_separator: str = "|",
         valid_fraction: float = 0.1,
         seed: int = 42,
         tokenizer: str = "char",
@@ -137,6 +153,15 @@ class TextDataModule(BucketedDataModule):
             raise UserError(f"data.batching must be 'bucket' or 'fixed', got {batching!r}")
         if sampling not in ("natural", "balanced"):
             raise UserError(f"data.sampling must be 'natural' or 'balanced', got {sampling!r}")
+        if task not in TASKS:
+            raise UserError(f"data.task must be one of {', '.join(TASKS)}, got {task!r}")
+        if not isinstance(label_separator, str) or not label_separator or not label_separator.strip():
+            raise UserError(f"data.label_separator must be a non-blank string such as '|', got {label_separator!r}")
+        if task == "multilabel" and label_offset:
+            raise UserError("data.label_offset applies to single-label integer labels; multi-label labels are names: drop it")
+        if task == "multilabel" and sampling == "balanced":
+            raise UserError("data.sampling=balanced draws classes of single-label data; for multi-label data use "
+                            "data.sampling=natural (and model.class_weights for rare labels)")
         if file_format is not None and file_format not in FORMATS:
             raise UserError(f"data.file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
         if max_length < 1 or batch_size < 1 or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -157,6 +182,8 @@ class TextDataModule(BucketedDataModule):
             seed=seed,
             cache_dir=cache_dir,
             missing_labels=missing_labels,
+            multilabel=task == "multilabel",
+            label_separator=label_separator,
         )
         self._tokenizer: Tokenizer | None = None
         self._tokenized: dict[str, TokenizedSplit] = {}
@@ -177,6 +204,27 @@ class TextDataModule(BucketedDataModule):
     @property
     def padding_idx(self) -> int:
         return PAD_ID
+
+    @property
+    def task(self) -> str:
+        """``multiclass`` or ``multilabel`` (data.task), linked into the model."""
+        return self.hparams.task
+
+    @property
+    def multilabel(self) -> bool:
+        return self.hparams.task == "multilabel"
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Training examples per class (index = label id); multi-label: texts that have each label."""
+        if not self.multilabel:
+            return super().class_counts
+        return np.clip(self._split("train").labels, 0, None).sum(axis=0).astype(np.int64)
+
+    @property
+    def num_train_texts(self) -> int:
+        """Texts in the training split (with class_counts: each label's negatives, for positive weights)."""
+        return len(self._split("train"))
 
     def set_tokenizer(self, tokenizer: Tokenizer | str) -> None:
         """Use a saved tokenizer (object, JSON string or path), e.g. a checkpoint's."""
@@ -226,7 +274,86 @@ class TextDataModule(BucketedDataModule):
 
     def _collator(self) -> PadCollator:
         hp = self.hparams
-        return PadCollator(hp.pad_multiple, hp.max_length if hp.batching == "fixed" else None)
+        collator = _LabelSetCollator if self.multilabel else PadCollator
+        return collator(hp.pad_multiple, hp.max_length if hp.batching == "fixed" else None)
+
+    # ------------------------------------------------------------------ multi-label
+
+    def _label_table(self) -> LabelTable:
+        if not self.multilabel or self._labels is not None:
+            return super()._label_table()
+        hp = self.hparams
+        classes = read_classes(hp.classes_file) if hp.classes_file else None
+        train = self._sources.get("train") if self._sources.has("train") else None
+        if train is None:
+            return super()._label_table()  # classes_file or an error saying what to set
+        sets, feature_names = self._label_sets(train, "train")
+        if classes is None and feature_names is not None:
+            classes, source = feature_names, f"the ClassLabel feature of {hp.label_column!r}"
+        else:
+            source = f"data.classes_file {hp.classes_file!r}"
+        self._labels, self._trained_ids = LabelTable.from_label_sets(sets, hp.label_separator, classes, source)
+        untrained = [n for i, n in enumerate(self._labels.names) if i not in self._trained_ids]
+        if untrained:
+            warnings.warn(f"labels with no training text: {', '.join(untrained[:20])}", stacklevel=2)
+        return self._labels
+
+    def _label_sets(self, ds: datasets.Dataset, split: str) -> tuple[list[list[str] | None], list[str] | None]:
+        """The label set of every row of a split, and the label names of a list-of-ClassLabel column."""
+        column = self.hparams.label_column
+        feature = ds.features[column]
+        inner = getattr(feature, "feature", None)
+        values = ds[column]
+        names = None
+        if isinstance(inner, datasets.ClassLabel):
+            names = list(inner.names)
+            values = [None if v is None else [inner.int2str(int(i)) for i in v] for v in values]
+        elif isinstance(feature, datasets.ClassLabel):
+            raise UserError(f"data.task=multilabel: column {column!r} is a ClassLabel (one label per text); use data.task=multiclass")
+        try:
+            return label_sets(values, self.hparams.label_separator), names
+        except LabelSetError as err:
+            raise UserError(
+                f"{err.problem} in the {split} split ({self._sources.locate(split, err.row)}); fix the data "
+                f"or data.label_separator (now {self.hparams.label_separator!r})"
+            ) from None
+
+    def _multilabel_split(self, split: str) -> TokenizedSplit:
+        hp = self.hparams
+        ds = self._sources.require(split)
+        tokenizer = self.tokenizer
+        table = self._label_table()
+        text_columns = self._sources.text_columns
+        if hp.label_column in ds.column_names:
+            sets, _ = self._label_sets(ds, split)
+            hot = table.multi_hot(sets, f"{split} split", hp.label_separator)
+            if split != "train" and self._trained_ids is not None:
+                untrained = sorted({table.names[i] for i in np.flatnonzero(hot.max(axis=0, initial=0) > 0)} - {table.names[i] for i in self._trained_ids})
+                if untrained:
+                    warnings.warn(f"the {split} split has labels with no training text: {', '.join(untrained)}", stacklevel=2)
+        else:
+            hot = np.full((len(ds), len(table.names)), -1, dtype=np.int8)
+        odd = odd_text_summary(ds, text_columns)
+        if odd:
+            warnings.warn(f"the {split} split ({self._sources.describe(split)}): {odd}", stacklevel=2)
+        fingerprint = datasets.fingerprint.Hasher.hash(
+            ["texts only", _CACHE_VERSION, ds._fingerprint, tokenizer.to_str(), hp.max_length, text_columns, hp.text_separator]
+        )
+
+        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            return {"input_ids": encode(tokenizer, join_texts(batch, text_columns, hp.text_separator), hp.max_length)}
+
+        mapped = ds.map(
+            tokenize,
+            batched=True,
+            remove_columns=ds.column_names,
+            features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
+            new_fingerprint=fingerprint,
+            desc=f"tokenizing {split}",
+        )
+        tokenized = _LabelSetSplit(mapped.data.column("input_ids"), hot)
+        self._tokenized[split] = tokenized
+        return tokenized
 
     # ------------------------------------------------------------------ vocabulary and labels
 
@@ -256,6 +383,8 @@ class TextDataModule(BucketedDataModule):
         """The split tokenized (cached by `datasets` and in memory)."""
         if split in self._tokenized:
             return self._tokenized[split]
+        if self.multilabel:
+            return self._multilabel_split(split)
         hp = self.hparams
         ds = self._sources.require(split)
         tokenizer = self.tokenizer
@@ -299,3 +428,32 @@ class TextDataModule(BucketedDataModule):
         tokenized = TokenizedSplit(mapped.data.column("input_ids"), mapped.data.column("labels").to_numpy())
         self._tokenized[split] = tokenized
         return tokenized
+
+
+class _LabelSetSplit(TokenizedSplit):
+    """A tokenized split whose ``labels`` are multi-hot rows ``(n, n_labels)`` int8 (-1: unknown);
+    items are ``(ids, label row, index)``."""
+
+    def __init__(self, ids: pa.ChunkedArray | pa.Array, labels: np.ndarray) -> None:
+        super().__init__(ids, np.zeros(len(labels), dtype=np.int64))
+        self.labels = np.asarray(labels, dtype=np.int8)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any, int]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        chunk = int(np.searchsorted(self._starts, index, side="right")) - 1
+        offsets = self._offsets[chunk]
+        row = index - self._starts[chunk]
+        return self._values[chunk][offsets[row] : offsets[row + 1]], self.labels[index], index
+
+
+class _LabelSetCollator(PadCollator):
+    """PadCollator for items whose label is a multi-hot row: ``labels`` (B, n_labels) int8."""
+
+    def __call__(self, items: Sequence[tuple[np.ndarray, Any, int]]) -> dict[str, torch.Tensor]:
+        batch = super().__call__([(ids, -1, index) for ids, _, index in items])
+        rows = [np.asarray(label, dtype=np.int8) for _, label, _ in items]
+        if rows and all(row.ndim == 1 for row in rows):
+            batch["labels"] = torch.from_numpy(np.stack(rows))
+        return batch

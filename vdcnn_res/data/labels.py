@@ -7,11 +7,19 @@ A label cell stands for :func:`label_key` of its value: strings without surround
 (reported once per split), integers, ``true``/``false`` for booleans. An empty or blank cell, a
 null, a missing key or a ClassLabel ``-1`` is a missing label (see :func:`missing_label_rows`);
 floats, lists and objects are errors.
+
+Multi-label data (``data.task=multilabel``, :func:`label_set`): a cell holds a label set, a
+list (JSON/JSONL/Parquet) or a string split at ``data.label_separator`` (CSV/TSV); an empty
+list or an empty string is the empty set, a null or missing key a missing label. Names are
+strings: ``classes_file``, a list-of-ClassLabel feature, or the sorted union of the training
+labels. An empty label inside a set, a label listed twice, or a training label that is other
+labels joined by another separator are one-line errors.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import re
@@ -25,11 +33,15 @@ import numpy as np
 from vdcnn_res.errors import MissingFileError, UserError
 
 __all__ = [
+    "SEPARATOR_CANDIDATES",
+    "LabelSetError",
     "LabelTable",
     "int_labels",
     "is_missing_label",
     "label_ids",
     "label_key",
+    "label_set",
+    "label_sets",
     "missing_label_rows",
     "read_classes",
     "stratified_split",
@@ -37,6 +49,9 @@ __all__ = [
 
 _INT_LABEL = re.compile(r"^\s*[+-]?[0-9]+\s*$")  # ASCII digits: '٣' stays a string label
 _TRAIN = "the training split"
+# Separators a multi-label file may use; a label that is known labels joined by one of them
+# means data.label_separator is set wrong.
+SEPARATOR_CANDIDATES = ("|", ",", ";", "/", "+", "\t")
 
 
 class LabelTable:
@@ -89,6 +104,51 @@ class LabelTable:
                 f"the training split has a single class ({table.names[trained.pop()]!r}); a classifier needs at least two"
             )
         return table, trained
+
+    @classmethod
+    def from_label_sets(
+        cls, sets: Sequence[Sequence[str] | None], separator: str, classes: list[str] | None, classes_source: str
+    ) -> tuple[LabelTable, set[int]]:
+        """The table of a multi-label training split (``sets``: its :func:`label_sets`) and the ids
+        with a positive example; fewer than two labels in all, or labels that are other labels
+        joined by a separator other than ``separator``, are errors."""
+        union = {label for labels in sets if labels for label in labels}
+        if classes is None:
+            numeric = bool(union) and int_labels(sorted(union)) is not None
+            names = sorted(union, key=lambda n: (int(n), n)) if numeric else sorted(union)
+            _warn_case_variants(names)
+            _check_joined(names, separator)
+            source = _TRAIN
+        else:
+            names, source = classes, classes_source
+        if len(names) < 2:
+            raise UserError(
+                f"the training split has {len(names)} distinct label(s) ({', '.join(map(repr, names))}); "
+                "a multi-label classifier needs at least two"
+            )
+        table = cls(names, 0, source)
+        hot = table.multi_hot(sets, "train split")
+        return table, set(np.flatnonzero(hot.max(axis=0, initial=0) > 0).tolist())
+
+    def multi_hot(self, sets: Sequence[Sequence[str] | None], where: str, separator: str | None = None) -> np.ndarray:
+        """``(len(sets), n_labels)`` int8: 1 where a row has the label, -1 for every label of a row
+        without labels (None); a label outside the table is an error naming it (and, with
+        ``separator``, the separator it seems to hold)."""
+        hot = np.zeros((len(sets), len(self.names)), dtype=np.int8)
+        for row, labels in enumerate(sets):
+            if labels is None:
+                hot[row] = -1
+                continue
+            for label in labels:
+                i = self.index.get(label)
+                if i is None:
+                    try:
+                        i = self._id(label, label, where, False)
+                    except UserError as err:
+                        hint = _joined_hint(label, self.names, separator) if separator is not None else ""
+                        raise UserError(f"{err}{hint}") from None
+                hot[row, i] = 1
+        return hot
 
     def lookup(self, ds: datasets.Dataset, column: str, where: str, trained: set[int] | None) -> dict[Any, int]:
         """:func:`label_key` -> id for every label of ``ds[column]``; errors name the bad value.
@@ -154,13 +214,99 @@ def label_key(value: Any) -> str | int | float | None:
         return int(value)
     if isinstance(value, (float, np.floating)):
         return float(value)  # refused by int_labels with a clear message
-    raise UserError(f"a label is a {type(value).__name__} ({str(value)[:40]!r}); use integer or string labels")
+    hint = "; for several labels per text set data.task=multilabel" if isinstance(value, (list, tuple, np.ndarray)) else ""
+    raise UserError(f"a label is a {type(value).__name__} ({str(value)[:40]!r}); use integer or string labels{hint}")
 
 
-def missing_label_rows(ds: datasets.Dataset, column: str) -> np.ndarray:
-    """Indices of the rows of ``ds`` without a label in ``column`` (a ClassLabel's -1 included)."""
+class LabelSetError(ValueError):
+    """A bad multi-label cell: ``row`` (0-based, in the values given) and what is wrong with it."""
+
+    def __init__(self, row: int, problem: str) -> None:
+        super().__init__(problem)
+        self.row, self.problem = row, problem
+
+
+def label_set(value: Any, separator: str) -> list[str] | None:
+    """The labels of one multi-label cell, in cell order; None when missing (null or NaN).
+
+    A list (JSON/Parquet) gives its items, a string is split at ``separator``; ``[]`` and an
+    empty or blank string are the empty set. Each label loses surrounding whitespace; an empty
+    label, a label listed twice or a nested list raise ValueError (or UserError for a float or
+    an object, as single labels do).
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        parts: list[Any] = value.split(separator)
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        parts = list(value)
+    else:
+        parts = [value]
+    labels: list[str] = []
+    for part in parts:
+        if isinstance(part, (list, tuple, dict, np.ndarray)):
+            raise ValueError(f"a label inside a label list is a {type(part).__name__} ({str(part)[:40]!r})")
+        key = label_key(part)
+        if key is None:
+            where = f" (separator {separator!r})" if isinstance(value, str) else ""
+            raise ValueError(f"an empty label in {_shown(value)}{where}")
+        if isinstance(key, float):
+            raise UserError(f"a label is a float ({part!r}); use integer or string labels")
+        labels.append(str(key))
+    if len(set(labels)) != len(labels):
+        twice = next(label for label in labels if labels.count(label) > 1)
+        raise ValueError(f"label {twice!r} is listed twice in {_shown(value)}")
+    return labels
+
+
+def label_sets(values: Sequence[Any], separator: str) -> list[list[str] | None]:
+    """:func:`label_set` of every cell; the first bad one raises :class:`LabelSetError` with its row."""
+    out: list[list[str] | None] = []
+    for row, value in enumerate(values):
+        try:
+            out.append(label_set(value, separator))
+        except ValueError as err:
+            raise LabelSetError(row, str(err)) from None
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _joined_hint(label: str, names: Sequence[str], separator: str) -> str:
+    """'; it looks like labels joined by ','...' when ``label`` splits at another separator into known names."""
+    known = set(names)
+    for candidate in SEPARATOR_CANDIDATES:
+        if candidate == separator or candidate not in label:
+            continue
+        parts = [p.strip() for p in label.split(candidate)]
+        if len(parts) > 1 and all(p in known for p in parts):
+            return f" (it looks like {len(parts)} labels joined by {candidate!r}: set data.label_separator={candidate!r}, now {separator!r})"
+    return ""
+
+
+def _check_joined(names: list[str], separator: str) -> None:
+    """Refuse training labels that are other training labels joined by a separator other than ``separator``."""
+    for name in names:
+        hint = _joined_hint(name, names, separator)
+        if hint:
+            raise UserError(f"training label {name!r} is not one label{hint}")
+
+
+def missing_label_rows(ds: datasets.Dataset, column: str, multilabel: bool = False) -> np.ndarray:
+    """Indices of the rows of ``ds`` without a label in ``column`` (a ClassLabel's -1 included).
+
+    ``multilabel``: only a null (or NaN) is missing; an empty string or list is the empty label set.
+    """
     feature = ds.features[column]
-    if isinstance(feature, datasets.ClassLabel):
+    if multilabel:
+        def missing(v: Any) -> bool:
+            return v is None or (isinstance(v, float) and math.isnan(v))
+    elif isinstance(feature, datasets.ClassLabel):
         def missing(v: Any) -> bool:
             return v is None or v < 0
     else:

@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 
 from vdcnn_res.data.files import NoRows, infer_format, load_files, locate_row, read_header, resolve_files
-from vdcnn_res.data.labels import label_key, missing_label_rows, stratified_split
+from vdcnn_res.data.labels import label_key, label_set, missing_label_rows, stratified_split
 from vdcnn_res.errors import UserError
 
 __all__ = ["DEFAULT_HUB_SPLITS", "SPLITS", "SplitSources"]
@@ -49,10 +49,14 @@ class SplitSources:
     cache_dir: str | None
     missing_labels: str = "error"
     column_arg: str = "data.text_columns"  # the setting that names the input columns, for messages
+    multilabel: bool = False  # label cells hold label sets (data.task=multilabel)
+    label_separator: str = "|"  # ... split at this in CSV/TSV strings
     _hub: datasets.DatasetDict | None = field(default=None, init=False, repr=False)
     _raw: dict[str, datasets.Dataset | None] = field(default_factory=dict, init=False, repr=False)
     # split -> (files, format, column names) as read, to say in which file a row is
     _read: dict[str, tuple[list[str], str, list[str] | None]] = field(default_factory=dict, init=False, repr=False)
+    # split -> (the split it was read as, its rows there) for splits that dropped or carved rows
+    _origin: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict, init=False, repr=False)
 
     def has(self, split: str) -> bool:
         """Whether the split has a source (without loading it, except a hub's split list)."""
@@ -100,7 +104,7 @@ class SplitSources:
         return ds
 
     def _without_missing_labels(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
-        rows = missing_label_rows(ds, self.label_column)
+        rows = missing_label_rows(ds, self.label_column, self.multilabel)
         if len(rows) == 0:
             return ds
         problem = (
@@ -114,6 +118,7 @@ class SplitSources:
         warnings.warn(f"dropped {problem} (data.missing_labels=drop)", stacklevel=2)
         keep = np.ones(len(ds), dtype=bool)
         keep[rows] = False
+        self._origin[split] = (split, np.flatnonzero(keep))
         return ds.select(np.flatnonzero(keep))
 
     def locate(self, split: str, row: int) -> str:
@@ -122,18 +127,32 @@ class SplitSources:
 
     def _locate(self, split: str, row: int) -> str:
         """Where a row of a split lies: the file and its data row number (from 1), for messages."""
+        if split in self._origin and row < len(self._origin[split][1]):
+            split, rows = self._origin[split]
+            row = int(rows[row])
         if split not in self._read:
             return f"row {row + 1} of {self.describe(split)}"
         files, fmt, names = self._read[split]
         return locate_row(files, fmt, names, self.cache_dir, row)
 
     def _carve(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
-        labels = [label_key(v) for v in train[self.label_column]]
+        key = self._label_set_key if self.multilabel else label_key
+        labels = [key(v) for v in train[self.label_column]]
         train_rows, valid_rows = stratified_split(labels, self.valid_fraction, self.seed)
         if len(train_rows) == 0:
             raise UserError("data.valid_fraction leaves no training rows; lower it or give data.valid")
         log.info("validation: %d of %d training rows (seed %d)", len(valid_rows), len(train), self.seed)
+        kept = self._origin.get("train", ("train", np.arange(len(train))))[1]
+        self._origin["train"], self._origin["valid"] = ("train", kept[train_rows]), ("train", kept[valid_rows])
         return train.select(train_rows), train.select(valid_rows)
+
+    def _label_set_key(self, value: object) -> str:
+        """A label set as one stratum for carving (sorted; a bad cell is reported later, with its row)."""
+        try:
+            labels = label_set(value, self.label_separator)
+        except (ValueError, UserError):
+            return repr(value)
+        return "\x1f".join(sorted(labels)) if labels is not None else ""
 
     def _hub_dict(self) -> datasets.DatasetDict:
         if self._hub is None:

@@ -17,6 +17,10 @@ equal-width bins ``[k/n, (k+1)/n)`` (a confidence of exactly 1 into the last); E
 count-weighted mean over bins of |accuracy - mean confidence|. Written here rather than taken
 from torchmetrics because the reliability diagram needs the per-bin values, which
 torchmetrics keeps private; for confidences below 1 both give the same number (tested).
+
+Multi-label models (one sigmoid per label) get no temperature: :data:`MULTILABEL_NO_TEMPERATURE`
+says why. Their post-hoc step is :func:`tune_thresholds`: per label, the decision threshold that
+maximises that label's F1 on the validation split.
 """
 
 from __future__ import annotations
@@ -30,23 +34,34 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from vdcnn_res.errors import UserError
+
 __all__ = [
     "N_BINS",
     "T_MAX",
     "T_MIN",
     "Calibration",
     "LogitCollector",
+    "MULTILABEL_NO_TEMPERATURE",
     "ReliabilityBins",
+    "Thresholds",
     "calibrate",
     "expected_calibration_error",
     "fit_temperature",
     "nll",
     "reliability_bins",
+    "check_threshold",
+    "tune_thresholds",
 ]
 
 N_BINS = 15
 T_MIN, T_MAX = 0.05, 20.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+MULTILABEL_NO_TEMPERATURE = (
+    "temperature scaling is for single-label (softmax) models; a multi-label model keeps its sigmoid "
+    "probabilities and uses per-label thresholds tuned on the validation split instead"
+)
+_THRESHOLD_GRID = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
 
 
 def nll(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> float:
@@ -197,3 +212,74 @@ class LogitCollector(Metric):
             return torch.cat(states) if isinstance(states, list) else states
 
         return cat(self.logits), cat(self.labels)
+
+
+def check_threshold(value: Any, what: str = "threshold") -> float:
+    """A decision threshold as a float in [0, 1]; anything else is a UserError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise UserError(f"{what} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-label decision thresholds tuned on a split, and the micro-F1 there before (all at ``default``) and after."""
+
+    thresholds: list[float]
+    texts: int
+    default: float
+    f1_micro_before: float
+    f1_micro_after: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, for checkpoints (they load with torch.load(weights_only=True))."""
+        return asdict(self)
+
+    def summary(self, split: str = "validation") -> str:
+        return (
+            f"per-label thresholds {min(self.thresholds):.2f}-{max(self.thresholds):.2f} tuned on {self.texts} {split} texts: "
+            f"micro-F1 {100 * self.f1_micro_before:.2f} % (all at {self.default:g}) -> {100 * self.f1_micro_after:.2f} %"
+        )
+
+
+def _micro_f1(predicted: Tensor, labels: Tensor) -> float:
+    tp = float((predicted & labels).sum())
+    fp, fn = float((predicted & ~labels).sum()), float((~predicted & labels).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+
+
+def tune_thresholds(probs: Tensor, labels: Tensor, default: float = 0.5) -> Thresholds:
+    """Per label, the threshold of a grid (0.02, 0.04, ..., 0.98) that maximises its F1 on these
+    (N, L) probabilities against multi-hot ``labels``; ties go to the threshold nearest ``default``.
+
+    A label without a positive text in the split keeps ``default`` (its F1 cannot be measured).
+    Raises ValueError for no rows or non-finite probabilities.
+    """
+    if probs.dim() != 2 or labels.shape != probs.shape:
+        raise ValueError(f"probs and labels must both be (N, L), got {tuple(probs.shape)} and {tuple(labels.shape)}")
+    if len(probs) == 0:
+        raise ValueError("no validation texts to tune thresholds on")
+    p, y = probs.detach().double().cpu(), labels.detach().cpu() > 0
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("the validation probabilities are not all finite")
+    grid = _THRESHOLD_GRID
+    chosen = []
+    for j in range(p.shape[1]):
+        positives = int(y[:, j].sum())
+        if positives == 0:
+            chosen.append(float(default))
+            continue
+        predicted = p[:, j, None] >= grid[None, :]  # (N, T)
+        tp = (predicted & y[:, j, None]).sum(0).double()
+        f1 = 2 * tp / (predicted.sum(0).double() + positives)
+        best = f1.max()
+        ties = torch.nonzero(f1 >= best - 1e-12).flatten()
+        chosen.append(float(grid[ties[(grid[ties] - default).abs().argmin()]]))
+    thresholds = torch.tensor(chosen, dtype=torch.float64)
+    return Thresholds(
+        thresholds=[round(t, 4) for t in chosen],
+        texts=len(p),
+        default=float(default),
+        f1_micro_before=_micro_f1(p >= default, y),
+        f1_micro_after=_micro_f1(p >= thresholds[None, :], y),
+    )

@@ -1,5 +1,13 @@
 """LightningModule around the pure VDCNN: loss, metrics, optimizers, checkpoint contents.
 
+Multi-label (``task="multilabel"``, linked from data.task): one sigmoid per label with
+BCE-with-logits; ``class_weights`` are then positive-class weights. Validation reports subset
+accuracy (``val/acc``, what checkpoints and early stopping watch) and micro/macro F1 at the
+global ``threshold``; every validation also tunes one threshold per label on its own
+probabilities (training/calibration.py ``tune_thresholds``), and a checkpoint saved at that step
+stores them as ``label_thresholds`` (so test, predict, the Predictor and exports use them).
+Temperature scaling is skipped for multi-label models, with one line at the end of fit.
+
 Calibration (training/calibration.py): every validation fits a temperature on its own logits,
 and a checkpoint saved at that step (best and last are saved right after a validation) stores
 it as ``model.temperature``; training itself always runs with temperature 1. Test reports NLL
@@ -8,7 +16,9 @@ and ECE before and after the checkpoint's temperature and draws a reliability di
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +32,25 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+    MultilabelStatScores,
 )
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import ModelConfig, build_model
-from vdcnn_res.training.calibration import N_BINS, Calibration, LogitCollector, calibrate, nll, reliability_bins
+from vdcnn_res.training.calibration import (
+    MULTILABEL_NO_TEMPERATURE,
+    N_BINS,
+    Calibration,
+    LogitCollector,
+    Thresholds,
+    calibrate,
+    check_threshold,
+    nll,
+    reliability_bins,
+    tune_thresholds,
+)
 from vdcnn_res.training.optim import OptimConfig, build_optimizer, build_scheduler
 from vdcnn_res.training.plotting import plot_confusion_matrix, plot_reliability, write_confusion_csv
 
@@ -53,6 +77,8 @@ class VDCNNClassifier(pl.LightningModule):
         label_smoothing: float = 0.1,  # docs/results.md; the paper used none
         label_names: list[str] | None = None,
         class_weights: Literal["balanced"] | list[float] | None = None,
+        task: Literal["multiclass", "multilabel"] = "multiclass",
+        threshold: float | None = None,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain dicts, never pickled classes, so they load with weights_only.
@@ -66,15 +92,22 @@ class VDCNNClassifier(pl.LightningModule):
                 "let the CLI link both from the data module instead of typing them"
             )
         weights = _check_class_weights(class_weights, arch.num_classes)
-        self.save_hyperparameters(
-            {
-                "arch": asdict(arch),
-                "optim": asdict(optim),
-                "label_smoothing": label_smoothing,
-                "label_names": list(label_names) if label_names else None,
-                "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
-            }
-        )
+        if task not in ("multiclass", "multilabel"):
+            raise UserError(f"task must be 'multiclass' or 'multilabel', got {task!r}; it is linked from data.task")
+        self.multilabel = task == "multilabel"
+        if threshold is not None and not self.multilabel:
+            raise UserError("model.threshold is the decision threshold of multi-label models; set data.task=multilabel or drop it")
+        self.threshold = 0.5 if threshold is None else check_threshold(threshold, "model.threshold")
+        hparams = {
+            "arch": asdict(arch),
+            "optim": asdict(optim),
+            "label_smoothing": label_smoothing,
+            "label_names": list(label_names) if label_names else None,
+            "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
+        }
+        if self.multilabel:  # single-label checkpoints keep exactly their former hyperparameters
+            hparams.update(task=task, threshold=threshold)
+        self.save_hyperparameters(hparams)
         self.arch, self.optim = arch, optim
         self.in_range_test = False  # True while lr: auto's range test runs (training/lr_finder.py)
         self.label_names = list(label_names) if label_names else [str(i) for i in range(arch.num_classes)]
@@ -83,13 +116,28 @@ class VDCNNClassifier(pl.LightningModule):
         self.register_buffer("loss_weights", None if weights is None else torch.tensor(weights), persistent=False)
 
         n = arch.num_classes
-        self.train_acc = MulticlassAccuracy(n, average="micro")
-        self.val_acc = MulticlassAccuracy(n, average="micro")
-        self.val_f1 = MulticlassF1Score(n, average="macro")
-        self.test_acc = MulticlassAccuracy(n, average="micro")
-        self.test_f1 = MulticlassF1Score(n, average="macro")
-        self.test_class_f1 = MulticlassF1Score(n, average="none")
-        self.test_confusion = MulticlassConfusionMatrix(n)
+        if self.multilabel:
+            # Metrics take 0/1 predictions (thresholds applied here), so no metric applies its own.
+            self.train_acc = MultilabelExactMatch(n)
+            self.val_acc = MultilabelExactMatch(n)
+            self.val_f1 = MultilabelF1Score(n, average="macro")
+            self.val_f1_micro = MultilabelF1Score(n, average="micro")
+            self.test_acc = MultilabelExactMatch(n)
+            self.test_f1 = MultilabelF1Score(n, average="macro")
+            self.test_f1_micro = MultilabelF1Score(n, average="micro")
+            self.test_class_f1 = MultilabelF1Score(n, average="none")
+            self.test_confusion = MultilabelStatScores(n, average="none")  # (n, 5): tp, fp, tn, fn, support
+            # The decision thresholds in use: the global one until a validation tunes them (saved in checkpoints).
+            self.register_buffer("label_thresholds", torch.full((n,), self.threshold))
+        else:
+            self.train_acc = MulticlassAccuracy(n, average="micro")
+            self.val_acc = MulticlassAccuracy(n, average="micro")
+            self.val_f1 = MulticlassF1Score(n, average="macro")
+            self.test_acc = MulticlassAccuracy(n, average="micro")
+            self.test_f1 = MulticlassF1Score(n, average="macro")
+            self.test_class_f1 = MulticlassF1Score(n, average="none")
+            self.test_confusion = MulticlassConfusionMatrix(n)
+        self.tuned: Thresholds | None = None  # multi-label: thresholds tuned at the latest validation
         # Uncalibrated logits of the current validation / test (gathered over DDP ranks).
         self.val_logits = LogitCollector()
         self.test_logits = LogitCollector()
@@ -104,7 +152,21 @@ class VDCNNClassifier(pl.LightningModule):
         if stage == "fit":
             with torch.no_grad():  # training runs uncalibrated, also for a module fitted before in this process
                 self.model.temperature.fill_(1.0)
-        if stage == "fit" and self.hparams.get("class_weights") == "balanced":
+        if stage == "fit" and self.hparams.get("class_weights") == "balanced" and self.multilabel:
+            data = self.trainer.datamodule
+            counts, n = getattr(data, "class_counts", None), getattr(data, "num_train_texts", None)
+            if counts is None or n is None:
+                raise UserError(
+                    "model.class_weights=balanced needs the training label counts from a data module "
+                    "(TextDataModule.class_counts); give explicit weights [w1, ...] instead"
+                )
+            weights = balanced_positive_weights(counts, n, self.label_names)
+            self.loss_weights = torch.tensor(weights, device=self.device)
+            rank_zero_info(
+                "Positive-class weights (balanced: negatives / positives per label in the training split): "
+                + ", ".join(f"{name} {w:.3g}" for name, w in zip(self.label_names, weights))
+            )
+        elif stage == "fit" and self.hparams.get("class_weights") == "balanced":
             counts = getattr(self.trainer.datamodule, "class_counts", None)
             if counts is None:
                 raise UserError(
@@ -124,13 +186,25 @@ class VDCNNClassifier(pl.LightningModule):
             if self.loss_weights is None:
                 raise RuntimeError("class_weights='balanced' is resolved in setup('fit'); call it before training_step")
             weight = self.loss_weights.to(logits.device)
+        if self.multilabel:
+            # Label smoothing for independent binary labels: targets move eps/2 towards 1/2.
+            eps = self.hparams.label_smoothing
+            targets = labels.float() * (1.0 - eps) + eps / 2
+            return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight)
         return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=self.hparams.label_smoothing)
+
+    def _decide(self, logits: torch.Tensor, thresholds: torch.Tensor | float) -> torch.Tensor:
+        """Multi-label 0/1 predictions: sigmoid(logits) >= thresholds (one or one per label)."""
+        return (logits.float().sigmoid() >= thresholds).int()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["lengths"])
         loss = self._loss(logits, batch["labels"], weighted=True)
         self._stop_if_diverged(loss)
-        self.train_acc(logits, batch["labels"])
+        if self.multilabel:
+            self.train_acc(self._decide(logits, self.threshold), batch["labels"].int())
+        else:
+            self.train_acc(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
@@ -143,8 +217,14 @@ class VDCNNClassifier(pl.LightningModule):
         logits = self(batch["input_ids"], batch["lengths"])
         labels = batch["labels"]
         self.log("val/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
-        self.val_acc(logits, labels)
-        self.val_f1(logits, labels)
+        if self.multilabel:
+            predicted, labels = self._decide(logits, self.threshold), labels.int()
+            self.val_f1_micro(predicted, labels)
+            self.log("val/f1_micro", self.val_f1_micro)
+        else:
+            predicted = logits
+        self.val_acc(predicted, labels)
+        self.val_f1(predicted, labels)
         self.val_logits.update(self._uncalibrated(logits), labels)
         self.log("val/acc", self.val_acc, prog_bar=True)
         self.log("val/f1_macro", self.val_f1)
@@ -159,6 +239,13 @@ class VDCNNClassifier(pl.LightningModule):
         logits, labels = collector.compute()  # every rank's, so all ranks fit the same temperature
         collector.reset()
         self._calibration_step = self.trainer.global_step
+        if self.multilabel:
+            self.calibration, self.calibration_error = None, MULTILABEL_NO_TEMPERATURE
+            try:
+                self.tuned = tune_thresholds(logits.sigmoid(), labels, self.threshold) if self.hparams.threshold is None else None
+            except ValueError:
+                self.tuned = None
+            return
         try:
             self.calibration, self.calibration_error = calibrate(logits, labels), None
         except ValueError as err:  # e.g. a model still at chance; the end of fit reports the best checkpoint's
@@ -168,11 +255,58 @@ class VDCNNClassifier(pl.LightningModule):
         logits = self(batch["input_ids"], batch["lengths"])
         labels = batch["labels"]
         self.log("test/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
+        if self.multilabel:
+            predicted, labels = self._decide(logits, self.label_thresholds), labels.int()
+            for metric in (self.test_acc, self.test_f1, self.test_f1_micro, self.test_class_f1, self.test_confusion):
+                metric.update(predicted, labels)
+            return
         for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
             metric.update(logits, labels)
         self.test_logits.update(self._uncalibrated(logits), labels)
 
+    def _multilabel_test_end(self) -> None:
+        """Subset accuracy, micro/macro F1, per-label F1, precision, recall and support at the
+        model's thresholds; one line and a per-label CSV beside the run's logs."""
+        metrics = (self.test_acc, self.test_f1, self.test_f1_micro, self.test_class_f1, self.test_confusion)
+        acc, macro, micro, class_f1, stats = (m.compute() for m in metrics)
+        for metric in metrics:
+            metric.reset()
+        self.log("test/acc", acc)
+        self.log("test/subset_acc", acc)
+        self.log("test/f1_micro", micro)
+        self.log("test/f1_macro", macro)
+        tp, fp, fn, support = stats[:, 0].double(), stats[:, 1].double(), stats[:, 3].double(), stats[:, 4]
+        precision = tp / (tp + fp).clamp(min=1)
+        recall = tp / (tp + fn).clamp(min=1)
+        for name, f1, r, n in zip(self.label_names, class_f1, recall, support):
+            self.log(f"test/f1/{name}", f1)
+            self.log(f"test/recall/{name}", r.float())
+            self.log(f"test/support/{name}", n.float())
+        if not self.trainer.is_global_zero:
+            return
+        thresholds = self.label_thresholds.tolist()
+        tuned = "per-label thresholds tuned on the validation split" if len(set(thresholds)) > 1 else f"threshold {thresholds[0]:g}"
+        n_texts = int(stats[0, :4].sum())
+        print(f"\nTest (multi-label, {tuned}): micro-F1 {100 * float(micro):.2f} %, macro-F1 {100 * float(macro):.2f} %, "
+              f"subset accuracy {100 * float(acc):.2f} % on {n_texts} texts")
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "per_label_test.csv"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["label", "threshold", "precision", "recall", "f1", "support"])
+            for row in zip(self.label_names, thresholds, precision.tolist(), recall.tolist(), class_f1.tolist(), support.tolist()):
+                name, t, p, r, f1, n = row
+                writer.writerow([name, f"{t:.4g}", f"{p:.4f}", f"{r:.4f}", f"{f1:.4f}", int(n)])
+        os.replace(tmp, path)
+        print(f"Per-label scores: {path}")
+        print(f"Calibration: none ({MULTILABEL_NO_TEMPERATURE})")
+
     def on_test_epoch_end(self) -> None:
+        if self.multilabel:
+            self._multilabel_test_end()
+            return
         # compute() syncs the states of all ranks, so every number covers the whole split.
         acc = self.test_acc.compute()
         class_f1 = self.test_class_f1.compute()
@@ -218,6 +352,8 @@ class VDCNNClassifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["input_ids"], batch["lengths"])
+        if self.multilabel:
+            return {"index": batch["index"], "probs": logits.float().sigmoid()}
         return {"index": batch["index"], "probs": logits.float().softmax(dim=-1)}
 
     def configure_optimizers(self) -> Any:
@@ -259,6 +395,9 @@ class VDCNNClassifier(pl.LightningModule):
         state = checkpoint.get("state_dict")
         if self._calibration_step != checkpoint.get("global_step") or not isinstance(state, dict):
             return
+        if self.multilabel and self.tuned is not None and "label_thresholds" in state:
+            state["label_thresholds"] = torch.tensor(self.tuned.thresholds, dtype=state["label_thresholds"].dtype)
+            checkpoint["thresholds"] = self.tuned.to_dict()
         if self.calibration is not None and "model.temperature" in state:
             state["model.temperature"] = torch.tensor(self.calibration.temperature, dtype=state["model.temperature"].dtype)
             checkpoint["calibration"] = self.calibration.to_dict()
@@ -272,6 +411,8 @@ class VDCNNClassifier(pl.LightningModule):
         if fitting and isinstance(state, dict) and "model.temperature" in state:
             # Training always runs uncalibrated; the next validation fits a new temperature.
             state["model.temperature"] = torch.ones_like(state["model.temperature"])
+        if fitting and isinstance(state, dict) and "label_thresholds" in state:
+            state["label_thresholds"] = torch.full_like(state["label_thresholds"], self.threshold)
 
     def on_fit_end(self) -> None:
         """The in-memory model takes the temperature fitted on its own (final) weights, as last.ckpt
@@ -279,10 +420,15 @@ class VDCNNClassifier(pl.LightningModule):
         if self.calibration is not None and self._calibration_step == self.trainer.global_step:
             with torch.no_grad():
                 self.model.temperature.fill_(self.calibration.temperature)
+        if self.multilabel and self.tuned is not None and self._calibration_step == self.trainer.global_step:
+            with torch.no_grad():
+                self.label_thresholds.copy_(torch.tensor(self.tuned.thresholds))
         callback = self.trainer.checkpoint_callback
         path = getattr(callback, "best_model_path", "") if callback is not None else ""
         if not self.trainer.is_global_zero or not path:
             return
+        if self.multilabel:
+            self._report_best_thresholds(path)
         try:  # mmap: only the small calibration entry is read, not the weights
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("calibration")
         except (OSError, RuntimeError, ValueError, AttributeError):
@@ -295,7 +441,34 @@ class VDCNNClassifier(pl.LightningModule):
             print("Calibration of the best checkpoint: none (no validation logits at its step), temperature 1")
 
 
+    def _report_best_thresholds(self, path: str) -> None:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("thresholds")
+        except (OSError, RuntimeError, ValueError, AttributeError):
+            return
+        if isinstance(saved, dict):
+            print(f"Thresholds of the best checkpoint: {Thresholds(**saved).summary()}")
+        else:
+            print(f"Thresholds of the best checkpoint: {self.threshold:g} for every label"
+                  + (" (model.threshold)" if self.hparams.threshold is not None else " (no validation to tune them on)"))
+
+
 _CALIBRATION_KEYS = ("temperature", "texts", "nll_before", "nll_after", "ece_before", "ece_after")
+
+
+def balanced_positive_weights(positives: Any, n: int, label_names: list[str]) -> list[float]:
+    """Multi-label ``pos_weight`` per label: negatives / positives in the training split (a label
+    without positive texts is an error, one present in every text gets 1)."""
+    positives = [int(c) for c in positives]
+    if len(positives) != len(label_names):
+        raise UserError(f"{len(positives)} label counts for {len(label_names)} labels; the data and the model disagree")
+    missing = [name for name, c in zip(label_names, positives) if c <= 0]
+    if missing:
+        raise UserError(
+            f"class_weights=balanced: label(s) {missing} have no training texts, so no weight can balance them; "
+            "add training texts for them or give explicit weights"
+        )
+    return [max(n - c, 1) / c for c in positives]
 
 
 def _check_class_weights(class_weights: Any, num_classes: int) -> list[float] | None:
@@ -345,6 +518,11 @@ def _check_compatible(saved: dict, current: Any) -> None:
                 f"the checkpoint was trained with {key}={saved_arch[key]} but the data gives "
                 f"{key}={arch[key]}: use the data (and tokenizer settings) it was trained on"
             )
+    saved_task, task = saved.get("task", "multiclass"), current.get("task", "multiclass")
+    if saved_task != task:
+        raise UserError(
+            f"the checkpoint is a {saved_task} model but data.task={task!r}: drop data.task (the checkpoint sets it)"
+        )
     if saved.get("label_names") and current.get("label_names") and saved["label_names"] != current["label_names"]:
         raise UserError(
             f"the checkpoint's labels {saved['label_names']} differ from the data's "

@@ -314,8 +314,7 @@ class TextDataModule(BucketedDataModule):
             return label_sets(values, self.hparams.label_separator), names
         except LabelSetError as err:
             raise UserError(
-                f"{err.problem} in the {split} split ({self._sources.locate(split, err.row)}); fix the data "
-                f"or data.label_separator (now {self.hparams.label_separator!r})"
+                f"{err.problem} in the {split} split ({self._sources.locate(split, err.row)}); fix the data"
             ) from None
 
     def _multilabel_split(self, split: str) -> TokenizedSplit:

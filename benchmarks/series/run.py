@@ -2,10 +2,11 @@
 
     python benchmarks/series/run.py --out_dir runs/series                 # 5 sets x 3 seeds, one at a time
     python benchmarks/series/run.py --sets GunPoint --seeds 0 --max_epochs 5 --out_dir /tmp/s   # a smoke run
+    python benchmarks/series/run.py --sets ArrowHead --out_dir runs/probe -- --data.batch_size=8  # a variant of the recipe
 
 Each cell runs `vdcnn-res fit --config configs/series/recipe.yaml --config configs/series/<set>.yaml`
-with one thread (OMP_NUM_THREADS=1), then `vdcnn-res test` on its best checkpoint alone (lowest
-validation loss, the validation split carved from train), and appends one JSON line to
+with one thread (OMP_NUM_THREADS=1), then `vdcnn-res test` on its best checkpoint alone (the
+recipe's `checkpoint.monitor`: the lowest training loss, `data.train_as_valid`), and appends one JSON line to
 <out_dir>/results.jsonl: set, seed, test accuracy, fit wall seconds, epochs. Finished cells are
 skipped when the command is repeated. The table (mean and sd over seeds) goes to <out_dir>/table.md.
 """
@@ -30,12 +31,14 @@ _ACCURACY = re.compile(r"accuracy ([0-9.]+) % on (\d+)")
 
 def _run(args: list[str], log: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with log.open("a", encoding="utf-8") as f:
-        done = subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-        f.write(done.stdout)
+    start = log.stat().st_size if log.exists() else 0
+    with log.open("a", encoding="utf-8") as f:  # streamed: a long fit's epochs show in the log as they end
+        done = subprocess.run(args, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}); see {log}")
-    return done.stdout
+    with log.open(encoding="utf-8") as f:
+        f.seek(start)
+        return f.read()
 
 
 def run_cell(name: str, seed: int, out_dir: Path, extra: list[str]) -> dict:
@@ -89,8 +92,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max_epochs", type=int, default=None, help="override the recipe's trainer.max_epochs")
+    parser.add_argument("fit_args", nargs="*", help="after --: more `vdcnn-res fit` flags for every cell (e.g. -- --data.batch_size=8)")
     args = parser.parse_args(argv)
-    extra = [] if args.max_epochs is None else ["--trainer.max_epochs", str(args.max_epochs)]
+    extra = ([] if args.max_epochs is None else ["--trainer.max_epochs", str(args.max_epochs)]) + list(args.fit_args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results = args.out_dir / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []

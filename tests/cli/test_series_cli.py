@@ -18,8 +18,7 @@ from vdcnn_res.errors import UserError
 
 SERIES_CONFIGS = sorted((REPO / "configs" / "series").glob("*.yaml"))
 RECIPE = REPO / "configs" / "series" / "recipe.yaml"
-TINY_SERIES = ["--model.arch.channels=[8, 16, 16]", "--data.batch_size=8", "--trainer.max_epochs=2",
-               "--data.valid_fraction=0.25"]  # fmt: skip
+TINY_SERIES = ["--model.arch.channels=[8, 16, 16]", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1"]
 
 
 def write_sets(folder: Path, channels: int = 2) -> dict[str, str]:
@@ -65,6 +64,18 @@ def test_series_configs_compose_with_the_recipe(config, capsys):
     assert printed["model"]["arch"]["head"] == "global_avg" and printed["model"]["arch"]["kernel_sizes"] == [8, 5, 3]
     assert "input_channels" not in printed["model"]["arch"]  # linked from the data, never typed
     assert "series_column" in printed["data"] and "tokenizer" not in printed["data"]
+    assert printed["data"]["batch_size"] == "auto" and printed["data"]["train_as_valid"] is True
+    assert printed["data"]["valid_fraction"] == 0 and printed["checkpoint"]["monitor"] == "val/loss"
+
+
+def test_per_set_configs_hold_only_paths_and_labels():
+    """One recipe for every set: a set's file must not tune it (normalisation, budget, model, ...)."""
+    for config in SERIES_CONFIGS:
+        if config == RECIPE:
+            continue
+        loaded = yaml.safe_load(config.read_text())
+        assert set(loaded) == {"data_kind", "data"}, config.name
+        assert set(loaded["data"]) <= {"train", "test", "label_offset", "label_column", "series_column"}, config.name
 
 
 @pytest.mark.usefixtures("in_repo")

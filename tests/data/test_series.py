@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vdcnn_res.data.series import SeriesCollator, SeriesPreprocessing, SeriesSplit, as_series
-from vdcnn_res.data.series_module import SeriesDataModule
+from vdcnn_res.data.series_module import SeriesDataModule, auto_batch_size
 from vdcnn_res.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,6 +190,45 @@ def test_a_string_series_column_is_a_user_error(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(UserError, match="holds strings; a series holds numbers"):
         SeriesDataModule(train=train, valid_fraction=0.0).setup("fit")
+
+
+def test_auto_batch_size_is_a_tenth_of_train_capped_at_16():
+    assert [auto_batch_size(n) for n in (1, 9, 36, 50, 67, 160, 270, 10_000)] == [1, 1, 3, 5, 6, 16, 16, 16]
+
+
+def test_batch_size_auto_resolves_from_the_training_split(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", series_rows(40, 2))
+    data = SeriesDataModule(train=train, valid_fraction=0.0, batch_size="auto")
+    data.setup("fit")
+    sizes = [len(b["labels"]) for b in data.train_dataloader()]
+    assert sizes == [4] * 10 and data.hparams.batch_size == 4  # the checkpoint records the number
+    test = write_jsonl(tmp_path / "test.jsonl", series_rows(6, 2))
+    evaluating = SeriesDataModule(test=test, batch_size="auto")  # no training data: any size, same logits
+    evaluating.set_checkpoint_state(2, ["down", "up"])
+    evaluating.setup("test")
+    assert sum(len(b["labels"]) for b in evaluating.test_dataloader()) == 6
+
+
+@pytest.mark.parametrize("size", ["big", 0, True, 2.5])
+def test_a_bad_batch_size_is_a_user_error(size):
+    with pytest.raises(UserError, match="data.batch_size"):
+        SeriesDataModule(train="x.jsonl", batch_size=size)
+
+
+def test_train_as_valid_validates_on_every_training_series_in_order(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", series_rows(12, 1, lengths=(8, 15)))
+    data = SeriesDataModule(train=train, valid_fraction=0.0, batch_size=5, train_as_valid=True)
+    data.setup("fit")
+    seen = [i for b in data.val_dataloader() for i in b["index"].tolist()]
+    assert sorted(seen) == list(range(12))
+    assert seen == [i for b in data.val_dataloader() for i in b["index"].tolist()]  # no shuffling
+    assert SeriesDataModule(train=train, valid_fraction=0.0).val_dataloader() == []  # off: no validation
+
+
+@pytest.mark.parametrize("split", [{"valid_fraction": 0.2}, {"valid": "v.jsonl", "valid_fraction": 0.0}])
+def test_train_as_valid_with_a_validation_split_is_a_user_error(split):
+    with pytest.raises(UserError, match="data.train_as_valid validates on the training split"):
+        SeriesDataModule(train="x.jsonl", train_as_valid=True, **split)
 
 
 def test_a_missing_series_column_names_the_setting(tmp_path):

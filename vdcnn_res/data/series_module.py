@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from vdcnn_res.data.base import BucketedDataModule
 from vdcnn_res.data.files import FORMATS
@@ -36,7 +37,9 @@ from vdcnn_res.data.series import (
 )
 from vdcnn_res.errors import UserError
 
-__all__ = ["SeriesDataModule"]
+__all__ = ["AUTO_BATCH", "SeriesDataModule", "auto_batch_size"]
+
+AUTO_BATCH = "auto"
 
 _LIST_FEATURES = tuple(
     t for t in (getattr(datasets, name, None) for name in ("List", "LargeList", "Sequence")) if isinstance(t, type)
@@ -53,6 +56,13 @@ class SeriesDataModule(BucketedDataModule):
             cache_dir: as in :class:`~vdcnn_res.data.datamodule.TextDataModule` (without
             ``valid``, ``valid_fraction`` of train is held out, stratified and seeded).
         series_column: the column holding each row's series.
+        batch_size: series per training batch, or ``"auto"``: ``min(16, max(1, n // 10))`` for
+            n training series (the published time-series ResNet's rule: a set of 36 series
+            trains in batches of 3, so even tiny sets get several updates per epoch).
+        train_as_valid: validate on the training split itself (in eval mode) when there is no
+            validation split (``valid_fraction: 0`` and no ``valid``): ``val/loss`` is then the
+            training loss and ``checkpoint.monitor: val/loss`` keeps the model with the lowest
+            one, the published ResNet's choice for sets too small to hold series out.
         normalize: ``zscore`` (per series and channel) or ``none``.
         missing: null / NaN values: ``interpolate`` (linear, per channel) or ``zero`` (0 after
             normalisation).
@@ -79,13 +89,14 @@ class SeriesDataModule(BucketedDataModule):
         normalize: Literal["zscore", "none"] = "zscore",
         missing: Literal["interpolate", "zero"] = "interpolate",
         max_length: int | None = None,
-        batch_size: int = 16,
+        batch_size: int | Literal["auto"] = 16,
         eval_batch_size: int | None = None,
         batching: Literal["bucket", "fixed"] = "bucket",
         pad_multiple: int = 1,
         pool_batches: int = 20,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        train_as_valid: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -103,8 +114,15 @@ class SeriesDataModule(BucketedDataModule):
             raise UserError(f"data.normalize must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}")
         if missing not in MISSING_KINDS:
             raise UserError(f"data.missing must be one of {', '.join(MISSING_KINDS)}, got {missing!r}")
-        if batch_size < 1 or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise UserError("data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1")
+        if batch_size != AUTO_BATCH and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
+            raise UserError(f"data.batch_size must be a positive int or 'auto', got {batch_size!r}")
+        if train_as_valid and (valid is not None or valid_fraction > 0 or hub_dataset is not None):
+            raise UserError(
+                "data.train_as_valid validates on the training split when there is no validation split; "
+                "set data.valid_fraction=0 and leave data.valid and data.hub_dataset unset, or drop data.train_as_valid"
+            )
+        if (batch_size != AUTO_BATCH and batch_size < 1) or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise UserError("data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1 (batch_size: or 'auto')")
         self.preprocessing = SeriesPreprocessing(normalize, missing, max_length)
         self._sources = self.split_sources(
             train=train,
@@ -175,6 +193,31 @@ class SeriesDataModule(BucketedDataModule):
 
     # ------------------------------------------------------------------ loaders
 
+    def val_dataloader(self) -> Any:
+        if self.hparams.train_as_valid:
+            return self._loader("train", shuffle=False)
+        return super().val_dataloader()
+
+    def _loader(self, split_name: str, shuffle: bool) -> Any:
+        self._resolve_batch_size()
+        return super()._loader(split_name, shuffle)
+
+    def predict_dataloader(self) -> Any:
+        self._resolve_batch_size()
+        return super().predict_dataloader()
+
+    def _resolve_batch_size(self) -> None:
+        """Replace ``batch_size: auto`` by its value (recorded in the checkpoint's hyperparameters)."""
+        hp = self.hparams
+        if hp.batch_size != AUTO_BATCH:
+            return
+        if not self._sources.has("train"):  # evaluating without training data: any size gives the same logits
+            hp.batch_size = 16
+            return
+        num_train = len(self._split("train"))
+        hp.batch_size = auto_batch_size(num_train)
+        rank_zero_info(f"data.batch_size=auto: {hp.batch_size} ({num_train} training series)")
+
     def _collator(self) -> SeriesCollator:
         hp = self.hparams
         return SeriesCollator(hp.pad_multiple, hp.max_length if hp.batching == "fixed" else None)
@@ -232,6 +275,11 @@ class SeriesDataModule(BucketedDataModule):
             labels = label_ids(ds[hp.label_column], table, is_classlabel)
         self._splits[split] = SeriesSplit(series, labels)
         return self._splits[split]
+
+
+def auto_batch_size(num_train: int) -> int:
+    """The published time-series ResNet's batch size for ``num_train`` training series: min(16, n // 10), at least 1."""
+    return max(1, min(16, num_train // 10))
 
 
 def _check_column_type(ds: datasets.Dataset, column: str, split: str, source: str) -> None:

@@ -18,6 +18,13 @@ older vdcnn-res refuses it with "upgrade" instead of silently ignoring the calib
 uncalibrated model's files are unchanged (no tensor, version 1 or 2); a file without the
 tensor loads with temperature 1.
 
+A multi-label model (one sigmoid per label, ``data.task=multilabel``) is written as
+format_version 4: config.json also holds ``"task": "multilabel"`` and ``thresholds`` (one
+decision threshold per label, tuned on the validation split), so an older vdcnn-res refuses it
+with "upgrade" instead of reading it as a softmax classifier. Single-label files are unchanged.
+The loaders attach the thresholds to the loaded VDCNN (:func:`model_thresholds`), so whatever
+writes that model again (an export, ``save_pretrained``, the ONNX graph) carries them.
+
 Lightning checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data
 only, so a checkpoint cannot run code while it is read.
 """
@@ -49,23 +56,29 @@ __all__ = [
     "ONNX_FILE",
     "TOKENIZER_FILE",
     "WEIGHTS_FILE",
+    "MULTILABEL_FORMAT_VERSION",
     "LoadedModel",
     "load_checkpoint_safely",
+    "model_thresholds",
     "read_checkpoint",
     "read_pretrained",
+    "set_model_thresholds",
     "write_pretrained",
 ]
 
-FORMAT_VERSION = 3  # the newest this version reads; text exports are written as 1
+FORMAT_VERSION = 4  # the newest this version reads; text exports are written as 1
 TEXT_FORMAT_VERSION = 1
 SERIES_FORMAT_VERSION = 2
 CALIBRATED_FORMAT_VERSION = 3  # model.safetensors holds a temperature (text or series)
+MULTILABEL_FORMAT_VERSION = 4  # config.json holds task and thresholds
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
 _CONFIG_KEYS = ("format_version", "architecture", "label_names", "max_length")
 _SERIES_CONFIG_KEYS = ("format_version", "architecture", "label_names", "series")
+_MULTILABEL_KEYS = ("task", "thresholds")
+_THRESHOLDS_ATTR = "vdcnn_res_thresholds"  # where a loaded multi-label VDCNN keeps its thresholds
 _DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state_dict() in a checkpoint
 _SERIES_STATE_KEY = "SeriesDataModule"  # ... and SeriesDataModule.state_dict()
 
@@ -82,6 +95,39 @@ class LoadedModel:
     tokenizer: Tokenizer | SeriesPreprocessing
     label_names: list[str]
     max_length: int | None
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label model's per-label decision thresholds; None for a single-label model."""
+        return model_thresholds(self.model)
+
+
+def model_thresholds(model: VDCNN) -> list[float] | None:
+    """The per-label decision thresholds a multi-label model was loaded (or marked) with; None: single-label."""
+    thresholds = getattr(model, _THRESHOLDS_ATTR, None)
+    return None if thresholds is None else list(thresholds)
+
+
+def set_model_thresholds(model: VDCNN, thresholds: Any, where: str = "thresholds") -> VDCNN:
+    """Mark ``model`` as multi-label with these thresholds (checked: one per class, each in [0, 1]);
+    None marks it single-label. Returns the model."""
+    if thresholds is None:
+        if hasattr(model, _THRESHOLDS_ATTR):
+            delattr(model, _THRESHOLDS_ATTR)
+        return model
+    setattr(model, _THRESHOLDS_ATTR, _thresholds(thresholds, model.config, where))
+    return model
+
+
+def _thresholds(values: Any, config: ModelConfig, where: str) -> list[float]:
+    if torch.is_tensor(values):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)) or len(values) != config.num_classes:
+        raise UserError(f"{where}: thresholds must be a list of {config.num_classes} numbers (one per label), got {values!r:.100}")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0]
+    if bad:
+        raise UserError(f"{where}: every threshold must be a probability in [0, 1], got {bad[0]!r}")
+    return [float(v) for v in values]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -212,6 +258,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     state = checkpoint.get("state_dict") or {}
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     model = _load_weights(build_model(config), weights, where)
+    task = hparams.get("task", "multiclass")
+    if task == "multilabel":
+        default = hparams.get("threshold") if hparams.get("threshold") is not None else 0.5
+        set_model_thresholds(model, state.get("label_thresholds", [default] * config.num_classes), where)
+    elif task != "multiclass":
+        raise UserError(f"{where}: unknown task {task!r} (multiclass or multilabel); upgrade vdcnn-res")
     return LoadedModel(model, _tokenizer(tokenizer, config, where), labels, max_length)
 
 
@@ -255,6 +307,9 @@ def write_pretrained(
         raise UserError(
             "a series model (input_channels > 0) is saved with its SeriesPreprocessing, a text model with its tokenizer"
         )
+    thresholds = model_thresholds(model)
+    if series and thresholds is not None:
+        raise UserError("multi-label series models are not supported; a series model has one label per series")
     out = Path(out_dir)
     paths = [out / WEIGHTS_FILE, out / CONFIG_FILE] + ([] if series else [out / TOKENIZER_FILE])
     existing = [p.name for p in paths if p.exists()]
@@ -264,6 +319,8 @@ def write_pretrained(
     config: dict[str, Any]
     calibrated = float(model.temperature) != 1.0
     version = CALIBRATED_FORMAT_VERSION if calibrated else SERIES_FORMAT_VERSION if series else TEXT_FORMAT_VERSION
+    if thresholds is not None:
+        version = MULTILABEL_FORMAT_VERSION
     if series:
         config = {
             "format_version": version,
@@ -278,6 +335,8 @@ def write_pretrained(
             "label_names": list(label_names),
             "max_length": int(max_length),
         }
+        if thresholds is not None:
+            config.update(task="multilabel", thresholds=thresholds)
     # Uncalibrated: no temperature tensor, so the files stay readable by versions before calibration.
     weights = {
         k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if calibrated or k != "temperature"
@@ -309,6 +368,8 @@ def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
         raise UserError(f"{where} must hold a JSON object, got {type(raw).__name__}")
     series = isinstance(raw.get("architecture"), dict) and bool(raw["architecture"].get("input_channels"))
     keys = _SERIES_CONFIG_KEYS if series else _CONFIG_KEYS
+    if not series and "task" in raw:
+        keys = keys + _MULTILABEL_KEYS
     unknown = sorted(set(raw) - set(keys))
     missing = [k for k in keys if k not in raw]
     if unknown or missing:
@@ -335,6 +396,13 @@ def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
     except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
         raise UserError(f"{d / TOKENIZER_FILE} cannot be read as a tokenizer ({err})") from None
     model = _load_weights(build_model(config), _safetensors(d), str(d))
+    if "task" in raw:
+        if raw["task"] != "multilabel" or version < MULTILABEL_FORMAT_VERSION:
+            raise UserError(
+                f"{where}: task must be 'multilabel' in a format_version {MULTILABEL_FORMAT_VERSION} file, "
+                f"got {raw['task']!r} in version {version}; export the model again"
+            )
+        set_model_thresholds(model, raw["thresholds"], where)
     return LoadedModel(model, _tokenizer(tokenizer, config, str(d / TOKENIZER_FILE)), labels, max_length)
 
 

@@ -7,7 +7,10 @@
 
 The logits are the model's, divided by its calibration temperature (a constant of the graph;
 1.0 for an uncalibrated model), so softmax(logits) are the same calibrated probabilities as
-the Predictor's.
+the Predictor's. A multi-label model's logits are one per label (sigmoid them); its graph
+carries the task and the per-label thresholds as metadata properties
+(``vdcnn_res.task`` = ``multilabel``, ``vdcnn_res.label_thresholds`` a JSON list in label
+order; read them with ``onnxruntime.InferenceSession(...).get_modelmeta().custom_metadata_map``).
 
 What tracing needs (no data-dependent checks, a max pooling with a dynamic length, the stable
 sort as ONNX TopK) is swapped in here; the model itself is written as the paper reads.
@@ -16,6 +19,7 @@ sort as ONNX TopK) is swapped in here; the model itself is written as the paper 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import warnings
@@ -28,10 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vdcnn_res.errors import UserError
+from vdcnn_res.inference.model_files import model_thresholds
 from vdcnn_res.model import VDCNN
 from vdcnn_res.model.layers import MaskedMaxPool1d
 
-__all__ = ["ONNX_OPSET", "export_onnx", "require_onnx"]
+__all__ = ["ONNX_OPSET", "export_onnx", "onnx_task", "require_onnx"]
 
 ONNX_OPSET = 18
 
@@ -120,6 +125,13 @@ def export_onnx(model: VDCNN, path: str | os.PathLike[str], verify: bool = True)
             )
     finally:
         onnx_logger.setLevel(level)
+    thresholds = model_thresholds(model)
+    if thresholds is not None:  # single-label graphs stay exactly as before
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.helper.set_model_props(
+            proto, {"vdcnn_res.task": "multilabel", "vdcnn_res.label_thresholds": json.dumps(thresholds)}
+        )
+        onnx.save(proto, str(path))
     graph_input = onnx.load(str(path), load_external_data=False).graph.input[0]
     shape = list(graph_input.type.tensor_type.shape.dim)
     if not (shape[0].dim_param and shape[-1].dim_param and all(d.dim_param or d.dim_value for d in shape)):
@@ -127,6 +139,16 @@ def export_onnx(model: VDCNN, path: str | os.PathLike[str], verify: bool = True)
     if verify:
         _verify_onnx(model, path)
     return path
+
+
+def onnx_task(path: str | os.PathLike[str]) -> tuple[str, list[float] | None]:
+    """(task, per-label thresholds or None) of a graph written by :func:`export_onnx`."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if props.get("vdcnn_res.task") == "multilabel":
+        return "multilabel", [float(t) for t in json.loads(props["vdcnn_res.label_thresholds"])]
+    return "multiclass", None
 
 
 def _input_name(model: VDCNN) -> str:

@@ -7,6 +7,13 @@
     predictor.save_pretrained("exports/agnews")     # safetensors + JSON, no pickle
     Predictor.from_pretrained("exports/agnews").predict_proba(["...", "..."])  # (2, n_classes)
 
+A multi-label model (trained with ``data.task: multilabel``) gives the label set, each label's
+sigmoid probability and (when asked) the top-k labels:
+
+    predictor.predict("Stocks fell as the team won.")
+    # {"labels": ["Business", "Sports"], "probabilities": {"Business": 0.83, "Sports": 0.77}}
+    predictor.predict("...", top_k=3, threshold=0.4)   # + "top_k": [(label, p), ...]; one threshold for all
+
 A series model (trained with ``data_kind: series``) takes arrays instead of strings:
 
     Predictor.from_checkpoint("series.ckpt").predict(np.array([[0.1, 0.4, ...], [...]]))  # one (C, L) series
@@ -29,7 +36,14 @@ from tokenizers import Tokenizer
 from vdcnn_res.data.batching import texts_to_batches
 from vdcnn_res.data.series import SeriesPreprocessing, as_series, series_to_batches
 from vdcnn_res.errors import UserError
-from vdcnn_res.inference.model_files import LoadedModel, read_checkpoint, read_pretrained, write_pretrained
+from vdcnn_res.inference.model_files import (
+    LoadedModel,
+    model_thresholds,
+    read_checkpoint,
+    read_pretrained,
+    set_model_thresholds,
+    write_pretrained,
+)
 from vdcnn_res.model import VDCNN
 
 if TYPE_CHECKING:  # explain.py imports Captum lazily; the Predictor never needs it to predict
@@ -37,7 +51,9 @@ if TYPE_CHECKING:  # explain.py imports Captum lazily; the Predictor never needs
 
 __all__ = ["InputKindError", "Prediction", "Predictor"]
 
-Prediction = dict[str, Any]  # {"label": str, "probability": float, "top_k": [(label, probability), ...]}
+# {"label": str, "probability": float, "top_k": [(label, probability), ...]}; multi-label:
+# {"labels": [str, ...], "probabilities": {label: probability}, "top_k": [...] when asked}
+Prediction = dict[str, Any]
 
 
 class InputKindError(UserError, TypeError):
@@ -79,6 +95,10 @@ class Predictor:
     Probabilities are calibrated when the model is: its logits are divided by the temperature
     fitted on the validation split (``temperature``; 1.0 = uncalibrated, see
     training/calibration.py). The temperature never changes which label is predicted.
+
+    A multi-label model (``thresholds``: one decision threshold per label, as tuned on the
+    validation split; loaders pass them) predicts each label's sigmoid probability
+    independently and returns the labels at or above their thresholds (``task`` says which).
     """
 
     def __init__(
@@ -89,6 +109,7 @@ class Predictor:
         max_length: int | None = 1024,
         device: str | torch.device = "cpu",
         bf16: bool | None = None,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         if len(label_names) != model.config.num_classes:
             raise UserError(f"{len(label_names)} label names for a model with {model.config.num_classes} classes")
@@ -106,11 +127,23 @@ class Predictor:
             self.model = model.to(self.device).eval()
         except (AssertionError, RuntimeError, TypeError) as err:  # AssertionError: torch built without CUDA
             raise UserError(f"device {device!r} is not usable here ({err}); use e.g. 'cpu' or an available 'cuda:0'") from None
+        if thresholds is None:
+            thresholds = model_thresholds(model)
+        if thresholds is not None:
+            if self.is_series:
+                raise UserError("multi-label series models are not supported; a series model has one label per series")
+            set_model_thresholds(model, thresholds, "Predictor(thresholds=...)")  # saved with the model
+        self.thresholds: list[float] | None = model_thresholds(model)
         self.tokenizer = tokenizer
         self.label_names = list(label_names)
         self.max_length = None if max_length is None else int(max_length)
         self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
         self.int8: Any = None  # an inference.quantize.Int8Session once use_int8 is called
+
+    @property
+    def task(self) -> str:
+        """``multilabel`` (one sigmoid per label, thresholds) or ``multiclass`` (softmax, one label)."""
+        return "multiclass" if self.thresholds is None else "multilabel"
 
     @property
     def temperature(self) -> float:
@@ -167,9 +200,16 @@ class Predictor:
         """Write model.safetensors, config.json and tokenizer.json (series: no tokenizer.json), what `from_pretrained` reads."""
         return write_pretrained(directory, self.model, self.tokenizer, self.label_names, self.max_length, overwrite)
 
+    def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """Softmax over the classes, or (multi-label) each label's sigmoid."""
+        logits = logits.float()
+        return (logits.sigmoid() if self.thresholds is not None else logits.softmax(-1)).cpu().numpy()
+
     @torch.inference_mode()
     def predict_proba(self, texts: str | Iterable[str] | Any, batch_size: int = 64) -> np.ndarray:
         """Class probabilities (float32), shape (n_inputs, n_classes), columns in `label_names` order.
+
+        A multi-label model gives each label's own probability (sigmoid): rows do not sum to 1.
 
         One string (series model: one series) gives one row. Empty texts and texts without a
         known character still get a prediction (the model sees padding only); long texts are
@@ -191,20 +231,36 @@ class Predictor:
             else:
                 with autocast:
                     logits = self.model(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
-            probs[batch["index"].numpy()] = logits.float().softmax(-1).cpu().numpy()
+            probs[batch["index"].numpy()] = self._probabilities(logits)
         return probs
 
     def predict(
-        self, texts: str | Iterable[str], top_k: int = 1, batch_size: int = 64
+        self,
+        texts: str | Iterable[str],
+        top_k: int | None = None,
+        batch_size: int = 64,
+        threshold: float | Sequence[float] | None = None,
     ) -> Prediction | list[Prediction]:
-        """Best label, its probability and the `top_k` (label, probability) pairs, most likely first.
+        """Best label, its probability and the `top_k` (label, probability) pairs, most likely first
+        (``top_k`` None: 1).
 
         One string in gives one result; a list gives a list in input order. Ties rank the
         class listed first in `label_names` first.
+
+        A multi-label model returns ``{"labels": [...], "probabilities": {label: p}}``: the labels
+        whose probability reaches their threshold (possibly none), in `label_names` order, and
+        with ``top_k`` also ``"top_k"``, the k most probable labels whatever the thresholds.
+        ``threshold`` (multi-label only) replaces the model's tuned thresholds: one number for
+        every label or one per label, each in [0, 1].
         """
         n = len(self.label_names)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n):
             raise UserError(f"top_k must be an int between 1 and {n} (the number of classes), got {top_k!r}")
+        if self.thresholds is not None:
+            return self._predict_sets(texts, top_k, batch_size, threshold)
+        if threshold is not None:
+            raise UserError("threshold applies to multi-label models; this one predicts one label per text (softmax)")
+        top_k = 1 if top_k is None else top_k
         if self.is_series:
             series, single = self._series_list(texts)
             probs = self._predict_series(series, batch_size)
@@ -222,6 +278,40 @@ class Predictor:
         ]
         return results[0] if single else results
 
+    def _predict_sets(
+        self, texts: str | Iterable[str], top_k: int | None, batch_size: int, threshold: float | Sequence[float] | None
+    ) -> Prediction | list[Prediction]:
+        thresholds = np.asarray(self._thresholds(threshold), dtype=np.float32)
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k] if top_k else None
+        results = []
+        for row, p in enumerate(probs):
+            chosen = np.flatnonzero(p >= thresholds)
+            result: Prediction = {
+                "labels": [self.label_names[j] for j in chosen],
+                "probabilities": {self.label_names[j]: float(p[j]) for j in chosen},
+            }
+            if order is not None:
+                result["top_k"] = [(self.label_names[j], float(p[j])) for j in order[row]]
+            results.append(result)
+        return results[0] if isinstance(texts, str) else results
+
+    def _thresholds(self, threshold: float | Sequence[float] | None) -> list[float]:
+        """The per-label thresholds to use: the model's, or ``threshold`` checked (one or one per label)."""
+        assert self.thresholds is not None
+        if threshold is None:
+            return list(self.thresholds)
+        n = len(self.label_names)
+        values = [threshold] * n if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) else threshold
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+        if not isinstance(values, (list, tuple)) or len(values) != n:
+            raise UserError(f"threshold must be a number or a list of {n} numbers (one per label), got {threshold!r:.80}")
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0]
+        if bad:
+            raise UserError(f"threshold must be a probability in [0, 1], got {bad[0]!r}")
+        return [float(v) for v in values]
+
     def explain(self, text: str, label: str | int | None = None, n_steps: int = 50) -> Explanation:
         """Per-character attributions of `text` for `label` (default: the predicted one).
 
@@ -230,6 +320,9 @@ class Predictor:
         """
         from vdcnn_res.inference.explain import explain
 
+        if self.thresholds is not None:
+            raise UserError("explanations are for single-label models (they attribute a softmax probability); "
+                            "this model is multi-label")
         return explain(self, text, label, n_steps=n_steps)
 
     # ------------------------------------------------------------------ series

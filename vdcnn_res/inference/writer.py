@@ -9,6 +9,15 @@ shards repeats rows), sorts by row and writes the single file. JSONL rows look l
 
 (``true_label`` only when the predict file has labels). CSV has the columns ``row, label,
 probability``, then ``label_2, probability_2, ...`` up to top_k, then ``true_label``.
+
+A multi-label model's rows hold the label set at the model's thresholds (possibly empty):
+
+    {"row": 0, "labels": ["Business", "World"], "probabilities": {"Business": 0.83, "World": 0.61},
+     "true_labels": ["Business"]}
+
+with ``"top_k"`` added when ``top_k`` > 1. CSV: ``row, labels, probabilities`` (both joined
+with ``|``, in label order), then ``label_1, probability_1, ...`` when top_k > 1, then
+``true_labels``.
 """
 
 from __future__ import annotations
@@ -89,6 +98,8 @@ class PredictionWriter(BasePredictionWriter):
         probs = prediction["probs"].detach().float().cpu().numpy()
         labels = batch.get("labels") if isinstance(batch, dict) else None
         labels = labels.detach().cpu().numpy().astype(np.int64) if labels is not None else np.full(len(index), -1)
+        if labels.ndim == 1 and probs.ndim == 2 and getattr(pl_module, "multilabel", False):
+            labels = np.full((len(index), probs.shape[1]), -1, dtype=np.int64)  # texts without labels
         self._parts.append((index, probs, labels))
 
     def write_on_epoch_end(
@@ -102,7 +113,11 @@ class PredictionWriter(BasePredictionWriter):
         assert self._target is not None
         path, fmt = self._target
         names = _label_names(pl_module) or [str(i) for i in range(probs.shape[1] if probs.ndim == 2 else 0)]
-        _write(path, fmt, index, probs, labels, names, min(self.top_k, len(names)))
+        thresholds = getattr(pl_module, "label_thresholds", None) if getattr(pl_module, "multilabel", False) else None
+        if thresholds is not None:
+            _write_sets(path, fmt, index, probs, labels, names, min(self.top_k, len(names)), thresholds.detach().cpu().numpy())
+        else:
+            _write(path, fmt, index, probs, labels, names, min(self.top_k, len(names)))
         self.path = path
         print(f"Predictions ({len(index)} rows): {path}")
 
@@ -147,6 +162,9 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.n
     if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
     index = np.concatenate([p[0] for p in parts])
+    if any(p[2].ndim == 2 for p in parts):  # multi-label: every part as (rows, labels)
+        width = max(p[1].shape[1] for p in parts)
+        parts = [(i, pr, lab if lab.ndim == 2 else np.full((len(i), width), -1)) for i, pr, lab in parts]
     probs = np.concatenate([p[1] for p in parts])
     labels = np.concatenate([p[2] for p in parts])
     _, first = np.unique(index, return_index=True)  # sorted unique rows, first occurrence of each
@@ -184,4 +202,50 @@ def _write(
                 if has_labels:
                     cells.append(names[label] if label >= 0 else "")
                 writer.writerow(cells)
+    os.replace(tmp, path)
+
+
+def _write_sets(
+    path: Path,
+    fmt: str,
+    index: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    top_k: int,
+    thresholds: np.ndarray,
+) -> None:
+    """Multi-label rows: the labels at or above their thresholds, their probabilities, top-k when > 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k] if len(index) else np.zeros((0, top_k), dtype=np.int64)
+    known = labels.ndim == 2 and len(labels) > 0 and bool((labels >= 0).all(axis=1).any())
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f) if fmt == "csv" else None
+        if writer is not None:
+            header = ["row", "labels", "probabilities"]
+            header += [c for k in range(1, top_k + 1) for c in (f"label_{k}", f"probability_{k}")] if top_k > 1 else []
+            writer.writerow(header + (["true_labels"] if known else []))
+        for row, p, label, best in zip(index, probs, labels, order):
+            chosen = np.flatnonzero(p >= thresholds)
+            truth = [names[j] for j in np.flatnonzero(label > 0)] if label.ndim == 1 and (label >= 0).all() else None
+            if writer is None:
+                record: dict[str, Any] = {
+                    "row": int(row),
+                    "labels": [names[j] for j in chosen],
+                    "probabilities": {names[j]: round(float(p[j]), 6) for j in chosen},
+                }
+                if top_k > 1:
+                    record["top_k"] = [{"label": names[j], "probability": round(float(p[j]), 6)} for j in best]
+                if truth is not None:
+                    record["true_labels"] = truth
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                continue
+            cells: list[Any] = [int(row), "|".join(names[j] for j in chosen), "|".join(f"{float(p[j]):.6f}" for j in chosen)]
+            if top_k > 1:
+                for j in best:
+                    cells += [names[j], f"{float(p[j]):.6f}"]
+            if known:
+                cells.append("|".join(truth) if truth is not None else "")
+            writer.writerow(cells)
     os.replace(tmp, path)

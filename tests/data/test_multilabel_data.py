@@ -164,3 +164,15 @@ def test_bad_settings(tmp_path, settings, message):
 def test_a_single_label_in_all_is_refused(tmp_path):
     with pytest.raises(UserError, match="needs at least two"):
         module(tmp_path, train=write_csv(tmp_path / "o.csv", [("a", '"A"'), ("b", '""')])).label_names
+
+
+def test_a_list_of_classlabel_column_names_the_labels(tmp_path):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "labels": datasets.List(datasets.ClassLabel(names=["c", "a", "b"]))})
+    path = tmp_path / "hub.parquet"
+    datasets.Dataset.from_dict({"text": ["x", "y", "z"], "labels": [[0, 2], [1], []]}, features=features).to_parquet(str(path))
+    data = module(tmp_path, train=str(path))
+    assert data.label_names == ["c", "a", "b"]  # the feature's order, not sorted
+    data.setup("fit")
+    assert data._split("train").labels.tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]

@@ -5,12 +5,19 @@
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --model exports/agnews  # a running server
 
 Each request carries 1-32 texts drawn (fixed seed) from a shared AG News split (Zhang CSV,
-title + description), so every concurrency level sends the same kind of traffic. Per level:
-throughput (texts/s over the level's wall time), p50/p95/p99 request latency and errors (any
-non-200 answer or transport failure). The in-process Predictor runs the texts of the largest
-level in one `predict_proba` call in the same run, with the same threads and precision, once
-before and once after the levels (the CPU may be shared with other work); the faster of the two
-is the reference the server is compared with, and the load average is printed with the table. Throughput does not depend on the weights, so without
+title + description), so every concurrency level sends the same kind of traffic. The clients
+are coroutines of one asyncio event loop in this process, each with its own HTTP/1.1 keep-alive
+connection (httpx), and the request bodies are encoded before the clock starts, so the load
+generator costs little CPU next to the server; its CPU seconds per level are reported. Per
+level: throughput (texts/s over the level's wall time), p50/p95/p99 request latency, errors
+(any non-200 answer, wrong number of predictions or transport failure), the server's CPU
+seconds (its process and its worker processes) and texts per forward pass.
+
+The in-process Predictor runs the texts of the largest level in one `predict_proba` call with
+the same batch size cap, threads and precision, --reference-passes times in the same run (all
+but one before the levels, one after; the CPU may be shared with other work): the fastest pass
+is the reference the server is compared with, in texts/s and in texts per CPU-second, and the
+load average is printed with the table. Throughput does not depend on the weights, so without
 --model a default-architecture (depth 9, 64-512 channels) model with random weights is
 exported to a temporary folder. Everything is bounded: M requests per client and --max-seconds
 per level; the server started here is stopped with SIGTERM at the end.
@@ -19,6 +26,7 @@ per level; the server started here is stopped with SIGTERM at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import http.client
 import json
@@ -51,8 +59,9 @@ class Level:
     errors: int
     seconds: float
     latencies_ms: list[float]
-    server_cpu_s: float | None = None  # CPU time the server process used during the level
-    model_calls: int = 0  # batches the server ran during the level (its /health counters)
+    server_cpu_s: float | None = None  # CPU time the server's processes used during the level
+    model_calls: int = 0  # forward passes the server ran during the level (its /health counters)
+    client_cpu_s: float = 0.0  # CPU time of this process (the load generator) during the level
 
     @property
     def per_cpu_second(self) -> float | None:
@@ -139,63 +148,71 @@ def make_requests(pool: list[str], n: int, max_texts: int, rng: random.Random) -
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), None where unknown."""
+    """User + system CPU time so far of a process and its child processes (the workers of
+    `--workers K`; Linux /proc), None where unknown."""
     if pid is None:
         return None
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = []
+    total = None
+    for p in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def _send_all(url: str, per_client: list[list[tuple[bytes, int]]], stop_at: float) -> tuple[list[float], dict[str, int]]:
+    """Every client sends its pre-encoded requests one after another on its own keep-alive connection."""
+    import httpx  # the `test` extra; imported here so that the rest of this file needs only the package
+
+    latencies: list[float] = []
+    counts = {"requests": 0, "texts": 0, "errors": 0}
+    n = len(per_client)
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, trust_env=False) as http:
+
+        async def client(requests: list[tuple[bytes, int]]) -> None:
+            for body, n_texts in requests:
+                if time.monotonic() > stop_at:
+                    return
+                start = time.perf_counter()
+                try:
+                    response = await http.post("/predict", content=body, headers=headers)
+                    ok = response.status_code == 200 and len(json.loads(response.content)["predictions"]) == n_texts
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                elapsed = (time.perf_counter() - start) * 1e3
+                counts["requests"] += 1
+                if ok:
+                    counts["texts"] += n_texts
+                    latencies.append(elapsed)
+                else:
+                    counts["errors"] += 1
+
+        await asyncio.gather(*(client(requests) for requests in per_client))
+    return latencies, counts
 
 
 def run_level(url: str, per_client: list[list[list[str]]], max_seconds: float, server_pid: int | None = None) -> Level:
-    """Every client sends its requests one after another on its own keep-alive connection."""
-    parsed = urlparse(url)
-    latencies: list[float] = []
-    counts = {"requests": 0, "texts": 0, "errors": 0}
-    lock = threading.Lock()
-    stop_at = time.monotonic() + max_seconds
-
-    def client(batches: list[list[str]]) -> None:
-        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
-        try:
-            for texts in batches:
-                if time.monotonic() > stop_at:
-                    return
-                body = json.dumps({"texts": texts}).encode()
-                start = time.perf_counter()
-                try:
-                    status, payload = request(url, "POST", "/predict", body, conn)
-                    ok = status == 200 and len(json.loads(payload)["predictions"]) == len(texts)
-                except (OSError, http.client.HTTPException, ValueError, KeyError):
-                    ok = False
-                    conn.close()
-                    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
-                elapsed = (time.perf_counter() - start) * 1e3
-                with lock:
-                    counts["requests"] += 1
-                    if ok:
-                        counts["texts"] += len(texts)
-                        latencies.append(elapsed)
-                    else:
-                        counts["errors"] += 1
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=client, args=(batches,)) for batches in per_client]
+    """One concurrency level: len(per_client) clients, each sending its requests in turn."""
+    encoded = [[(json.dumps({"texts": texts}).encode(), len(texts)) for texts in batches] for batches in per_client]
     cpu_start = cpu_seconds(server_pid)
     calls_start = json.loads(request(url, "GET", "/health")[1])["batches_run"]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max_seconds + 120)
+    client_cpu, start = time.process_time(), time.perf_counter()
+    latencies, counts = asyncio.run(_send_all(url, encoded, time.monotonic() + max_seconds))
     seconds = time.perf_counter() - start
+    client_cpu = time.process_time() - client_cpu
     cpu_end = cpu_seconds(server_pid)
     calls = json.loads(request(url, "GET", "/health")[1])["batches_run"] - calls_start
     cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
-    return Level(len(per_client), counts["requests"], counts["texts"], counts["errors"], seconds, latencies, cpu, calls)
+    return Level(len(per_client), counts["requests"], counts["texts"], counts["errors"], seconds, latencies, cpu, calls,
+                 client_cpu)
 
 
 def load_predictor(model: Path, threads: int, precision: str):
@@ -222,24 +239,26 @@ def load_average() -> str:
 
 
 def table(levels: list[Level], reference: float, reference_cpu: float, n_reference: int, batch_size: int) -> str:
-    """Wall-clock throughput (what a client sees) and texts per CPU-second of the server process
-    (less sensitive to other work on a shared CPU, not immune), each against the in-process Predictor."""
+    """Wall-clock throughput (what a client sees) and texts per CPU-second of the server's processes
+    (less sensitive to other work on a shared CPU, not immune), each against the in-process Predictor;
+    the load generator's own CPU seconds."""
     lines = [
         (
             "| concurrency | requests | texts | errors | texts/s | p50 ms | p95 ms | p99 ms | vs in-process "
-            "| texts/CPU-s | CPU vs in-process | texts per model call |"
+            "| texts/CPU-s | CPU vs in-process | server CPU s | client CPU s | texts per forward pass |"
         ),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lv in levels:
         per_cpu = lv.per_cpu_second
-        cpu_cells = f"{per_cpu:.1f} | {per_cpu / reference_cpu:.0%}" if per_cpu else "- | -"
+        cpu_cells = f"{per_cpu:.1f} | {per_cpu / reference_cpu:.0%} | {lv.server_cpu_s:.1f}" if per_cpu else "- | - | -"
         lines.append(
             f"| {lv.concurrency} | {lv.requests} | {lv.texts} | {lv.errors} | {lv.throughput:.1f} | {lv.percentile(50):.1f} "
             f"| {lv.percentile(95):.1f} | {lv.percentile(99):.1f} | {lv.throughput / reference:.0%} | {cpu_cells} "
-            f"| {lv.texts / lv.model_calls if lv.model_calls else float('nan'):.1f} |"
+            f"| {lv.client_cpu_s:.2f} | {lv.texts / lv.model_calls if lv.model_calls else float('nan'):.1f} |"
         )
-    lines.append(f"| in-process Predictor | - | {n_reference} | - | {reference:.1f} | - | - | - | 100% | {reference_cpu:.1f} | 100% | {min(n_reference, batch_size)} |")
+    lines.append(f"| in-process Predictor | - | {n_reference} | - | {reference:.1f} | - | - | - | 100% | {reference_cpu:.1f} "
+                 f"| 100% | {n_reference / reference_cpu:.1f} | - | {min(n_reference, batch_size)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -254,8 +273,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max-seconds", type=float, default=60, help="time limit per level")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server and of the in-process run")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass, server and in-process")
+    parser.add_argument("--max-gather", type=int, default=256, help="the server's --max-gather")
     parser.add_argument("--batch-timeout", type=float, default=10.0, help="ms")
+    parser.add_argument("--workers", type=int, default=1, help="the server's --workers (each with --threads torch threads)")
+    parser.add_argument("--reference-passes", type=int, default=3, help="in-process passes; the fastest is the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
@@ -271,20 +293,22 @@ def main(argv: list[str] | None = None) -> str:
         url = args.url
         if url is None:
             proc, url = start_server(model, args.threads, args.precision,
-                                     ["--max-batch-size", str(args.max_batch_size), "--batch-timeout", str(args.batch_timeout)])
+                                     ["--max-batch-size", str(args.max_batch_size), "--max-gather", str(args.max_gather),
+                                      "--batch-timeout", str(args.batch_timeout), "--workers", str(args.workers)])
         load_before = load_average()
         try:
             # The reference runs while the server is idle, before and after the levels (the CPU
-            # may be shared: the faster of the two is the one compared with).
+            # may be shared: the fastest pass is the one compared with).
             biggest = [t for batches in plans[max(args.concurrency)] for texts in batches for t in texts]
             predictor = load_predictor(model, args.threads, args.precision)
             predictor.predict_proba(biggest[: args.max_batch_size], batch_size=args.max_batch_size)  # warm-up
-            before = in_process(predictor, biggest, args.max_batch_size)
+            passes = [in_process(predictor, biggest, args.max_batch_size) for _ in range(max(1, args.reference_passes - 1))]
             run_level(url, [make_requests(pool, 4, args.max_texts, rng) for _ in range(4)], args.max_seconds)  # warm-up
             pid = proc.pid if proc is not None else None
             levels = [run_level(url, plans[c], args.max_seconds, pid) for c in args.concurrency]
-            after = in_process(predictor, biggest, args.max_batch_size)
-            reference, reference_cpu = max(before[0], after[0]), max(before[1], after[1])
+            if args.reference_passes > 1:
+                passes.append(in_process(predictor, biggest, args.max_batch_size))
+            reference, reference_cpu = max(p[0] for p in passes), max(p[1] for p in passes)
         finally:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
@@ -294,8 +318,9 @@ def main(argv: list[str] | None = None) -> str:
                     proc.kill()
     text = table(levels, reference, reference_cpu, len(biggest), args.max_batch_size)
     text += (f"\n{args.data.name}: {len(pool)} texts, 1-{args.max_texts} per request, {args.requests} requests per client; "
-             f"{args.threads} torch threads; precision {args.precision}; max batch {args.max_batch_size}, "
-             f"timeout {args.batch_timeout:g} ms; in-process {before[0]:.1f} texts/s before the levels, {after[0]:.1f} after; "
+             f"{args.threads} torch threads x {args.workers} server worker(s); precision {args.precision}; max batch "
+             f"{args.max_batch_size}, max gather {args.max_gather}, timeout {args.batch_timeout:g} ms; in-process passes "
+             f"(texts/s, in order; the last after the levels): {', '.join(f'{p[0]:.1f}' for p in passes)}; "
              f"load average {load_before} at the start, {load_average()} at the end\n")
     print(text)
     if args.output:

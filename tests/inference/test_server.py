@@ -317,6 +317,7 @@ class FakePredictor:
     """Records the texts of each model call; echoes each text as its label."""
 
     label_names = ("a", "b", "c")
+    max_length = 64
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -329,11 +330,12 @@ class FakePredictor:
         return [{"label": t, "probability": 0.5, "top_k": [(t, 0.5), ("b", 0.3), ("c", 0.2)][:top_k]} for t in texts]
 
 
-def _with_batcher(fake: FakePredictor, body, max_batch_size: int = 6, timeout_s: float = 0.3, max_queue_texts: int = 100):
+def _with_batcher(fake: FakePredictor, body, max_batch_size: int = 6, timeout_s: float = 0.3, max_queue_texts: int = 100,
+                  max_gather: int | None = None):
     from vdcnn_res.inference.server import Batcher
 
     async def run():
-        batcher = Batcher(fake, max_batch_size, timeout_s, max_queue_texts)
+        batcher = Batcher(fake, max_batch_size, timeout_s, max_queue_texts, max_gather)
         await batcher.start()
         try:
             return await body(batcher)
@@ -386,6 +388,84 @@ def test_a_failing_model_call_fails_its_requests_only():
     failed, later = _with_batcher(fake, body, timeout_s=0.05)
     assert all(isinstance(f, RuntimeError) for f in failed)
     assert later[0]["label"] == "c"
+
+
+def test_batcher_gathers_the_queue_and_groups_texts_by_length():
+    fake = FakePredictor()
+
+    async def body(batcher):
+        return await asyncio.gather(batcher.predict(["s1", "L" * 60, "s2"], 1), batcher.predict(["M" * 61, "s3"], 2))
+
+    first, second = _with_batcher(fake, body, max_batch_size=3, max_gather=8)
+    # One gather of both requests (5 texts), cut by length into passes of at most 3: the short
+    # texts of both requests together, the long ones together.
+    assert sorted(map(sorted, fake.calls)) == [["L" * 60, "M" * 61], ["s1", "s2", "s3"]]
+    assert [p["label"] for p in first] == ["s1", "L" * 60, "s2"] and [p["label"] for p in second] == ["M" * 61, "s3"]
+    assert [len(p["top_k"]) for p in first + second] == [1, 1, 1, 2, 2]
+
+
+def _pass_cost(lengths, groups, pass_cost):
+    from vdcnn_res.inference.server import _PAD_MULTIPLE
+
+    return sum(pass_cost + len(g) * max(-(-max(lengths[i] for i in g) // _PAD_MULTIPLE) * _PAD_MULTIPLE, _PAD_MULTIPLE)
+               for g in groups)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_length_groups_cover_every_text_once_and_beat_fixed_chunks(seed):
+    from vdcnn_res.inference.server import PASS_COST_CHARS, length_groups
+
+    rng = np.random.default_rng(seed)
+    lengths = [int(x) for x in rng.integers(0, 1100, size=int(rng.integers(1, 300)))]
+    groups = length_groups(lengths, 64)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(1 <= len(g) <= 64 for g in groups)
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(flat)  # passes hold neighbours in length order, shortest first
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    chunks = [order[i : i + 64] for i in range(0, len(order), 64)]  # what the Predictor does with one call
+    assert _pass_cost(lengths, groups, PASS_COST_CHARS) <= _pass_cost(lengths, chunks, PASS_COST_CHARS)
+
+
+def test_length_groups_are_optimal_on_small_inputs():
+    from itertools import combinations
+
+    from vdcnn_res.inference.server import length_groups
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lengths = sorted(int(x) for x in rng.integers(0, 300, size=7))
+        got = _pass_cost(lengths, length_groups(lengths, 3, pass_cost=100), 100)
+        best = min(
+            _pass_cost(lengths, [list(range(a, b)) for a, b in zip((0, *cuts), (*cuts, 7))], 100)
+            for k in range(7) for cuts in combinations(range(1, 7), k)
+            if all(b - a <= 3 for a, b in zip((0, *cuts), (*cuts, 7)))
+        )
+        assert got == best
+    assert length_groups([], 8) == []
+    assert length_groups([5, 5, 5], 8) == [[0, 1, 2]]  # equal lengths: one pass, input order
+
+
+def test_short_and_long_texts_of_one_request_run_in_separate_passes(server, predictor):
+    texts = [f"short {i}" for i in range(20)] + [f"a long text {i} " * 12 for i in range(20)]  # 7-8 vs 128+ characters
+    before = client().get(f"{server.url}/health").json()
+    response = post(server.url, {"texts": texts, "top_k": 2})
+    after = client().get(f"{server.url}/health").json()
+    assert response.status_code == 200
+    assert after["batches_run"] - before["batches_run"] == 2 and after["texts_run"] - before["texts_run"] == 40
+    expected = predictor.predict(texts, top_k=2)
+    for got, e in zip(response.json()["predictions"], expected):
+        assert got["label"] == e["label"] and got["probability"] == pytest.approx(e["probability"], abs=1e-5)
+
+
+def test_max_gather_below_the_batch_size_is_refused_with_one_line(export_dir, capsys):
+    from vdcnn_res.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model", str(export_dir), "--max-batch-size", "64", "--max-gather", "32"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vdcnn-res: error: ") and "\n" not in err and "--max-gather" in err
 
 
 # ----------------------------------------------------------------------------- the load benchmark

@@ -1,7 +1,7 @@
 """`vdcnn-res serve`: an exported model over HTTP with dynamic batching (inference/server.py).
 
     vdcnn-res serve --model exports/agnews [--host 127.0.0.1] [--port 8000] [--max-batch-size 64]
-                    [--batch-timeout 10] [--workers 1]
+                    [--max-gather 256] [--batch-timeout 10] [--workers 1]
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port}; 0 picks a free one, printed at start)")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
-                        help=f"texts per model call (default {d.max_batch_size})")
+                        help=f"texts per forward pass (default {d.max_batch_size})")
+    parser.add_argument("--max-gather", type=int, default=d.max_gather, metavar="N",
+                        help=f"queued texts taken at once and sorted by length into forward passes of similar "
+                        f"lengths, so less padding is computed (default {d.max_gather}; at least --max-batch-size)")
     parser.add_argument("--batch-timeout", type=float, default=d.batch_timeout_ms, metavar="MS",
                         help=f"longest wait for more texts after the oldest queued request, ms (default {d.batch_timeout_ms:g})")
     parser.add_argument("--workers", type=int, default=d.workers,
@@ -44,7 +47,7 @@ def main(argv: list[str]) -> None:
                         help=f"on SIGTERM, longest wait for in-flight requests, s (default {d.graceful_timeout_s:g})")
     args = parser.parse_args(argv)
     settings = ServeSettings(
-        model=args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+        model=args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size, max_gather=args.max_gather,
         batch_timeout_ms=args.batch_timeout, workers=args.workers, max_texts=args.max_texts,
         max_body_bytes=args.max_body_bytes, max_queue_texts=args.max_queue_texts, precision=args.precision,
         device=args.device, threads=args.threads, graceful_timeout_s=args.graceful_timeout,

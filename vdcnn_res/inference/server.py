@@ -7,10 +7,14 @@
 
 Only exported folders are served (safetensors + JSON, never a pickle). Concurrent requests are
 queued and run together: the batcher waits at most ``batch_timeout_ms`` after the oldest queued
-request for up to ``max_batch_size`` texts, then hands them to one ``Predictor.predict`` call in
-a worker thread, which sorts them by length into padded batches exactly as for in-process
-prediction. While the model runs, new requests queue up, so under load batches fill by
-themselves and an idle server adds at most the timeout to a lone request.
+request for ``max_batch_size`` texts (one full forward pass), then takes every queued request up
+to ``max_gather`` texts, sorts those texts by length and cuts them into forward passes of at most
+``max_batch_size`` texts of similar lengths (:func:`length_groups`), each one ``Predictor.predict``
+call in a worker thread. A batch is padded to its longest text, so grouping by length is what
+keeps the server's cost per text near the in-process Predictor's (which sorts all of its texts
+at once); a request is answered as soon as the passes holding its texts are done. While the
+model runs, new requests queue up, so under load batches fill by themselves and an idle server
+adds at most the timeout to a lone request.
 
 Bad requests get a 4xx with ``{"detail": "<one line>"}``; an unexpected failure gets a 500 with
 a one-line message (the traceback goes to the server log only). SIGTERM/SIGINT stop accepting
@@ -26,6 +30,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
@@ -34,7 +39,7 @@ from typing import Any
 
 from vdcnn_res.errors import UserError
 
-__all__ = ["ServeSettings", "create_app", "load_predictor", "require_serve", "serve"]
+__all__ = ["ServeSettings", "create_app", "length_groups", "load_predictor", "require_serve", "serve"]
 
 logger = logging.getLogger("vdcnn_res.serve")
 _SETTINGS_ENV = "VDCNN_RES_SERVE_SETTINGS"  # settings for the worker processes of --workers K > 1
@@ -58,7 +63,8 @@ class ServeSettings:
     model: str
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch_size: int = 64  # texts per model call (the Predictor's batch_size)
+    max_batch_size: int = 64  # texts per forward pass (the Predictor's batch_size)
+    max_gather: int = 256  # queued texts taken at once and sorted by length into forward passes
     batch_timeout_ms: float = 10.0  # longest wait after the oldest queued request for more texts
     workers: int = 1  # server processes, each with its own model and batcher
     max_texts: int = 256  # texts in one request
@@ -70,7 +76,7 @@ class ServeSettings:
     graceful_timeout_s: float = 30.0
 
     def validate(self) -> None:
-        positive_ints = ("max_batch_size", "workers", "max_texts", "max_body_bytes", "max_queue_texts")
+        positive_ints = ("max_batch_size", "max_gather", "workers", "max_texts", "max_body_bytes", "max_queue_texts")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -85,6 +91,8 @@ class ServeSettings:
             raise UserError(f"--graceful-timeout must be >= 0 seconds, got {self.graceful_timeout_s}")
         if self.precision not in _PRECISIONS:
             raise UserError(f"--precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}")
+        if self.max_gather < self.max_batch_size:
+            raise UserError(f"--max-gather ({self.max_gather}) must be at least --max-batch-size ({self.max_batch_size})")
         if self.max_queue_texts < self.max_texts:
             raise UserError(f"--max-queue-texts ({self.max_queue_texts}) must be at least --max-texts ({self.max_texts})")
         path = Path(self.model)
@@ -109,6 +117,44 @@ def load_predictor(settings: ServeSettings):  # -> Predictor (imported lazily: t
 # ----------------------------------------------------------------------------- batching
 
 
+# Fixed cost of one forward pass, in padded characters: measured for the default depth-9 model
+# on one CPU thread (a pass of 1 text cost as much as ~1,400 characters of a long batch;
+# docs/performance.md, "Serving"). It only decides where length groups are cut: larger merges
+# more texts into fewer, more padded passes.
+PASS_COST_CHARS = 1400
+_PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 ids (data/batching.py)
+
+
+def length_groups(lengths: Sequence[int], max_batch_size: int, pass_cost: float = PASS_COST_CHARS) -> list[list[int]]:
+    """Indices of `lengths` cut into forward passes of similar lengths, shortest first.
+
+    A pass costs about ``pass_cost`` plus its size times its longest text (each batch is padded
+    to its longest): the cuts of the length-sorted texts into passes of at most
+    ``max_batch_size`` that minimise the total are found by dynamic programming (n x
+    max_batch_size steps, vectorised). Texts of equal length keep their order.
+    """
+    import numpy as np
+
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lengths.__getitem__)
+    width = np.array([max(1, -(-int(lengths[i]) // _PAD_MULTIPLE)) * _PAD_MULTIPLE for i in order], dtype=np.float64)
+    best = np.zeros(n + 1)  # best[i]: cheapest cost of the i shortest texts
+    start = np.zeros(n + 1, dtype=np.int64)  # where the last pass of that split starts
+    for i in range(1, n + 1):
+        lo = max(0, i - max_batch_size)
+        costs = best[lo:i] + pass_cost + (i - np.arange(lo, i)) * width[i - 1]
+        j = int(np.argmin(costs))  # the first minimum: the longest last pass among equals
+        best[i], start[i] = costs[j], lo + j
+    groups = []
+    i = n
+    while i > 0:
+        groups.append(order[start[i] : i])
+        i = int(start[i])
+    return groups[::-1]
+
+
 class Overloaded(Exception):
     """More texts are queued than the server accepts (answered with 503)."""
 
@@ -122,31 +168,41 @@ class _Job:
 
 
 class Batcher:
-    """Queues requests and runs them in as few model calls as the timeout and batch size allow.
+    """Queues requests and runs them in as few, as evenly padded forward passes as the limits allow.
 
     One worker thread runs the model (the Predictor is not meant for concurrent calls; torch
-    parallelises inside each call); the event loop keeps reading requests meanwhile.
+    parallelises inside each call); the event loop keeps reading requests and sending answers
+    meanwhile. ``max_gather`` (default ``max_batch_size``) is how many queued texts are taken at
+    once and sorted by length into passes of at most ``max_batch_size``; ``predictor`` needs
+    ``predict(texts, top_k, batch_size)``, ``label_names`` and ``max_length``.
     """
 
-    def __init__(self, predictor: Any, max_batch_size: int, timeout_s: float, max_queue_texts: int) -> None:
+    def __init__(
+        self, predictor: Any, max_batch_size: int, timeout_s: float, max_queue_texts: int, max_gather: int | None = None
+    ) -> None:
         self.predictor = predictor
         self.max_batch_size = max_batch_size
+        self.max_gather = max(max_gather or max_batch_size, max_batch_size)
         self.timeout_s = timeout_s
         self.max_queue_texts = max_queue_texts
         self.pending_texts = 0
-        self.batches_run = 0  # model calls since start
+        self.batches_run = 0  # forward passes (Predictor calls) since start
         self.texts_run = 0
         self._jobs: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vdcnn-res-model")
 
+    async def warm_up(self) -> None:
+        """One uncounted forward pass in the model thread: the first of a fresh process is slow."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._run, ["warm-up"])
+
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="vdcnn-res-batcher")
 
     async def stop(self) -> None:
-        """Stop after the current model call; jobs still queued (only after a graceful timeout) fail."""
+        """Stop after the current forward pass; jobs still queued (only after a graceful timeout) fail."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -160,7 +216,7 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def predict(self, texts: list[str], top_k: int) -> list[dict[str, Any]]:
-        """Predictions for one request's texts, once their batch has run."""
+        """Predictions for one request's texts, once the passes holding them have run."""
         if self.pending_texts + len(texts) > self.max_queue_texts:
             raise Overloaded
         loop = asyncio.get_running_loop()
@@ -188,31 +244,48 @@ class Batcher:
                     break
             jobs = [self._jobs.popleft()]
             n = len(jobs[0].texts)
-            while self._jobs and n + len(self._jobs[0].texts) <= self.max_batch_size:
+            while self._jobs and n + len(self._jobs[0].texts) <= self.max_gather:
                 jobs.append(self._jobs.popleft())
                 n += len(jobs[-1].texts)
             self.pending_texts -= n
             jobs = [job for job in jobs if not job.future.done()]  # cancelled meanwhile (past the graceful timeout)
-            if not jobs:
+            if jobs:
+                await self._run_jobs(loop, jobs)
+
+    async def _run_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        """Run the jobs' texts in length groups; answer each job once its last text is done."""
+        texts = [text for job in jobs for text in job.texts]
+        owner = [j for j, job in enumerate(jobs) for _ in job.texts]
+        first = [0]
+        for job in jobs:
+            first.append(first[-1] + len(job.texts))
+        max_length = self.predictor.max_length
+        lengths = [min(len(text), max_length) for text in texts]  # characters: close enough to ids to group by
+        results: list[dict[str, Any] | None] = [None] * len(texts)
+        left = [len(job.texts) for job in jobs]
+        for group in length_groups(lengths, self.max_batch_size):
+            group = [i for i in group if not jobs[owner[i]].future.done()]  # a failed or cancelled job's texts are skipped
+            if not group:
                 continue
-            texts = [text for job in jobs for text in job.texts]
             try:
-                results = await loop.run_in_executor(self._executor, self._run, texts)
-            except Exception as err:  # noqa: BLE001 - every waiting request gets it (as a 500)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
+                out = await loop.run_in_executor(self._executor, self._run, [texts[i] for i in group])
+            except Exception as err:  # noqa: BLE001 - the requests with texts in this pass get it (as a 500)
+                for j in {owner[i] for i in group}:
+                    if not jobs[j].future.done():
+                        jobs[j].future.set_exception(err)
                 continue
             self.batches_run += 1
-            self.texts_run += len(texts)
-            start = 0
-            for job in jobs:
-                chunk = results[start : start + len(job.texts)]
-                start += len(job.texts)
-                for result in chunk:
-                    result["top_k"] = [{"label": label, "probability": p} for label, p in result["top_k"][: job.top_k]]
-                if not job.future.done():
-                    job.future.set_result(chunk)
+            self.texts_run += len(group)
+            for i, result in zip(group, out):
+                results[i] = result
+                j = owner[i]
+                left[j] -= 1
+                if left[j] == 0 and not jobs[j].future.done():
+                    top_k = jobs[j].top_k
+                    chunk = results[first[j] : first[j + 1]]
+                    for r in chunk:
+                        r["top_k"] = [{"label": label, "probability": p} for label, p in r["top_k"][:top_k]]
+                    jobs[j].future.set_result(chunk)
 
     def _run(self, texts: list[str]) -> list[dict[str, Any]]:
         # All classes ranked once by the Predictor; each request keeps its own top_k.
@@ -290,10 +363,12 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
     class PredictResponse(BaseModel):
         predictions: list[Prediction]
 
-    batcher = Batcher(predictor, settings.max_batch_size, settings.batch_timeout_ms / 1e3, settings.max_queue_texts)
+    batcher = Batcher(predictor, settings.max_batch_size, settings.batch_timeout_ms / 1e3, settings.max_queue_texts,
+                      settings.max_gather)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        await batcher.warm_up()
         await batcher.start()
         logger.info("worker %d ready: %s, %d classes, precision %s", os.getpid(), settings.model, n_classes,
                     "bf16" if predictor.bf16 else "fp32")
@@ -377,6 +452,7 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
                 "max_texts": settings.max_texts,
                 "max_body_bytes": settings.max_body_bytes,
                 "max_batch_size": settings.max_batch_size,
+                "max_gather": settings.max_gather,
                 "batch_timeout_ms": settings.batch_timeout_ms,
                 "max_queue_texts": settings.max_queue_texts,
             },

@@ -147,7 +147,7 @@ def test_health_metadata_and_openapi(server, export_dir):
     assert health.status_code == 200 and health.json()["status"] == "ok"
     meta = client().get(f"{server.url}/metadata").json()
     config = json.loads((export_dir / "config.json").read_text())
-    assert meta["task"] == "single-label"
+    assert meta["task"] == "multiclass" and meta["thresholds"] is None
     assert meta["label_names"] == LABELS == config["label_names"]
     assert meta["max_length"] == config["max_length"] == 128
     assert meta["architecture"] == config["architecture"]
@@ -554,3 +554,41 @@ def test_workers_share_the_port_and_stop_together(export_dir):
         assert sum("stopped" in line for line in server.lines) == 2, "\n".join(server.lines)
     finally:
         server.stop()
+
+
+def test_a_multilabel_model_answers_label_sets_with_its_thresholds_or_the_requests(tmp_path, one_thread):
+    import torch
+
+    from vdcnn_res import Predictor
+    from vdcnn_res.data.tokenizer import build_tokenizer
+    from vdcnn_res.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    names, thresholds = ["World", "Sports", "Business"], [0.4, 0.5, 0.6]
+    tokenizer = build_tokenizer("char")
+    config = ModelConfig(num_classes=3, vocab_size=tokenizer.get_vocab_size(), blocks_per_stage=(1, 1), channels=(8, 16), hidden_size=8)
+    Predictor(build_model(config), tokenizer, names, max_length=64, bf16=False, thresholds=thresholds).save_pretrained(tmp_path / "ml")
+    predictor = Predictor.from_pretrained(tmp_path / "ml", bf16=False)
+    texts = ["Stocks fell.", "A late goal in the final minute.", ""]
+    ml = ServerProcess("--model", str(tmp_path / "ml"), "--precision", "fp32").start()
+    try:
+        ml.wait_ready()
+        meta = client().get(f"{ml.url}/metadata").json()
+        assert meta["task"] == "multilabel" and meta["thresholds"] == pytest.approx(thresholds)
+        for body, kwargs in [({"texts": texts}, {}), ({"texts": texts, "top_k": 2}, {"top_k": 2}),
+                             ({"texts": texts, "threshold": 0.0}, {"threshold": 0.0}),
+                             ({"texts": texts, "threshold": [1.0, 0.0, 1.0]}, {"threshold": [1.0, 0.0, 1.0]})]:
+            response = post(ml.url, body)
+            assert response.status_code == 200, response.text
+            for got, expected in zip(response.json()["predictions"], predictor.predict(texts, **kwargs)):
+                assert got["labels"] == expected["labels"]
+                assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+                assert ("top_k" in got) == ("top_k" in expected)
+                if "top_k" in got:
+                    assert [r["label"] for r in got["top_k"]] == [label for label, _ in expected["top_k"]]
+        for bad in (1.5, [0.5, 0.5], "high"):
+            response = post(ml.url, {"texts": texts, "threshold": bad})
+            assert response.status_code == 422 and "\n" not in response.json()["detail"], response.text
+        assert client().get(f"{ml.url}/health").status_code == 200
+    finally:
+        ml.stop()

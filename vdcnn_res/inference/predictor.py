@@ -281,7 +281,7 @@ class Predictor:
     def _predict_sets(
         self, texts: str | Iterable[str], top_k: int | None, batch_size: int, threshold: float | Sequence[float] | None
     ) -> Prediction | list[Prediction]:
-        thresholds = np.asarray(self._thresholds(threshold), dtype=np.float32)
+        thresholds = np.asarray(self.resolve_thresholds(threshold), dtype=np.float32)
         probs = self.predict_proba(texts, batch_size=batch_size)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k] if top_k else None
         results = []
@@ -296,8 +296,9 @@ class Predictor:
             results.append(result)
         return results[0] if isinstance(texts, str) else results
 
-    def _thresholds(self, threshold: float | Sequence[float] | None) -> list[float]:
-        """The per-label thresholds to use: the model's, or ``threshold`` checked (one or one per label)."""
+    def resolve_thresholds(self, threshold: float | Sequence[float] | None) -> list[float]:
+        """The per-label thresholds to use (multi-label only): the model's, or ``threshold`` checked
+        (one number for every label or one per label, each in [0, 1]; else a one-line UserError)."""
         assert self.thresholds is not None
         if threshold is None:
             return list(self.thresholds)

@@ -1,6 +1,7 @@
 """The HTTP prediction server behind `vdcnn-res serve`: FastAPI + uvicorn and a dynamic batcher.
 
     POST /predict   {"texts": ["...", ...], "top_k": 3} -> {"predictions": [{"label", "probability", "top_k"}]}
+                    (multi-label models: [{"labels", "probabilities", "top_k" if asked}]; "threshold" overrides)
     GET  /health    {"status": "ok", "pending_texts": queued, "batches_run": model calls, "texts_run": texts}
     GET  /metadata  label names, max_length, task, architecture, package version, server limits
     GET  /docs      the OpenAPI page FastAPI generates (/openapi.json)
@@ -44,7 +45,6 @@ __all__ = ["ServeSettings", "create_app", "length_groups", "load_predictor", "re
 logger = logging.getLogger("vdcnn_res.serve")
 _SETTINGS_ENV = "VDCNN_RES_SERVE_SETTINGS"  # settings for the worker processes of --workers K > 1
 _PRECISIONS = {"auto": None, "bf16": True, "fp32": False}
-TASK = "single-label"
 
 
 def require_serve() -> None:
@@ -162,9 +162,10 @@ class Overloaded(Exception):
 @dataclass
 class _Job:
     texts: list[str]
-    top_k: int
+    top_k: int | None  # None: no ranking (multi-label only; single-label requests always rank)
     future: asyncio.Future
     arrival: float
+    thresholds: list[float] | None = None  # multi-label: this request's per-label thresholds (None: the model's)
 
 
 class Batcher:
@@ -174,13 +175,16 @@ class Batcher:
     parallelises inside each call); the event loop keeps reading requests and sending answers
     meanwhile. ``max_gather`` (default ``max_batch_size``) is how many queued texts are taken at
     once and sorted by length into passes of at most ``max_batch_size``; ``predictor`` needs
-    ``predict(texts, top_k, batch_size)``, ``label_names`` and ``max_length``.
+    ``predict(texts, top_k, batch_size)``, ``label_names`` and ``max_length``; a multi-label one
+    (``thresholds`` not None) also ``predict(..., threshold=)``. Each request keeps its own
+    ``top_k`` and, multi-label, its own thresholds, applied to the probabilities of the shared pass.
     """
 
     def __init__(
         self, predictor: Any, max_batch_size: int, timeout_s: float, max_queue_texts: int, max_gather: int | None = None
     ) -> None:
         self.predictor = predictor
+        self.thresholds: list[float] | None = getattr(predictor, "thresholds", None)  # None: single-label
         self.max_batch_size = max_batch_size
         self.max_gather = max(max_gather or max_batch_size, max_batch_size)
         self.timeout_s = timeout_s
@@ -215,12 +219,14 @@ class Batcher:
         self._jobs.clear()
         self._executor.shutdown(wait=True)
 
-    async def predict(self, texts: list[str], top_k: int) -> list[dict[str, Any]]:
+    async def predict(
+        self, texts: list[str], top_k: int | None, thresholds: list[float] | None = None
+    ) -> list[dict[str, Any]]:
         """Predictions for one request's texts, once the passes holding them have run."""
         if self.pending_texts + len(texts) > self.max_queue_texts:
             raise Overloaded
         loop = asyncio.get_running_loop()
-        job = _Job(texts, top_k, loop.create_future(), loop.time())
+        job = _Job(texts, top_k, loop.create_future(), loop.time(), thresholds)
         self._jobs.append(job)
         self.pending_texts += len(texts)
         assert self._wakeup is not None, "Batcher.start() was not awaited"
@@ -281,16 +287,27 @@ class Batcher:
                 j = owner[i]
                 left[j] -= 1
                 if left[j] == 0 and not jobs[j].future.done():
-                    top_k = jobs[j].top_k
-                    chunk = results[first[j] : first[j + 1]]
-                    for r in chunk:
-                        r["top_k"] = [{"label": label, "probability": p} for label, p in r["top_k"][:top_k]]
-                    jobs[j].future.set_result(chunk)
+                    jobs[j].future.set_result([self._answer(r, jobs[j]) for r in results[first[j] : first[j + 1]]])
 
     def _run(self, texts: list[str]) -> list[dict[str, Any]]:
-        # All classes ranked once by the Predictor; each request keeps its own top_k.
+        # All classes ranked once by the Predictor (multi-label: every label's probability, at
+        # threshold 0); each request keeps its own top_k and thresholds (_answer).
         n_classes = len(self.predictor.label_names)
-        return self.predictor.predict(texts, top_k=n_classes, batch_size=self.max_batch_size)
+        if self.thresholds is None:
+            return self.predictor.predict(texts, top_k=n_classes, batch_size=self.max_batch_size)
+        return self.predictor.predict(texts, top_k=n_classes, batch_size=self.max_batch_size, threshold=0.0)
+
+    def _answer(self, result: dict[str, Any], job: _Job) -> dict[str, Any]:
+        """One text's answer from its pass result, with the request's top_k (and thresholds)."""
+        ranked = [{"label": label, "probability": p} for label, p in result["top_k"][: job.top_k or 0]]
+        if self.thresholds is None:
+            return {"label": result["label"], "probability": result["probability"], "top_k": ranked}
+        probabilities = result["probabilities"]  # every label's (the pass ran at threshold 0)
+        chosen = [n for n, t in zip(self.predictor.label_names, job.thresholds or self.thresholds) if probabilities[n] >= t]
+        answer: dict[str, Any] = {"labels": chosen, "probabilities": {n: probabilities[n] for n in chosen}}
+        if job.top_k:
+            answer["top_k"] = ranked
+        return answer
 
 
 # ----------------------------------------------------------------------------- the app
@@ -346,10 +363,18 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
     _configure_logging()
     n_classes = len(predictor.label_names)
 
+    multilabel = getattr(predictor, "thresholds", None) is not None
+    task = "multilabel" if multilabel else "multiclass"  # the vocabulary of data.task and config.json
+
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         texts: list[str] = Field(min_length=1, description=f"1 to {settings.max_texts} texts; longer than max_length are cut")
         top_k: int = Field(1, ge=1, le=n_classes, description="how many (label, probability) pairs per text")
+
+    class MultiLabelRequest(PredictRequest):
+        top_k: int | None = Field(None, ge=1, le=n_classes, description="also rank the k most probable labels")
+        threshold: float | list[float] | None = Field(
+            None, description="replaces the model's per-label thresholds: one in [0, 1], or one per label")
 
     class Ranked(BaseModel):
         label: str
@@ -360,8 +385,16 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
         probability: float
         top_k: list[Ranked]
 
+    class LabelSet(BaseModel):
+        labels: list[str]
+        probabilities: dict[str, float]
+        top_k: list[Ranked] | None = None
+
     class PredictResponse(BaseModel):
-        predictions: list[Prediction]
+        predictions: list[LabelSet] if multilabel else list[Prediction]  # type: ignore[valid-type]
+
+    RequestBody = MultiLabelRequest if multilabel else PredictRequest  # noqa: N806 - a class
+    usage = f'{{"texts": ["..."], "top_k": 1..{n_classes}' + (', "threshold": 0.5}' if multilabel else "}")
 
     batcher = Batcher(predictor, settings.max_batch_size, settings.batch_timeout_ms / 1e3, settings.max_queue_texts,
                       settings.max_gather)
@@ -398,8 +431,9 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        summary="Label, probability and the top_k labels of each text, in input order",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}},
+        response_model_exclude_none=True,
+        summary="Label (multi-label: label set), probabilities and the top_k labels of each text, in input order",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": RequestBody.model_json_schema()}}}},
         responses={400: {"description": "not UTF-8 or not JSON"}, 413: {"description": "body too large"},
                    422: {"description": "wrong fields or values"}, 503: {"description": "queue full, retry"}},
     )
@@ -417,17 +451,23 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
         except UnicodeDecodeError as err:
             return error(400, f"request body is not valid UTF-8 (byte {err.start}); send JSON encoded as UTF-8")
         try:
-            parsed = PredictRequest.model_validate_json(bytes(body))
+            parsed = RequestBody.model_validate_json(bytes(body))
         except ValidationError as err:
             kind = err.errors(include_url=False)[0]["type"]
             if kind == "json_invalid":
                 return error(400, f"request body is not valid JSON ({_one_line(err).removeprefix('Invalid JSON: ')})")
-            return error(422, f'{_one_line(err)}; send {{"texts": ["..."], "top_k": 1..{n_classes}}}')
+            return error(422, f"{_one_line(err)}; send {usage}")
         if len(parsed.texts) > settings.max_texts:
             return error(422, f"{len(parsed.texts)} texts in one request; at most {settings.max_texts} (split the request)")
+        thresholds = None
+        if multilabel and parsed.threshold is not None:
+            try:
+                thresholds = predictor.resolve_thresholds(parsed.threshold)
+            except UserError as err:
+                return error(422, str(err))
         request.scope.setdefault("state", {})["texts"] = len(parsed.texts)
         try:
-            predictions = await batcher.predict(parsed.texts, parsed.top_k)
+            predictions = await batcher.predict(parsed.texts, parsed.top_k, thresholds)
         except Overloaded:
             return error(503, "the server is busy (too many queued texts); retry shortly", {"Retry-After": "1"})
         return {"predictions": predictions}
@@ -440,8 +480,9 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
     @app.get("/metadata", summary="What the model predicts and how the server is set up")
     async def metadata() -> dict[str, Any]:
         return {
-            "task": TASK,
+            "task": task,
             "label_names": list(predictor.label_names),
+            "thresholds": list(predictor.thresholds) if multilabel else None,
             "num_classes": n_classes,
             "max_length": predictor.max_length,
             "architecture": asdict(predictor.model.config),

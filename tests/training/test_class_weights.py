@@ -66,7 +66,7 @@ def test_bad_weights_are_one_clear_error(weights, words):
 
 
 def test_balanced_with_a_class_without_training_texts_is_refused():
-    with pytest.raises(UserError, match=r"class\(es\) \['c'\] have no training texts, so no weight can balance them"):
+    with pytest.raises(UserError, match=r"classes \['c'\] have no training texts, so no weight can balance them"):
         balanced_class_weights([10, 3, 0], ["a", "b", "c"])
 
 

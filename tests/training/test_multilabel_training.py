@@ -60,7 +60,7 @@ def test_multilabel_loss_is_bce_with_smoothed_targets_and_positive_weights():
 
 def test_balanced_positive_weights():
     assert balanced_positive_weights([10, 50, 100], 100, ["a", "b", "c"]) == [9.0, 1.0, 0.01]
-    with pytest.raises(UserError, match=r"label\(s\) \['b'\] have no training texts"):
+    with pytest.raises(UserError, match=r"labels \['b'\] have no training texts"):
         balanced_positive_weights([10, 0, 5], 100, ["a", "b", "c"])
 
 

@@ -7,6 +7,7 @@ A batch is ``{"input_ids": LongTensor (B, L) right-padded with PAD_ID, "lengths"
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,14 +51,18 @@ class TokenizedSplit(Dataset):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any, int]:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(index)
         chunk = int(np.searchsorted(self._starts, index, side="right")) - 1
         offsets = self._offsets[chunk]
         row = index - self._starts[chunk]
-        return self._values[chunk][offsets[row] : offsets[row + 1]], int(self.labels[index]), index
+        return self._values[chunk][offsets[row] : offsets[row + 1]], self._label(index), index
+
+    def _label(self, index: int) -> Any:
+        """The label of item ``index`` as a batch wants it (a class id here)."""
+        return int(self.labels[index])
 
 
 class PadCollator:

@@ -437,14 +437,8 @@ class _LabelSetSplit(TokenizedSplit):
         super().__init__(ids, np.zeros(len(labels), dtype=np.int64))
         self.labels = np.asarray(labels, dtype=np.int8)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, Any, int]:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        chunk = int(np.searchsorted(self._starts, index, side="right")) - 1
-        offsets = self._offsets[chunk]
-        row = index - self._starts[chunk]
-        return self._values[chunk][offsets[row] : offsets[row + 1]], self.labels[index], index
+    def _label(self, index: int) -> np.ndarray:
+        return self.labels[index]
 
 
 class _LabelSetCollator(PadCollator):

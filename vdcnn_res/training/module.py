@@ -459,16 +459,23 @@ _CALIBRATION_KEYS = ("temperature", "texts", "nll_before", "nll_after", "ece_bef
 def balanced_positive_weights(positives: Any, n: int, label_names: list[str]) -> list[float]:
     """Multi-label ``pos_weight`` per label: negatives / positives in the training split (a label
     without positive texts is an error, one present in every text gets 1)."""
-    positives = [int(c) for c in positives]
-    if len(positives) != len(label_names):
-        raise UserError(f"{len(positives)} label counts for {len(label_names)} labels; the data and the model disagree")
-    missing = [name for name, c in zip(label_names, positives) if c <= 0]
+    positives = _training_counts(positives, label_names, "labels")
+    return [max(n - c, 1) / c for c in positives]
+
+
+def _training_counts(counts: Any, label_names: list[str], plural: str) -> list[int]:
+    """The training split's texts per class (``plural``: "classes" or "labels") as ints; one line
+    if the counts do not match the names or one is zero."""
+    counts = [int(c) for c in counts]
+    if len(counts) != len(label_names):
+        raise UserError(f"{len(counts)} counts for {len(label_names)} {plural}; the data and the model disagree")
+    missing = [name for name, c in zip(label_names, counts) if c <= 0]
     if missing:
         raise UserError(
-            f"class_weights=balanced: label(s) {missing} have no training texts, so no weight can balance them; "
+            f"class_weights=balanced: {plural} {missing} have no training texts, so no weight can balance them; "
             "add training texts for them or give explicit weights"
         )
-    return [max(n - c, 1) / c for c in positives]
+    return counts
 
 
 def _check_class_weights(class_weights: Any, num_classes: int) -> list[float] | None:
@@ -493,15 +500,7 @@ def _check_class_weights(class_weights: Any, num_classes: int) -> list[float] | 
 
 def balanced_class_weights(counts: Any, label_names: list[str]) -> list[float]:
     """``n / (n_classes * count_c)`` per class (sklearn's 'balanced'); a class without texts is an error."""
-    counts = [int(c) for c in counts]
-    if len(counts) != len(label_names):
-        raise UserError(f"{len(counts)} class counts for {len(label_names)} classes; the data and the model disagree")
-    missing = [name for name, c in zip(label_names, counts) if c <= 0]
-    if missing:
-        raise UserError(
-            f"class_weights=balanced: class(es) {missing} have no training texts, so no weight can balance them; "
-            "add training texts for them or give explicit weights"
-        )
+    counts = _training_counts(counts, label_names, "classes")
     n = sum(counts)
     return [n / (len(counts) * c) for c in counts]
 

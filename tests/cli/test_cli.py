@@ -1,9 +1,11 @@
 """The vdcnn-res command on the bundled sample: every subcommand, configs, errors, bf16."""
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+
 import yaml
 
 from fixtures.tiny import TINY  # a tiny network on the bundled sample: the CLI path, not accuracy
@@ -55,6 +57,14 @@ def test_configs_do_not_type_derived_values():
         text = config.read_text()
         for derived in ("num_classes:", "vocab_size:", "padding_idx:", "label_names:"):
             assert derived not in text, f"{config.name} types {derived} instead of linking it"
+
+
+def test_fit_without_a_monitored_metric_ends_with_its_checkpoint(tmp_path, capsys):
+    """`--checkpoint.monitor=null` keeps the newest checkpoint; the end of fit names it, no crash."""
+    run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_epochs=1", "--checkpoint.monitor=null")
+    out = capsys.readouterr().out
+    assert "Best checkpoint (" not in out
+    assert re.search(r"Last checkpoint: \S+\.ckpt", out), out[-500:]
 
 
 @pytest.mark.slow

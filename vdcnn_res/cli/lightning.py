@@ -474,8 +474,9 @@ class VDCNNCLI(LightningCLI):
         callback = self.trainer.checkpoint_callback
         if self.trainer.is_global_zero and callback is not None and callback.best_model_path:
             score = callback.best_model_score
-            print(f"Best checkpoint ({callback.monitor}={float(score):.4f}): {callback.best_model_path}")
-            print(f"Last checkpoint: {callback.last_model_path}")
+            if score is not None and callback.monitor:
+                print(f"Best checkpoint ({callback.monitor}={float(score):.4f}): {callback.best_model_path}")
+            print(f"Last checkpoint: {callback.last_model_path or callback.best_model_path}")
 
 
 def _checkpoint_kind(checkpoint: dict[str, Any]) -> str | None:

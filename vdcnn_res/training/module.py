@@ -152,33 +152,22 @@ class VDCNNClassifier(pl.LightningModule):
         if stage == "fit":
             with torch.no_grad():  # training runs uncalibrated, also for a module fitted before in this process
                 self.model.temperature.fill_(1.0)
-        if stage == "fit" and self.hparams.get("class_weights") == "balanced" and self.multilabel:
+        if stage == "fit" and self.hparams.get("class_weights") == "balanced":
             data = self.trainer.datamodule
             counts, n = getattr(data, "class_counts", None), getattr(data, "num_train_texts", None)
-            if counts is None or n is None:
+            if counts is None or (self.multilabel and n is None):
                 raise UserError(
                     "model.class_weights=balanced needs the training label counts from a data module "
                     "(TextDataModule.class_counts); give explicit weights [w1, ...] instead"
                 )
-            weights = balanced_positive_weights(counts, n, self.label_names)
+            if self.multilabel:
+                weights = balanced_positive_weights(counts, n, self.label_names)
+                what = "Positive-class weights (balanced: negatives / positives per label in the training split): "
+            else:
+                weights = balanced_class_weights(counts, self.label_names)
+                what = "Class weights (balanced, from the training split's label counts): "
             self.loss_weights = torch.tensor(weights, device=self.device)
-            rank_zero_info(
-                "Positive-class weights (balanced: negatives / positives per label in the training split): "
-                + ", ".join(f"{name} {w:.3g}" for name, w in zip(self.label_names, weights))
-            )
-        elif stage == "fit" and self.hparams.get("class_weights") == "balanced":
-            counts = getattr(self.trainer.datamodule, "class_counts", None)
-            if counts is None:
-                raise UserError(
-                    "model.class_weights=balanced needs the training label counts from a data module "
-                    "(TextDataModule.class_counts); give explicit weights [w1, ...] instead"
-                )
-            weights = balanced_class_weights(counts, self.label_names)
-            self.loss_weights = torch.tensor(weights, device=self.device)
-            rank_zero_info(
-                "Class weights (balanced, from the training split's label counts): "
-                + ", ".join(f"{name} {w:.3g}" for name, w in zip(self.label_names, weights))
-            )
+            rank_zero_info(what + ", ".join(f"{name} {w:.3g}" for name, w in zip(self.label_names, weights)))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, weighted: bool = False) -> torch.Tensor:
         weight = None

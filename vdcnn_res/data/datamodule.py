@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import datasets
@@ -320,9 +320,8 @@ class TextDataModule(BucketedDataModule):
     def _multilabel_split(self, split: str) -> TokenizedSplit:
         hp = self.hparams
         ds = self._sources.require(split)
-        tokenizer = self.tokenizer
+        self.tokenizer  # noqa: B018 - built (or refused) before the labels are read, as for single-label data
         table = self._label_table()
-        text_columns = self._sources.text_columns
         if hp.label_column in ds.column_names:
             sets, _ = self._label_sets(ds, split)
             hot = table.multi_hot(sets, f"{split} split", hp.label_separator)
@@ -332,24 +331,7 @@ class TextDataModule(BucketedDataModule):
                     warnings.warn(f"the {split} split has labels with no training text: {', '.join(untrained)}", stacklevel=2)
         else:
             hot = np.full((len(ds), len(table.names)), -1, dtype=np.int8)
-        odd = odd_text_summary(ds, text_columns)
-        if odd:
-            warnings.warn(f"the {split} split ({self._sources.describe(split)}): {odd}", stacklevel=2)
-        fingerprint = datasets.fingerprint.Hasher.hash(
-            ["texts only", _CACHE_VERSION, ds._fingerprint, tokenizer.to_str(), hp.max_length, text_columns, hp.text_separator]
-        )
-
-        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            return {"input_ids": encode(tokenizer, join_texts(batch, text_columns, hp.text_separator), hp.max_length)}
-
-        mapped = ds.map(
-            tokenize,
-            batched=True,
-            remove_columns=ds.column_names,
-            features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
-            new_fingerprint=fingerprint,
-            desc=f"tokenizing {split}",
-        )
+        mapped = self._encode(ds, split, key=["texts only"])
         tokenized = _LabelSetSplit(mapped.data.column("input_ids"), hot)
         self._tokenized[split] = tokenized
         return tokenized
@@ -378,6 +360,37 @@ class TextDataModule(BucketedDataModule):
 
     # ------------------------------------------------------------------ tokenized splits
 
+    def _encode(
+        self, ds: datasets.Dataset, split: str, key: list[Any],
+        batch_labels: Callable[[dict[str, list[Any]], int], list[int]] | None = None,
+    ) -> datasets.Dataset:
+        """``ds`` tokenized to ``input_ids`` (and ``labels`` from ``batch_labels``), cached by
+        `datasets` under a fingerprint of the data, tokenizer, text settings and ``key``."""
+        hp = self.hparams
+        tokenizer, text_columns = self.tokenizer, self._sources.text_columns
+        odd = odd_text_summary(ds, text_columns)
+        if odd:
+            warnings.warn(f"the {split} split ({self._sources.describe(split)}): {odd}", stacklevel=2)
+        fingerprint = datasets.fingerprint.Hasher.hash(
+            [_CACHE_VERSION, ds._fingerprint, tokenizer.to_str(), hp.max_length, text_columns, hp.text_separator, *key]
+        )
+        features = {"input_ids": datasets.List(datasets.Value("int32"))}
+        if batch_labels is not None:
+            features["labels"] = datasets.Value("int64")
+
+        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            ids = encode(tokenizer, join_texts(batch, text_columns, hp.text_separator), hp.max_length)
+            return {"input_ids": ids} if batch_labels is None else {"input_ids": ids, "labels": batch_labels(batch, len(ids))}
+
+        return ds.map(
+            tokenize,
+            batched=True,
+            remove_columns=ds.column_names,
+            features=datasets.Features(features),
+            new_fingerprint=fingerprint,
+            desc=f"tokenizing {split}",
+        )
+
     def _split(self, split: str) -> TokenizedSplit:
         """The split tokenized (cached by `datasets` and in memory)."""
         if split in self._tokenized:
@@ -386,44 +399,18 @@ class TextDataModule(BucketedDataModule):
             return self._multilabel_split(split)
         hp = self.hparams
         ds = self._sources.require(split)
-        tokenizer = self.tokenizer
+        self.tokenizer  # noqa: B018 - built (or refused) before the labels are read
         label_table = self._label_table()
-        label_column, text_columns = hp.label_column, self._sources.text_columns
+        label_column = hp.label_column
         has_labels = label_column in ds.column_names
         table = label_table.lookup(ds, label_column, f"{split} split", self._trained_ids) if has_labels else None
         is_classlabel = has_labels and isinstance(ds.features[label_column], datasets.ClassLabel)
-        odd = odd_text_summary(ds, text_columns)
-        if odd:
-            warnings.warn(f"the {split} split ({self._sources.describe(split)}): {odd}", stacklevel=2)
-        fingerprint = datasets.fingerprint.Hasher.hash(
-            [
-                _CACHE_VERSION,
-                ds._fingerprint,
-                tokenizer.to_str(),
-                hp.max_length,
-                text_columns,
-                hp.text_separator,
-                label_column,
-                sorted(table.items(), key=repr) if table else None,
-            ]
-        )
 
-        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            texts = join_texts(batch, text_columns, hp.text_separator)
-            ids = encode(tokenizer, texts, hp.max_length)
-            labels = label_ids(batch[label_column], table, is_classlabel) if table is not None else [-1] * len(texts)
-            return {"input_ids": ids, "labels": labels}
+        def batch_labels(batch: dict[str, list[Any]], n: int) -> list[int]:
+            return label_ids(batch[label_column], table, is_classlabel) if table is not None else [-1] * n
 
-        mapped = ds.map(
-            tokenize,
-            batched=True,
-            remove_columns=ds.column_names,
-            features=datasets.Features(
-                {"input_ids": datasets.List(datasets.Value("int32")), "labels": datasets.Value("int64")}
-            ),
-            new_fingerprint=fingerprint,
-            desc=f"tokenizing {split}",
-        )
+        key = [label_column, sorted(table.items(), key=repr) if table else None]
+        mapped = self._encode(ds, split, key, batch_labels)
         tokenized = TokenizedSplit(mapped.data.column("input_ids"), mapped.data.column("labels").to_numpy())
         self._tokenized[split] = tokenized
         return tokenized

@@ -131,6 +131,19 @@ def test_ngram_branch_adds_its_logits_to_the_cnn():
     torch.testing.assert_close(model(ids), model.head(cnn) + model.ngram_head(ngram))
 
 
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("ngrams", [{}, NGRAMS], ids=["cnn", "cnn+bag"])
+def test_branch_logits_are_what_the_head_sums(name, ngrams):
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL, **ngrams).eval()
+    with torch.no_grad():
+        model.temperature.fill_(2.0)
+    ids = padded([[3, 4, 5, 6], [7, 8]], 4)
+    branches = model.branch_logits(model.forward_features(ids))
+    assert sorted(branches) == (["cnn", "ngrams"] if ngrams else ["cnn"])
+    torch.testing.assert_close(model(ids), sum(branches.values()) / 2.0)
+
+
 def test_off_by_default_and_validated():
     assert ModelConfig().ngram_orders == ()
     assert create_model("vdcnn9", **SMALL).ngrams is None

@@ -300,16 +300,28 @@ class VDCNN(nn.Module):
         """Token ids (B, L) [+ lengths (B,)] -> features (B, num_features)."""
         return self.features(*self._prepare(input_ids, lengths))
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        """Features (B, num_features) -> logits (B, num_classes), divided by ``temperature``."""
+    def branch_logits(self, features: Tensor) -> dict[str, Tensor]:
+        """Features (B, num_features) -> each branch's own logits (B, num_classes), before they are
+        summed and divided by ``temperature``: ``{"cnn": ...}``, plus ``"ngrams"`` with the bag.
+        Training can supervise each one on its own (``VDCNNClassifier(branch_loss=...)``)."""
         if self.ngrams is None:
-            return self.head(features) / self.temperature
+            return {"cnn": self.head(features)}
         cnn, ngrams = features.split([self.config.num_features, self.config.ngram_dim], dim=1)
-        return (self.head(cnn) + self.ngram_head(ngrams)) / self.temperature
+        return {"cnn": self.head(cnn), "ngrams": self.ngram_head(ngrams)}
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Features (B, num_features) -> logits (B, num_classes): the branches' sum, divided by ``temperature``."""
+        return sum_logits(self.branch_logits(features)) / self.temperature
 
     def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids (B, L), optional lengths (B,) -> logits (B, num_classes)."""
         return self.forward_head(self.forward_features(input_ids, lengths))
+
+
+def sum_logits(branches: dict[str, Tensor]) -> Tensor:
+    """The model's logits from its branches' (``VDCNN.branch_logits``), before the temperature."""
+    logits = branches["cnn"]
+    return logits + branches["ngrams"] if "ngrams" in branches else logits
 
 
 # --------------------------------------------------------------------------- old files

@@ -98,7 +98,8 @@ def test_fit_test_predict_export_from_the_checkpoint_alone(tmp_path, capsys):
     run = tmp_path / "lightning_logs" / "version_0"
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file() and yaml.safe_load((run / "config.yaml").read_text())["data_kind"] == "series"
-    capsys.readouterr()
+    # The recipe validates on the training split: no temperature is fitted there.
+    assert "Calibration of the best checkpoint: none, temperature 1 (validation is the training split" in capsys.readouterr().out
 
     main(["test", "--ckpt_path", str(last), "--data.test", data["test"], *QUIET])  # the checkpoint alone
     assert "Test error:" in (out := capsys.readouterr().out) and "on 10 " in out

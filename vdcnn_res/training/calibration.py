@@ -157,10 +157,10 @@ class Calibration:
         """Plain numbers, for checkpoints (they load with torch.load(weights_only=True))."""
         return {**asdict(self), "n_bins": N_BINS}
 
-    def summary(self, split: str = "validation") -> str:
-        """One line: the temperature, on how many texts, NLL and ECE before -> after."""
+    def summary(self, split: str = "validation", unit: str = "texts") -> str:
+        """One line: the temperature, on how many texts (or series: ``unit``), NLL and ECE before -> after."""
         return (
-            f"temperature {self.temperature:.3f} fitted on {self.texts} {split} texts: "
+            f"temperature {self.temperature:.3f} fitted on {self.texts} {split} {unit}: "
             f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
             f"ECE {100 * self.ece_before:.2f} % -> {100 * self.ece_after:.2f} %"
         )

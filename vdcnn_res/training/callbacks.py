@@ -45,7 +45,7 @@ class CurveRecorder(pl.Callback):
         self._epoch_loss = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("model_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         value = float(loss.detach())
         self._epoch_loss.append(value)
         self.steps.append((trainer.global_step, value))

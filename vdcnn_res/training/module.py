@@ -39,6 +39,7 @@ from torchmetrics.classification import (
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import ModelConfig, build_model
+from vdcnn_res.model.network import sum_logits
 from vdcnn_res.training.calibration import (
     MULTILABEL_NO_TEMPERATURE,
     N_BINS,
@@ -68,6 +69,12 @@ class VDCNNClassifier(pl.LightningModule):
     ``class_counts`` (the counts of the data actually trained on, also under DDP, where every
     rank holds the whole split). Validation and test losses stay unweighted, so runs with and
     without weights compare on the same footing.
+
+    ``branch_loss`` (with the n-gram bag), e.g. ``{"ngrams": 1.0}``, adds a branch's own loss, on
+    its own logits (``VDCNN.branch_logits``: ``cnn``, ``ngrams``), times its weight to the loss of
+    their sum, as in Wang et al. 2020 ("What makes training multi-modal classification networks
+    hard?"): trained only through the sum, the CNN memorises the training split first and the bag
+    stops learning half-way (docs/results.md §9).
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class VDCNNClassifier(pl.LightningModule):
         class_weights: Literal["balanced"] | list[float] | None = None,
         task: Literal["multiclass", "multilabel"] = "multiclass",
         threshold: float | None = None,
+        branch_loss: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain dicts, never pickled classes, so they load with weights_only.
@@ -105,8 +113,11 @@ class VDCNNClassifier(pl.LightningModule):
             "label_names": list(label_names) if label_names else None,
             "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
         }
+        self.branch_loss = _check_branch_loss(branch_loss, arch)
         if self.multilabel:  # single-label checkpoints keep exactly their former hyperparameters
             hparams.update(task=task, threshold=threshold)
+        if self.branch_loss:  # likewise for runs without branch losses
+            hparams.update(branch_loss=dict(self.branch_loss))
         self.save_hyperparameters(hparams)
         self.arch, self.optim = arch, optim
         self.in_range_test = False  # True while lr: auto's range test runs (training/lr_finder.py)
@@ -186,17 +197,30 @@ class VDCNNClassifier(pl.LightningModule):
         """Multi-label 0/1 predictions: sigmoid(logits) >= thresholds (one or one per label)."""
         return (logits.float().sigmoid() >= thresholds).int()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["lengths"])
-        loss = self._loss(logits, batch["labels"], weighted=True)
-        self._stop_if_diverged(loss)
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.branch_loss:
+            # Each branch is also trained as a classifier of its own: without it the CNN memorises
+            # the training split and the bag stops learning (docs/results.md §9).
+            branches = self.model.branch_logits(self.model.forward_features(batch["input_ids"], batch["lengths"]))
+            logits = sum_logits(branches) / self.model.temperature
+            loss = self._loss(logits, batch["labels"], weighted=True)
+            objective = loss
+            for name, weight in self.branch_loss.items():
+                part = self._loss(branches[name], batch["labels"], weighted=True)
+                self.log(f"train/loss_{name}", part)
+                objective = objective + weight * part
+        else:
+            logits = self(batch["input_ids"], batch["lengths"])
+            loss = objective = self._loss(logits, batch["labels"], weighted=True)
+        self._stop_if_diverged(objective)
         if self.multilabel:
             self.train_acc(self._decide(logits, self.threshold), batch["labels"].int())
         else:
             self.train_acc(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True)  # the model's own loss, also with branch losses
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        return loss
+        # With branch losses the optimiser gets the whole objective; progress lines report the model's loss.
+        return {"loss": objective, "model_loss": loss.detach()} if self.branch_loss else loss
 
     def _uncalibrated(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's logits before its temperature (float32)."""
@@ -234,6 +258,9 @@ class VDCNNClassifier(pl.LightningModule):
                 self.tuned = tune_thresholds(logits.sigmoid(), labels, self.threshold) if self.hparams.threshold is None else None
             except ValueError:
                 self.tuned = None
+            return
+        if getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("train_as_valid"):
+            self.calibration, self.calibration_error = None, TRAIN_AS_VALID_NO_TEMPERATURE
             return
         try:
             self.calibration, self.calibration_error = calibrate(logits, labels), None
@@ -423,7 +450,8 @@ class VDCNNClassifier(pl.LightningModule):
         except (OSError, RuntimeError, ValueError, AttributeError):
             return
         if isinstance(saved, dict) and all(k in saved for k in _CALIBRATION_KEYS):
-            print(f"Calibration of the best checkpoint: {Calibration(**{k: saved[k] for k in _CALIBRATION_KEYS}).summary()}")
+            unit = "series" if self.arch.input_channels else "texts"
+            print(f"Calibration of the best checkpoint: {Calibration(**{k: saved[k] for k in _CALIBRATION_KEYS}).summary(unit=unit)}")
         elif isinstance(saved, dict) and isinstance(saved.get("error"), str):
             print(f"Calibration of the best checkpoint: none, temperature 1 ({saved['error']})")
         else:
@@ -485,6 +513,34 @@ def _check_class_weights(class_weights: Any, num_classes: int) -> list[float] | 
     if not all(math.isfinite(w) and w > 0 for w in weights):
         raise UserError(f"model.class_weights must all be positive and finite, got {weights}")
     return weights
+
+
+# Why a run validated on its training split (data.train_as_valid) keeps temperature 1.
+TRAIN_AS_VALID_NO_TEMPERATURE = (
+    "validation is the training split (data.train_as_valid): a temperature fitted on it would only "
+    "make the model more confident"
+)
+
+BRANCHES = ("cnn", "ngrams")  # VDCNN.branch_logits' keys
+
+
+def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
+    """``branch_loss`` as {branch: weight > 0} (zero weights dropped), or one line naming the problem."""
+    if branch_loss is None:
+        return {}
+    if not isinstance(branch_loss, dict):
+        raise UserError(f"model.branch_loss must map branch names {list(BRANCHES)} to weights, e.g. {{ngrams: 1.0}}; got {branch_loss!r}")
+    out = {}
+    for name, weight in branch_loss.items():
+        if name not in BRANCHES:
+            raise UserError(f"model.branch_loss: unknown branch {name!r}; valid: {list(BRANCHES)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise UserError(f"model.branch_loss.{name} must be a number >= 0 (0 = off), got {weight!r}")
+        if weight:
+            out[name] = float(weight)
+    if out and not arch.ngram_orders:
+        raise UserError("model.branch_loss weighs the CNN's and the n-gram bag's own losses: it needs model.arch.ngram_orders")
+    return out
 
 
 def balanced_class_weights(counts: Any, label_names: list[str]) -> list[float]:

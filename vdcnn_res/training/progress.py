@@ -60,7 +60,7 @@ class EpochSummary(pl.Callback):
         self._losses = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("model_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._losses.append(float(loss.detach()))
 

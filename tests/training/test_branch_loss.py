@@ -1,0 +1,68 @@
+"""Branch losses (VDCNNClassifier(branch_loss={branch: w})): the CNN or the n-gram bag also trained on its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vdcnn_res.errors import UserError
+from vdcnn_res.model import ModelConfig
+from vdcnn_res.training.module import VDCNNClassifier
+
+TINY = {"num_classes": 3, "vocab_size": 20, "blocks_per_stage": (1, 1), "channels": (8, 16), "hidden_size": 8}
+BAG = ModelConfig(**TINY, ngram_orders=(1, 2), ngram_buckets=101, ngram_dim=4)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def batch() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    ids = torch.randint(1, 20, (4, 40))
+    return {"input_ids": ids, "lengths": torch.tensor([40, 33, 20, 9]), "labels": torch.tensor([0, 1, 2, 1])}
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("weights", [{"ngrams": 0.5}, {"cnn": 0.5, "ngrams": 2.0}])
+def test_objective_adds_each_branch_loss_and_progress_sees_the_model_loss(task, weights):
+    torch.manual_seed(0)
+    module = VDCNNClassifier(arch=BAG, branch_loss=weights, task=task, label_smoothing=0.0).eval()  # no dropout
+    data = batch()
+    if task == "multilabel":
+        data["labels"] = F.one_hot(data["labels"], 3).to(torch.int8)
+    out = module.training_step(data, 0)
+    model = module.model
+    branches = model.branch_logits(model.forward_features(data["input_ids"], data["lengths"]))
+    expected_model = module._loss(branches["cnn"] + branches["ngrams"], data["labels"])
+    expected = expected_model + sum(w * module._loss(branches[name], data["labels"]) for name, w in weights.items())
+    assert float(out["model_loss"]) == pytest.approx(float(expected_model), rel=1e-4)
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-4)
+    assert out["loss"].requires_grad and not out["model_loss"].requires_grad
+
+
+def test_off_by_default_returns_the_plain_loss_and_keeps_the_hyperparameters():
+    module = VDCNNClassifier(arch=BAG)
+    assert isinstance(module.training_step(batch(), 0), torch.Tensor)
+    assert "branch_loss" not in module.hparams
+    assert "branch_loss" not in VDCNNClassifier(arch=BAG, branch_loss={"ngrams": 0}).hparams  # zero = off
+    assert VDCNNClassifier(arch=BAG, branch_loss={"ngrams": 1}).hparams.branch_loss == {"ngrams": 1.0}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (1.0, "must map branch names"),
+        ({"bag": 1.0}, "unknown branch 'bag'; valid: \\['cnn', 'ngrams'\\]"),
+        ({"ngrams": -1.0}, "branch_loss.ngrams must be a number >= 0"),
+        ({"ngrams": True}, "branch_loss.ngrams must be a number >= 0"),
+        ({"ngrams": float("nan")}, "branch_loss.ngrams must be a number >= 0"),
+    ],
+)
+def test_bad_weights_are_one_line(value, message):
+    with pytest.raises(UserError, match=message):
+        VDCNNClassifier(arch=BAG, branch_loss=value)
+
+
+def test_needs_the_bag():
+    with pytest.raises(UserError, match="branch_loss weighs the CNN's and the n-gram bag's own losses"):
+        VDCNNClassifier(arch=ModelConfig(**TINY), branch_loss={"cnn": 1.0})

@@ -79,6 +79,17 @@ def test_last_ckpt_is_the_last_state_even_without_improvement(tmp_path):
     assert steps == {"ModelCheckpoint": 3, "ModelCheckpointWithLast": 9}  # the first documents Lightning 2.6
 
 
+def test_last_ckpt_holds_the_epochs_after_the_last_validation(tmp_path):
+    """Validating every 2nd of 3 epochs: the end of training still writes last.ckpt at the final step."""
+    callback = ModelCheckpointWithLast(dirpath=tmp_path, monitor="epoch", mode="min", save_last=True)
+    trainer = pl.Trainer(max_epochs=3, check_val_every_n_epoch=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[callback], plugins=[AtomicCheckpointIO()])
+    trainer.fit(_module(), datamodule=_Batches())
+    assert trainer.global_step == 9
+    assert torch.load(callback.last_model_path, weights_only=True)["global_step"] == 9
+    assert torch.load(callback.best_model_path, weights_only=True)["global_step"] == 6  # the one validation
+
+
 def test_the_cli_trainer_saves_atomically_and_keeps_last(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     cli = VDCNNCLI(VDCNNClassifier, TextDataModule, run=False, auto_configure_optimizers=False,

@@ -73,7 +73,9 @@ class ModelCheckpointWithLast(ModelCheckpoint):
     copy of the best model, a killed run resumes from its last improvement, and the "last"
     checkpoint of a finished run is not its end state. This restores the earlier behaviour:
     after each validation (or training epoch, when there is no validation) ``last.ckpt`` holds
-    the current state. `vdcnn-res` uses it for its ``checkpoint.*`` settings.
+    the current state. When the final epochs are not validated (``check_val_every_n_epoch``
+    that does not divide ``max_epochs``), the end of training writes it once more, so their
+    training is not lost. `vdcnn-res` uses it for its ``checkpoint.*`` settings.
     """
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -85,6 +87,10 @@ class ModelCheckpointWithLast(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_not_yet(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_not_yet(trainer)
 
     def _save_last_if_not_yet(self, trainer: pl.Trainer) -> None:
         # _should_skip_saving_checkpoint is also true when a checkpoint (and so last) was saved at this step

@@ -67,6 +67,23 @@ def test_fit_without_a_monitored_metric_ends_with_its_checkpoint(tmp_path, capsy
     assert re.search(r"Last checkpoint: \S+\.ckpt", out), out[-500:]
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], {"ngrams": 1.0}),  # the text recipe: the bag also learns on its own loss
+        (["--model.branch_loss={ngrams: 0}"], {"ngrams": 0}),  # turned off, kept as written
+        (["--model.arch.ngram_orders=[]"], None),  # the pure CNN has no bag to weigh
+        (["--model.branch_loss={cnn: 0.5, ngrams: 2}"], {"cnn": 0.5, "ngrams": 2}),
+    ],
+)
+def test_fit_defaults_branch_loss_only_for_a_model_with_the_bag(tmp_path, args, expected):
+    run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_steps=1", *args)
+    saved = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert saved["model"]["branch_loss"] == expected
+    hparams = torch.load(next((tmp_path / "lightning_logs").rglob("last.ckpt")), weights_only=True)["hyper_parameters"]
+    assert hparams.get("branch_loss") == ({k: float(v) for k, v in expected.items() if v} or None if expected else None)
+
+
 @pytest.mark.slow
 def test_fit_validate_test_predict_and_resume(tmp_path, capsys):
     root = ["--trainer.default_root_dir", tmp_path]

@@ -61,6 +61,9 @@ PATIENCE = 4
 # The text recipe's bag of hashed character n-grams next to the CNN (docs/results.md §7): fit on
 # text uses it unless a config says `model.arch.ngram_orders: []` (the pure CNN: paper, ablation).
 TEXT_NGRAMS = {"model.arch.ngram_orders": [1, 2, 3, 4, 5], "model.arch.ngram_buckets": 65536}
+# ... and the bag is also trained on its own loss (docs/results.md §9): what `model.branch_loss`
+# becomes for fit when the model has a bag and no config sets it (`{ngrams: 0}` turns it off).
+TEXT_BRANCH_LOSS = {"ngrams": 1.0}
 
 # ckpt_path values Lightning resolves itself to checkpoints of this run, not paths.
 # ("last" and "best" are resolved here, to earlier runs: see _resolve_last and _resolve_best.)
@@ -319,6 +322,8 @@ class VDCNNCLI(LightningCLI):
             config["trainer.precision"] = default_precision(config.get("trainer.accelerator") or "auto")
         if not subcommand:
             return
+        if subcommand == "fit" and config.get("model.branch_loss") is None and config.get("model.arch.ngram_orders"):
+            config["model.branch_loss"] = dict(TEXT_BRANCH_LOSS)
         # Lightning passes weights_only=None on to torch.load, where an environment variable
         # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn the default into full unpickling.
         if config.get("weights_only") is None:

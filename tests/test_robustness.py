@@ -278,7 +278,8 @@ def test_same_seed_gives_identical_metrics_and_weights(tmp_path, capsys):
 def test_run_killed_mid_epoch_resumes_to_the_planned_step_count(tmp_path, capsys):
     steps = 60
     plan = [*TINY, *QUIET, "--trainer.max_epochs=1", f"--trainer.limit_train_batches={steps}",
-            "--trainer.val_check_interval=10", "--trainer.limit_val_batches=2", "--trainer.default_root_dir", tmp_path]
+            "--trainer.val_check_interval=10", "--trainer.limit_val_batches=2", "--trainer.default_root_dir", tmp_path,
+            "--early_stopping=null"]  # validations every 10 steps: patience could end the plan early
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     with open(tmp_path / "first_run.log", "wb") as log:

@@ -19,6 +19,8 @@ BN): accepted, the alternative is a masked BatchNorm that torch does not provide
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import re
 from collections import OrderedDict
 from typing import Any
@@ -320,8 +322,7 @@ class VDCNN(nn.Module):
 
 def sum_logits(branches: dict[str, Tensor]) -> Tensor:
     """The model's logits from its branches' (``VDCNN.branch_logits``), before the temperature."""
-    logits = branches["cnn"]
-    return logits + branches["ngrams"] if "ngrams" in branches else logits
+    return functools.reduce(operator.add, branches.values())
 
 
 # --------------------------------------------------------------------------- old files

@@ -198,20 +198,15 @@ class VDCNNClassifier(pl.LightningModule):
         return (logits.float().sigmoid() >= thresholds).int()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict[str, torch.Tensor]:
-        if self.branch_loss:
-            # Each branch is also trained as a classifier of its own: without it the CNN memorises
-            # the training split and the bag stops learning (docs/results.md §9).
-            branches = self.model.branch_logits(self.model.forward_features(batch["input_ids"], batch["lengths"]))
-            logits = sum_logits(branches) / self.model.temperature
-            loss = self._loss(logits, batch["labels"], weighted=True)
-            objective = loss
-            for name, weight in self.branch_loss.items():
-                part = self._loss(branches[name], batch["labels"], weighted=True)
-                self.log(f"train/loss_{name}", part)
-                objective = objective + weight * part
-        else:
-            logits = self(batch["input_ids"], batch["lengths"])
-            loss = objective = self._loss(logits, batch["labels"], weighted=True)
+        # Each weighted branch is also trained as a classifier of its own: without it the CNN
+        # memorises the training split and the bag stops learning (docs/results.md §9).
+        branches = self.model.branch_logits(self.model.forward_features(batch["input_ids"], batch["lengths"]))
+        logits = sum_logits(branches) / self.model.temperature
+        loss = objective = self._loss(logits, batch["labels"], weighted=True)
+        for name, weight in self.branch_loss.items():
+            part = self._loss(branches[name], batch["labels"], weighted=True)
+            self.log(f"train/loss_{name}", part)
+            objective = objective + weight * part
         self._stop_if_diverged(objective)
         if self.multilabel:
             self.train_acc(self._decide(logits, self.threshold), batch["labels"].int())

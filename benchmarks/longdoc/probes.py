@@ -42,7 +42,8 @@ class PlateauProbe(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         head = pl_module.model.head
         for name in ("fc1", "fc2", "fc"):
-            getattr(head, name).register_forward_hook(self._hook(name))
+            if hasattr(head, name):  # hidden_size 0: a linear head, fc only
+                getattr(head, name).register_forward_hook(self._hook(name))
         pl_module.model.pool.register_forward_hook(self._hook("kmax"))
 
     def _hook(self, name):
@@ -57,7 +58,7 @@ class PlateauProbe(Callback):
             return
         m = pl_module.model
         parts = {"embedding": m.embedding, "stem": m.stem, **{f"stage{i}": s for i, s in enumerate(m.stages)},
-                 "fc1": m.head.fc1, "fc2": m.head.fc2, "fc": m.head.fc}
+                 **{k: getattr(m.head, k) for k in ("fc1", "fc2", "fc") if hasattr(m.head, k)}}
         g = {}
         for k, mod in parts.items():
             sq = [p.grad.float().pow(2).sum() for p in mod.parameters() if p.grad is not None]
@@ -65,11 +66,11 @@ class PlateauProbe(Callback):
         rec = {"kind": "step", "step": step, "epoch": trainer.current_epoch,
                "lr": optimizer.param_groups[0]["lr"], "grad": g}
         a = self.acts
-        if "fc1" in a:
+        if "fc" in a:
             feats = a["kmax"].flatten(1)
             rec["kmax_mean"], rec["kmax_std"] = float(feats.mean()), float(feats.std())
             rec["kmax_zero_frac"] = float((feats == 0).float().mean())
-            for k in ("fc1", "fc2"):
+            for k in ("fc1", "fc2") if "fc1" in a else ():
                 pre = a[k]
                 rec[f"{k}_mean"], rec[f"{k}_std"] = float(pre.mean()), float(pre.std())
                 rec[f"{k}_dead"] = float((pre <= 0).all(0).float().mean())
@@ -81,7 +82,8 @@ class PlateauProbe(Callback):
         self._w(rec)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # the model's own loss (of the summed logits), not the objective with branch losses
+        loss = outputs.get("model_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss))
         if "fc" in self.acts:
             self.correct += int((self.acts["fc"].argmax(-1) == batch["labels"]).sum())

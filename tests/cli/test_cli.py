@@ -84,6 +84,21 @@ def test_fit_defaults_branch_loss_only_for_a_model_with_the_bag(tmp_path, args, 
     assert hparams.get("branch_loss") == ({k: float(v) for k, v in expected.items() if v} or None if expected else None)
 
 
+def test_fits_started_together_in_one_folder_get_their_own_runs(tmp_path, monkeypatch):
+    """Two fit loggers built before either has written anything (two fits started at the same moment):
+    Lightning's count of the existing folders would give both version_0; the reservation does not."""
+    from vdcnn_res.cli.lightning import _fit_logger
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "lightning_logs" / "version_4").mkdir(parents=True)  # an earlier run
+    first, second = (_fit_logger({"default_root_dir": str(tmp_path)}) for _ in range(2))
+    assert (first.version, second.version) == (5, 6)
+    assert Path(first.log_dir) == tmp_path / "lightning_logs" / "version_5" and Path(first.log_dir).is_dir()
+    run("fit", *TINY, *SHORT, "--trainer.default_root_dir", tmp_path, "--trainer.max_steps=1")
+    assert (tmp_path / "lightning_logs" / "version_7" / "config.yaml").is_file()
+
+
 @pytest.mark.slow
 def test_fit_validate_test_predict_and_resume(tmp_path, capsys):
     root = ["--trainer.default_root_dir", tmp_path]

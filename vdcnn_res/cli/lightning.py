@@ -460,6 +460,8 @@ class VDCNNCLI(LightningCLI):
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
         if evaluating and self._checkpoint is not None and trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = _eval_logger(Path(ckpt_path), self.subcommand, trainer_config)
+        elif self.subcommand == "fit" and trainer_config.get("logger") in (None, True) and _rank_zero():
+            trainer_config["logger"] = _fit_logger(trainer_config)
         trainer = self._instantiate_trainer(trainer_config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -553,6 +555,29 @@ def _checkpoint_vocabulary(checkpoint: dict[str, Any]) -> tuple[str, list[str] |
     hparams = checkpoint.get("hyper_parameters") or {}
     names = hparams.get("label_names") or state.get("label_names")  # vdcnn-res 0.1.0 kept them in the data state
     return state["tokenizer"], [str(n) for n in names] if names else None
+
+
+def _rank_zero() -> bool:
+    """Whether this process is the first of its job (always, outside multi-process launches)."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _fit_logger(trainer_config: dict[str, Any]) -> TensorBoardLogger:
+    """Lightning's default logger with the next lightning_logs/version_N reserved by an atomic mkdir,
+    so fits started at the same moment in one folder get different runs (Lightning counts the
+    folders without reserving one, and the second fit would then stop on the first's config.yaml).
+    Other ranks of a multi-process job keep Lightning's logger: rank zero's folder is broadcast."""
+    root = Path(trainer_config.get("default_root_dir") or os.getcwd())
+    logs = root / "lightning_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    taken = (p.name.removeprefix("version_") for p in logs.glob("version_*"))
+    version = max((int(n) for n in taken if n.isdigit()), default=-1) + 1
+    while True:
+        try:
+            (logs / f"version_{version}").mkdir()
+            return TensorBoardLogger(save_dir=root, version=version)
+        except FileExistsError:
+            version += 1
 
 
 def _eval_logger(ckpt_path: Path, subcommand: str, trainer_config: dict[str, Any]) -> TensorBoardLogger:

@@ -6,15 +6,21 @@ One JSON line per split: accuracy of the summed logits (what the model predicts)
 alone and of the bag's head alone, and the mean per-text std of each branch's logits (which branch
 dominates the sum). A probe behind docs/results.md §7; it never reads a test split.
 """
-import argparse, json
+import argparse, json, os
 import numpy as np, pandas as pd, torch
 from vdcnn_res.inference.predictor import Predictor
 from vdcnn_res.data.batching import texts_to_batches
 
 
 def read(folder: str, split: str) -> tuple[list[str], list[str]]:
-    df = pd.read_csv(f"{folder}/{split}.tsv", sep="\t", keep_default_na=False, dtype=str)
-    return df.text.tolist(), df.label.tolist()
+    """text<TAB>label TSV, or a Zhang et al. CSV (1-based label, then text columns joined) with classes.txt."""
+    if os.path.exists(f"{folder}/{split}.tsv"):
+        df = pd.read_csv(f"{folder}/{split}.tsv", sep="\t", keep_default_na=False, dtype=str)
+        return df.text.tolist(), df.label.tolist()
+    classes = [c.strip() for c in open(f"{folder}/classes.txt", encoding="utf-8") if c.strip()]
+    df = pd.read_csv(f"{folder}/{split}.csv", header=None, keep_default_na=False, dtype=str)
+    texts = df.iloc[:, 1:].apply(lambda r: " ".join(r), axis=1).tolist()
+    return texts, [classes[int(l) - 1] for l in df.iloc[:, 0]]
 
 
 @torch.inference_mode()

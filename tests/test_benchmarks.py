@@ -56,3 +56,61 @@ def test_longdoc_reproduction_is_deterministic_and_long(tmp_path: Path) -> None:
         assert a.read_bytes() == b.read_bytes()
     rows = (tmp_path / "a" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
     assert len(rows) == 4 * 20 and all(len(r.split("\t")[0]) > 512 for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_tiny_longdoc_reproduction_leaves_chance_only_with_a_centred_head(tmp_path: Path) -> None:
+    """Issue 20 in small: long documents (boilerplate first, 160 of them, 4 classes) through the default
+    depth-9 network and its 4096 -> 2048 -> 2048 head, AdamW lr 1e-3. With the paper's head the first
+    steps kill fc1 and the loss ends at chance (ln 4); with `head_norm="batch"` it falls far below."""
+    import math
+    import subprocess
+
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from vdcnn_res.data.tokenizer import build_tokenizer, encode
+    from vdcnn_res.model import create_model
+
+    if not (BENCH.parents[1].parent / "shared" / "data" / "ag_news_7600").is_dir():
+        pytest.skip("../shared/data is not beside the checkout")
+    script = BENCH.parent / "longdoc" / "make_longdoc.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path), "--source", "ag_news", "--train-per-class", "40",
+                    "--eval-per-class", "1"], check=True, capture_output=True)  # fmt: skip
+    rows = pd.read_csv(tmp_path / "train.tsv", sep="\t")
+    classes = sorted(rows.label.unique())
+    labels = torch.tensor([classes.index(name) for name in rows.label])
+    tokenizer = build_tokenizer("char")
+    encoded = encode(tokenizer, rows.text.tolist(), 512)
+    ids = torch.zeros(len(encoded), 512, dtype=torch.long)
+    for i, row in enumerate(encoded):
+        ids[i, : len(row)] = torch.tensor(row)
+    chance = math.log(len(classes))
+
+    def train(head_norm: str, steps: int = 18) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model = create_model("vdcnn9", num_classes=len(classes), vocab_size=tokenizer.get_vocab_size(),
+                             head_norm=head_norm)  # fmt: skip
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+        order = torch.Generator().manual_seed(0)
+        fc1 = model.head.fc1
+        pre: list[torch.Tensor] = []
+        fc1.register_forward_hook(lambda module, args, out: pre.append(out.detach()))
+        losses = []
+        for _ in range(steps):
+            batch = torch.randperm(len(labels), generator=order)[:32]
+            pre.clear()
+            loss = nn.functional.cross_entropy(model(ids[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        last = losses[-steps // 3 :]
+        return sum(last) / len(last), float((pre[0] <= 0).all(dim=0).float().mean())
+
+    loss, dead = train("none")
+    assert loss > 0.9 * chance and dead > 0.9, (loss, dead)  # at chance, fc1 dead
+    loss, dead = train("batch")
+    assert loss < 0.5 * chance and dead < 0.1, (loss, dead)

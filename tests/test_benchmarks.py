@@ -114,3 +114,22 @@ def test_tiny_longdoc_reproduction_leaves_chance_only_with_a_centred_head(tmp_pa
     assert loss > 0.9 * chance and dead > 0.9, (loss, dead)  # at chance, fc1 dead
     loss, dead = train("batch")
     assert loss < 0.5 * chance and dead < 0.1, (loss, dead)
+
+
+def test_scale_quick_run_prints_one_row_per_size(tmp_path: Path) -> None:
+    """benchmarks/scale.py (issue 16, scale curves): every size measured in its own process, one table row each."""
+    import subprocess
+
+    if not (BENCH.parents[1].parent / "shared" / "data" / "ag_news_7600").is_dir():
+        pytest.skip("../shared/data is not beside the checkout")
+    out = tmp_path / "scale.md"
+    done = subprocess.run([sys.executable, str(BENCH.parent / "scale.py"), "--quick", "--work_dir", str(tmp_path / "w"),
+                           "--output", str(out)], capture_output=True, text=True, check=True)  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[1:]
+    assert [r[0].strip() for r in body] == ["1,000", "2,000"]
+    for row in body:
+        assert len(row) == len(header)
+        assert float(row[2].replace(",", "")) > 0 and float(row[9]) > 0  # setup rows/s, train samples/s
+    assert not any((tmp_path / "w").glob("rows*"))  # each size's CSVs and cache are removed
+    assert out.read_text() in done.stdout

@@ -133,3 +133,17 @@ def test_scale_quick_run_prints_one_row_per_size(tmp_path: Path) -> None:
         assert float(row[2].replace(",", "")) > 0 and float(row[9]) > 0  # setup rows/s, train samples/s
     assert not any((tmp_path / "w").glob("rows*"))  # each size's CSVs and cache are removed
     assert out.read_text() in done.stdout
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cost_grid_quick_run_has_one_row_per_depth_and_length(tmp_path: Path) -> None:
+    """benchmarks/cost_grid.py (issue 16): training and prediction cost against depth and length."""
+    spec = importlib.util.spec_from_file_location("vdcnn_cost_grid", BENCH.parent / "cost_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "grid.md"
+    table = module.main(["--quick", "--output", str(out)])
+    assert out.read_text() == table
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "depth" not in line]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("9", "64"), ("9", "128")]
+    assert all(float(c) > 0 for r in rows for c in r[2:])

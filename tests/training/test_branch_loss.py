@@ -23,7 +23,8 @@ def batch() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
-@pytest.mark.parametrize("weights", [{"ngrams": 0.5}, {"cnn": 0.5, "ngrams": 2.0}])
+@pytest.mark.parametrize("weights", [{"ngrams": 0.5}, {"cnn": 0.5, "ngrams": 2.0}, {"sum": 0, "cnn": 1, "ngrams": 1},
+                                     {"sum": 0.5, "ngrams": 1}])
 def test_objective_adds_each_branch_loss_and_progress_sees_the_model_loss(task, weights):
     torch.manual_seed(0)
     module = VDCNNClassifier(arch=BAG, branch_loss=weights, task=task, label_smoothing=0.0).eval()  # no dropout
@@ -34,7 +35,10 @@ def test_objective_adds_each_branch_loss_and_progress_sees_the_model_loss(task, 
     model = module.model
     branches = model.branch_logits(model.forward_features(data["input_ids"], data["lengths"]))
     expected_model = module._loss(branches["cnn"] + branches["ngrams"], data["labels"])
-    expected = expected_model + sum(w * module._loss(branches[name], data["labels"]) for name, w in weights.items())
+    own = {name: w for name, w in weights.items() if name != "sum"}
+    expected = weights.get("sum", 1.0) * expected_model + sum(
+        w * module._loss(branches[name], data["labels"]) for name, w in own.items()
+    )
     assert float(out["model_loss"]) == pytest.approx(float(expected_model), rel=1e-4)
     assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-4)
     assert out["loss"].requires_grad and not out["model_loss"].requires_grad
@@ -46,13 +50,19 @@ def test_off_by_default_returns_the_plain_loss_and_keeps_the_hyperparameters():
     assert "branch_loss" not in module.hparams
     assert "branch_loss" not in VDCNNClassifier(arch=BAG, branch_loss={"ngrams": 0}).hparams  # zero = off
     assert VDCNNClassifier(arch=BAG, branch_loss={"ngrams": 1}).hparams.branch_loss == {"ngrams": 1.0}
+    assert "branch_loss" not in VDCNNClassifier(arch=BAG, branch_loss={"sum": 1}).hparams  # the default weight
+    separate = VDCNNClassifier(arch=BAG, branch_loss={"sum": 0, "cnn": 1, "ngrams": 1})
+    assert separate.hparams.branch_loss == {"sum": 0.0, "cnn": 1.0, "ngrams": 1.0}
+    reloaded = VDCNNClassifier(**separate.hparams)  # as load_from_checkpoint rebuilds it
+    assert (reloaded.sum_weight, reloaded.branch_loss) == (0.0, {"cnn": 1.0, "ngrams": 1.0})
 
 
 @pytest.mark.parametrize(
     "value, message",
     [
         (1.0, "must map branch names"),
-        ({"bag": 1.0}, "unknown branch 'bag'; valid: \\['cnn', 'ngrams'\\]"),
+        ({"bag": 1.0}, "unknown branch 'bag'; valid: \\['cnn', 'ngrams', 'sum'\\]"),
+        ({"sum": 0}, "sum 0 with no branch weighted trains nothing"),
         ({"ngrams": -1.0}, "branch_loss.ngrams must be a number >= 0"),
         ({"ngrams": True}, "branch_loss.ngrams must be a number >= 0"),
         ({"ngrams": float("nan")}, "branch_loss.ngrams must be a number >= 0"),

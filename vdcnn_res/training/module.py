@@ -74,7 +74,9 @@ class VDCNNClassifier(pl.LightningModule):
     its own logits (``VDCNN.branch_logits``: ``cnn``, ``ngrams``), times its weight to the loss of
     their sum, as in Wang et al. 2020 ("What makes training multi-modal classification networks
     hard?"): trained only through the sum, the CNN memorises the training split first and the bag
-    stops learning half-way (docs/results.md §9).
+    stops learning half-way (docs/results.md §9). ``"sum"`` weighs the loss of the summed logits
+    (1 unless given): ``{"sum": 0, "cnn": 1, "ngrams": 1}`` trains two classifiers side by side,
+    each on its own loss, whose logits are added at prediction.
     """
 
     def __init__(
@@ -114,10 +116,12 @@ class VDCNNClassifier(pl.LightningModule):
             "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
         }
         self.branch_loss = _check_branch_loss(branch_loss, arch)
+        # "sum" weighs the loss of the summed logits (1 unless set; 0 trains each branch on its own only).
+        self.sum_weight = self.branch_loss.pop("sum", 1.0)
         if self.multilabel:  # single-label checkpoints keep exactly their former hyperparameters
             hparams.update(task=task, threshold=threshold)
-        if self.branch_loss:  # likewise for runs without branch losses
-            hparams.update(branch_loss=dict(self.branch_loss))
+        if self.branch_loss or self.sum_weight != 1.0:  # likewise for runs without branch losses
+            hparams.update(branch_loss={**({"sum": self.sum_weight} if self.sum_weight != 1.0 else {}), **self.branch_loss})
         self.save_hyperparameters(hparams)
         self.arch, self.optim = arch, optim
         self.in_range_test = False  # True while lr: auto's range test runs (training/lr_finder.py)
@@ -202,7 +206,8 @@ class VDCNNClassifier(pl.LightningModule):
         # memorises the training split and the bag stops learning (docs/results.md §9).
         branches = self.model.branch_logits(self.model.forward_features(batch["input_ids"], batch["lengths"]))
         logits = sum_logits(branches) / self.model.temperature
-        loss = objective = self._loss(logits, batch["labels"], weighted=True)
+        loss = self._loss(logits, batch["labels"], weighted=True)
+        objective = loss if self.sum_weight == 1.0 else self.sum_weight * loss
         for name, weight in self.branch_loss.items():
             part = self._loss(branches[name], batch["labels"], weighted=True)
             self.log(f"train/loss_{name}", part)
@@ -215,7 +220,7 @@ class VDCNNClassifier(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)  # the model's own loss, also with branch losses
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         # With branch losses the optimiser gets the whole objective; progress lines report the model's loss.
-        return {"loss": objective, "model_loss": loss.detach()} if self.branch_loss else loss
+        return {"loss": objective, "model_loss": loss.detach()} if objective is not loss else loss
 
     def _uncalibrated(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's logits before its temperature (float32)."""
@@ -520,21 +525,25 @@ BRANCHES = ("cnn", "ngrams")  # VDCNN.branch_logits' keys
 
 
 def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
-    """``branch_loss`` as {branch: weight > 0} (zero weights dropped), or one line naming the problem."""
+    """``branch_loss`` as {branch: weight > 0} (zero weights dropped; "sum", the summed logits'
+    weight, kept when it is not 1), or one line naming the problem."""
     if branch_loss is None:
         return {}
+    keys = [*BRANCHES, "sum"]
     if not isinstance(branch_loss, dict):
-        raise UserError(f"model.branch_loss must map branch names {list(BRANCHES)} to weights, e.g. {{ngrams: 1.0}}; got {branch_loss!r}")
+        raise UserError(f"model.branch_loss must map branch names {keys} to weights, e.g. {{ngrams: 1.0}}; got {branch_loss!r}")
     out = {}
     for name, weight in branch_loss.items():
-        if name not in BRANCHES:
-            raise UserError(f"model.branch_loss: unknown branch {name!r}; valid: {list(BRANCHES)}")
+        if name not in keys:
+            raise UserError(f"model.branch_loss: unknown branch {name!r}; valid: {keys}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise UserError(f"model.branch_loss.{name} must be a number >= 0 (0 = off), got {weight!r}")
-        if weight:
+        if weight if name != "sum" else weight != 1.0:
             out[name] = float(weight)
     if out and not arch.ngram_orders:
         raise UserError("model.branch_loss weighs the CNN's and the n-gram bag's own losses: it needs model.arch.ngram_orders")
+    if out.get("sum") == 0.0 and not set(out) - {"sum"}:
+        raise UserError("model.branch_loss: sum 0 with no branch weighted trains nothing; weigh cnn and/or ngrams")
     return out
 
 

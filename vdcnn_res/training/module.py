@@ -115,13 +115,14 @@ class VDCNNClassifier(pl.LightningModule):
             "label_names": list(label_names) if label_names else None,
             "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
         }
-        self.branch_loss = _check_branch_loss(branch_loss, arch)
+        branch_loss = _check_branch_loss(branch_loss, arch)
         # "sum" weighs the loss of the summed logits (1 unless set; 0 trains each branch on its own only).
-        self.sum_weight = self.branch_loss.pop("sum", 1.0)
+        self.sum_weight = branch_loss.get("sum", 1.0)
+        self.branch_loss = {name: weight for name, weight in branch_loss.items() if name != "sum"}
         if self.multilabel:  # single-label checkpoints keep exactly their former hyperparameters
             hparams.update(task=task, threshold=threshold)
-        if self.branch_loss or self.sum_weight != 1.0:  # likewise for runs without branch losses
-            hparams.update(branch_loss={**({"sum": self.sum_weight} if self.sum_weight != 1.0 else {}), **self.branch_loss})
+        if branch_loss:  # likewise for runs without branch losses
+            hparams.update(branch_loss=branch_loss)
         self.save_hyperparameters(hparams)
         self.arch, self.optim = arch, optim
         self.in_range_test = False  # True while lr: auto's range test runs (training/lr_finder.py)
@@ -538,7 +539,7 @@ def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
             raise UserError(f"model.branch_loss: unknown branch {name!r}; valid: {keys}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise UserError(f"model.branch_loss.{name} must be a number >= 0 (0 = off), got {weight!r}")
-        if weight if name != "sum" else weight != 1.0:
+        if (weight != 1.0) if name == "sum" else weight > 0:  # the defaults are not stored
             out[name] = float(weight)
     if out and not arch.ngram_orders:
         raise UserError("model.branch_loss weighs the CNN's and the n-gram bag's own losses: it needs model.arch.ngram_orders")

@@ -84,6 +84,15 @@ def test_fit_defaults_branch_loss_only_for_a_model_with_the_bag(tmp_path, args, 
     assert hparams.get("branch_loss") == ({k: float(v) for k, v in expected.items() if v} or None if expected else None)
 
 
+def test_the_cells_of_sweep_ablate_and_tune_get_fits_branch_loss_default():
+    """Their fits are built without a subcommand (build_cli(run=False)): the text default still applies."""
+    from vdcnn_res.cli.lightning import TEXT_BRANCH_LOSS, build_cli
+
+    for extra, expected in (([], TEXT_BRANCH_LOSS), (["--model.arch.ngram_orders=[]"], None)):
+        cli = build_cli([*TINY, *SHORT, "--trainer.logger=false", *extra], run=False)
+        assert cli.model.hparams.get("branch_loss") == expected
+
+
 def test_fits_started_together_in_one_folder_get_their_own_runs(tmp_path, monkeypatch):
     """Two fit loggers built before either has written anything (two fits started at the same moment):
     Lightning's count of the existing folders would give both version_0; the reservation does not."""

@@ -320,10 +320,11 @@ class VDCNNCLI(LightningCLI):
             )
         if config.get("trainer.precision") is None:  # the default: the fastest exact-enough choice here
             config["trainer.precision"] = default_precision(config.get("trainer.accelerator") or "auto")
+        # A fit: `fit`, or the subcommand-less parse of run=False (the cells of sweep, ablate, tune).
+        if subcommand in ("fit", None) and config.get("model.branch_loss") is None and config.get("model.arch.ngram_orders"):
+            config["model.branch_loss"] = dict(TEXT_BRANCH_LOSS)
         if not subcommand:
             return
-        if subcommand == "fit" and config.get("model.branch_loss") is None and config.get("model.arch.ngram_orders"):
-            config["model.branch_loss"] = dict(TEXT_BRANCH_LOSS)
         # Lightning passes weights_only=None on to torch.load, where an environment variable
         # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn the default into full unpickling.
         if config.get("weights_only") is None:

@@ -84,14 +84,17 @@ def test_calibrate_lowers_the_validation_nll_of_an_overconfident_model(overconfi
     assert _digest(overconfident) == before  # --out: the source stays as it was
     saved = torch.load(out, weights_only=True)
     temperature = float(saved["state_dict"]["model.temperature"])
-    assert temperature > 2  # the logits were scaled by 5
+    weights = saved["state_dict"]["model.branch_weights"].tolist()  # the tiny model has the n-gram bag
     assert saved["calibration"]["temperature"] == pytest.approx(temperature)
+    assert saved["calibration"]["branch_weights"] == pytest.approx(weights) and sum(weights) == pytest.approx(2.0)
     assert saved["calibration"]["texts"] == 400 and saved["calibration"]["nll_after"] < saved["calibration"]["nll_before"]
     assert f"temperature {temperature:.3f}" in printed and f"Written to {out}" in printed
 
     hot, cool = Predictor.from_checkpoint(overconfident, bf16=False), Predictor.from_checkpoint(out, bf16=False)
     assert cool.temperature == pytest.approx(temperature)
     assert _valid_nll(cool, truth) < _valid_nll(hot, truth) - 0.1
+    texts, _ = sample_texts("valid")  # the logits were scaled by 5: calibrated, the model is less sure of itself
+    assert cool.predict_proba(texts).max(1).mean() < hot.predict_proba(texts).max(1).mean() - 0.1
     assert _valid_nll(cool, truth) == pytest.approx(saved["calibration"]["nll_after"], abs=1e-4)  # Predictor = Trainer in fp32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibrated.ckpt", "run", "valid.csv"]  # no logs, no config.yaml
 
@@ -108,7 +111,9 @@ def test_calibrate_lowers_the_validation_nll_of_an_overconfident_model(overconfi
 def test_calibrate_in_place_replaces_the_checkpoint_atomically(overconfident, agreeing_valid, capsys):
     main(["calibrate", "--ckpt_path", str(overconfident), "--data.valid", str(agreeing_valid[0]),
           "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
-    assert float(torch.load(overconfident, weights_only=True)["state_dict"]["model.temperature"]) > 1
+    saved = torch.load(overconfident, weights_only=True)
+    assert float(saved["state_dict"]["model.temperature"]) == pytest.approx(saved["calibration"]["temperature"])
+    assert saved["calibration"]["nll_after"] < saved["calibration"]["nll_before"]
     assert sorted(p.name for p in overconfident.parent.iterdir()) == ["overconfident.ckpt"]  # no temporary file left
     assert "Written to" in capsys.readouterr().out
 

@@ -1,5 +1,6 @@
-"""A calibrated model's temperature travels with it: checkpoint, exported folder, ONNX, Predictor;
-an uncalibrated one (and every file from before calibration) keeps temperature 1 and its old format."""
+"""A calibrated model's temperature and branch weights travel with it: checkpoint, exported folder,
+ONNX, Predictor; an uncalibrated one (and every file from before calibration) keeps temperature 1,
+equal weights and its old format."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fixtures.tiny import sample_texts
+from fixtures.tiny import SAMPLE, sample_texts
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.data.batching import texts_to_batches
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import (
+    BRANCH_WEIGHTS_FORMAT_VERSION,
     CALIBRATED_FORMAT_VERSION,
     CONFIG_FILE,
     ONNX_FILE,
@@ -83,7 +85,7 @@ def test_an_uncalibrated_export_keeps_the_old_format(calibrated, tmp_path):
     _, _, plain = calibrated
     Predictor.from_checkpoint(plain).save_pretrained(tmp_path / "plain")
     assert json.loads((tmp_path / "plain" / CONFIG_FILE).read_text())["format_version"] == TEXT_FORMAT_VERSION
-    assert "temperature" not in load_file(tmp_path / "plain" / WEIGHTS_FILE)
+    assert not {"temperature", "branch_weights"} & set(load_file(tmp_path / "plain" / WEIGHTS_FILE))
     assert Predictor.from_pretrained(tmp_path / "plain").temperature == 1.0
 
 
@@ -93,6 +95,49 @@ def test_a_temperature_that_is_not_positive_and_finite_is_refused(calibrated, tm
     path = _with_temperature(hot, tmp_path / "bad.ckpt", bad)
     with pytest.raises(UserError, match="temperature must be a positive finite number"):
         read_checkpoint(path)
+
+
+def _with_branch_weights(ckpt: Path, path: Path, weights: list[float]) -> Path:
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["state_dict"]["model.branch_weights"] = torch.tensor(weights)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_branch_weights_travel_to_the_export_the_onnx_graph_and_test(calibrated, tmp_path, monkeypatch, capsys):
+    import onnxruntime as ort
+
+    hot, _, plain = calibrated
+    weighted = _with_branch_weights(hot, tmp_path / "weighted.ckpt", [0.5, 1.5])
+    main(["export", "--ckpt_path", str(weighted), "--out_dir", str(tmp_path / "export"), "--onnx"])
+    export = tmp_path / "export"
+    assert json.loads((export / CONFIG_FILE).read_text())["format_version"] == BRANCH_WEIGHTS_FORMAT_VERSION
+    assert load_file(export / WEIGHTS_FILE)["branch_weights"].tolist() == [0.5, 1.5]
+    texts, _ = sample_texts(n=30)
+    from_ckpt = Predictor.from_checkpoint(weighted, bf16=False)
+    probs = from_ckpt.predict_proba(texts)
+    np.testing.assert_array_equal(Predictor.from_pretrained(export, bf16=False).predict_proba(texts), probs)
+    assert np.abs(probs - Predictor.from_checkpoint(hot, bf16=False).predict_proba(texts)).max() > 1e-4  # they count
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(export / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    for batch in texts_to_batches(from_ckpt.tokenizer, texts, max_length=from_ckpt.max_length, batch_size=8):
+        logits = session.run(None, {"input_ids": batch["input_ids"].numpy(), "lengths": batch["lengths"].numpy()})[0]
+        np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1).numpy(), probs[batch["index"].numpy()], rtol=0, atol=1e-5)
+
+    monkeypatch.chdir(tmp_path)
+    main(["test", "--ckpt_path", str(weighted), "--data.test", str(SAMPLE / "test.csv"), "--trainer.limit_test_batches=2",
+          "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Branch weights (cnn/ngrams) 0.50/1.50, fitted on the validation split: accuracy " in printed
+    assert "(equal weights: " in printed
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan")])
+def test_branch_weights_that_are_negative_or_not_finite_are_refused(calibrated, tmp_path, bad):
+    hot, _, _ = calibrated
+    with pytest.raises(UserError, match="branch weights must be finite and not negative"):
+        read_checkpoint(_with_branch_weights(hot, tmp_path / "bad.ckpt", [1.0, bad]))
 
 
 def test_legacy_files_load_uncalibrated_and_predict_bit_for_bit_as_without_a_temperature():

@@ -76,3 +76,44 @@ def test_bad_weights_are_one_line(value, message):
 def test_needs_the_bag():
     with pytest.raises(UserError, match="branch_loss weighs the CNN's and the n-gram bag's own losses"):
         VDCNNClassifier(arch=ModelConfig(**TINY), branch_loss={"cnn": 1.0})
+
+
+def test_sum_detach_trains_the_bag_only_on_its_own_loss():
+    """With ``sum_detach=["ngrams"]`` the sum's loss reaches only the CNN; the objective's value is unchanged."""
+    grads = {}
+    for detach in ([], ["ngrams"]):
+        torch.manual_seed(0)
+        module = VDCNNClassifier(arch=BAG, branch_loss={"ngrams": 1.0}, sum_detach=detach, label_smoothing=0.0).eval()
+        out = module.training_step(batch(), 0)
+        out["loss"].backward()
+        grads[tuple(detach)] = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
+        if detach:
+            assert module.hparams.sum_detach == ["ngrams"]
+            assert VDCNNClassifier(**module.hparams).sum_detach == ["ngrams"]  # as load_from_checkpoint rebuilds it
+            # the bag's gradient is now that of its own loss alone
+            module.zero_grad()
+            model = module.model
+            bag = model.branch_logits(model.forward_features(batch()["input_ids"], batch()["lengths"]))["ngrams"]
+            module._loss(bag, batch()["labels"]).backward()
+            for name, p in model.named_parameters():
+                if name.startswith(("ngrams.", "ngram_head.")):
+                    torch.testing.assert_close(grads[("ngrams",)][name], p.grad)
+        else:
+            assert "sum_detach" not in module.hparams
+    cnn = "head.fc.weight"
+    torch.testing.assert_close(grads[()][cnn], grads[("ngrams",)][cnn])  # the CNN sees the same sum's loss
+    assert not torch.allclose(grads[()]["ngram_head.fc.weight"], grads[("ngrams",)]["ngram_head.fc.weight"])
+
+
+@pytest.mark.parametrize(
+    "branch_loss, value, message",
+    [
+        ({"ngrams": 1}, "ngrams", "must be a list of branch names"),
+        ({"ngrams": 1}, ["bag"], "unknown branch 'bag'"),
+        (None, ["ngrams"], "'ngrams' would learn nothing"),
+        ({"cnn": 1, "ngrams": 1}, ["cnn", "ngrams"], "with every branch detached the sum's loss trains nothing"),
+    ],
+)
+def test_bad_sum_detach_is_one_line(branch_loss, value, message):
+    with pytest.raises(UserError, match=message):
+        VDCNNClassifier(arch=BAG, branch_loss=branch_loss, sum_detach=value)

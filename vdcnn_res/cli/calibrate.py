@@ -93,6 +93,8 @@ def main(argv: list[str]) -> None:
     if not isinstance(state, dict):
         raise UserError(f"{str(ckpt_path)!r} holds no state_dict; calibrate a checkpoint written by `vdcnn-res fit`")
     state["model.temperature"] = torch.tensor(calibration.temperature, dtype=torch.float32)
+    if calibration.branch_weights is not None:
+        state["model.branch_weights"] = torch.tensor(calibration.branch_weights, dtype=torch.float32)
     checkpoint["calibration"] = calibration.to_dict()
     target = out or ckpt_path
     atomic_torch_save(checkpoint, target)

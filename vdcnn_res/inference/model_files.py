@@ -18,6 +18,11 @@ older vdcnn-res refuses it with "upgrade" instead of silently ignoring the calib
 uncalibrated model's files are unchanged (no tensor, version 1 or 2); a file without the
 tensor loads with temperature 1.
 
+A model whose two branches (CNN and n-gram bag) are weighted other than equally (branch weights
+fitted with the temperature, training/calibration.py) keeps them as the tensor
+``branch_weights`` in model.safetensors and is written as format_version 5, for the same
+reason; with equal weights the tensor is left out and the version is unchanged.
+
 A multi-label model (one sigmoid per label, ``data.task=multilabel``) is written as
 format_version 4: config.json also holds ``"task": "multilabel"`` and ``thresholds`` (one
 decision threshold per label, tuned on the validation split), so an older vdcnn-res refuses it
@@ -49,6 +54,7 @@ from vdcnn_res.model import VDCNN, ModelConfig, build_model, upgrade_state_dict
 
 __all__ = [
     "CONFIG_FILE",
+    "BRANCH_WEIGHTS_FORMAT_VERSION",
     "CALIBRATED_FORMAT_VERSION",
     "FORMAT_VERSION",
     "SERIES_FORMAT_VERSION",
@@ -66,11 +72,12 @@ __all__ = [
     "write_pretrained",
 ]
 
-FORMAT_VERSION = 4  # the newest this version reads; text exports are written as 1
+FORMAT_VERSION = 5  # the newest this version reads; text exports are written as 1
 TEXT_FORMAT_VERSION = 1
 SERIES_FORMAT_VERSION = 2
 CALIBRATED_FORMAT_VERSION = 3  # model.safetensors holds a temperature (text or series)
 MULTILABEL_FORMAT_VERSION = 4  # config.json holds task and thresholds
+BRANCH_WEIGHTS_FORMAT_VERSION = 5  # model.safetensors holds branch weights other than all 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -183,6 +190,12 @@ def _load_weights(model: VDCNN, weights: dict[str, Tensor], where: str) -> VDCNN
     if not temperature.is_floating_point() or not bool(torch.isfinite(temperature)) or float(temperature) <= 0:
         raise UserError(
             f"{where}: the temperature must be a positive finite number, got {temperature.tolist()}; "
+            "calibrate the model again (`vdcnn-res calibrate`) or export it again"
+        )
+    branch_weights = weights["branch_weights"]
+    if not branch_weights.is_floating_point() or not bool(torch.isfinite(branch_weights).all()) or bool((branch_weights < 0).any()):
+        raise UserError(
+            f"{where}: the branch weights must be finite and not negative, got {branch_weights.tolist()}; "
             "calibrate the model again (`vdcnn-res calibrate`) or export it again"
         )
     model.load_state_dict(weights)
@@ -319,8 +332,11 @@ def write_pretrained(
     config: dict[str, Any]
     calibrated = float(model.temperature) != 1.0
     version = CALIBRATED_FORMAT_VERSION if calibrated else SERIES_FORMAT_VERSION if series else TEXT_FORMAT_VERSION
+    weighted = bool((model.branch_weights != 1.0).any())
     if thresholds is not None:
         version = MULTILABEL_FORMAT_VERSION
+    if weighted:
+        version = BRANCH_WEIGHTS_FORMAT_VERSION
     if series:
         config = {
             "format_version": version,
@@ -337,10 +353,10 @@ def write_pretrained(
         }
         if thresholds is not None:
             config.update(task="multilabel", thresholds=thresholds)
-    # Uncalibrated: no temperature tensor, so the files stay readable by versions before calibration.
-    weights = {
-        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if calibrated or k != "temperature"
-    }
+    # Uncalibrated: no temperature tensor, equal weights: no branch_weights tensor, so the files
+    # stay readable by versions before them.
+    left_out = ({"temperature"} - ({"temperature"} if calibrated else set())) | ({"branch_weights"} - ({"branch_weights"} if weighted else set()))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in left_out}
     # Serialized in memory and written like the JSON files, so every file gets the same umask-based
     # mode (safetensors' save_file creates its file with mode 0600).
     paths[0].write_bytes(save(weights, metadata={"format": "pt", "vdcnn_res_format_version": str(config["format_version"])}))

@@ -5,8 +5,8 @@
                  (a series model: inputs series (B, C, L) float32, already preprocessed and
                  right-padded, and lengths (B,) int64; B and L dynamic, C fixed)
 
-The logits are the model's, divided by its calibration temperature (a constant of the graph;
-1.0 for an uncalibrated model), so softmax(logits) are the same calibrated probabilities as
+The logits are the model's: its branches' logits times its branch weights, summed and divided
+by its calibration temperature (constants of the graph; 1.0 for an uncalibrated model), so softmax(logits) are the same calibrated probabilities as
 the Predictor's. A multi-label model's logits are one per label (sigmoid them); its graph
 carries the task and the per-label thresholds as metadata properties
 (``vdcnn_res.task`` = ``multilabel``, ``vdcnn_res.label_thresholds`` a JSON list in label

@@ -191,11 +191,15 @@ class VDCNN(nn.Module):
         # on the validation split (training/calibration.py), never trained; 1.0 = uncalibrated,
         # which is also what files written before it existed load with.
         self.register_buffer("temperature", torch.ones(()))
+        # One weight per branch (cnn, then ngrams), fitted with the temperature (calibration.py);
+        # training always runs with all ones, the branches' plain sum.
+        self.register_buffer("branch_weights", torch.ones(2 if self.ngrams is not None else 1))
         self.reset_parameters()
         self.register_load_state_dict_pre_hook(_upgrade_hook)
 
     def reset_parameters(self) -> None:
-        """He init for convs and hidden linears (paper), BN to identity, zero biases; temperature 1.
+        """He init for convs and hidden linears (paper), BN to identity, zero biases; temperature
+        and branch weights 1.
 
         The classifier layer gets std 0.01 instead: He init there gives logits of std ~3 at
         the start (loss far above ln C), and small-data runs spend their first epochs, or
@@ -203,6 +207,7 @@ class VDCNN(nn.Module):
         """
         with torch.no_grad():
             self.temperature.fill_(1.0)
+            self.branch_weights.fill_(1.0)
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -304,25 +309,27 @@ class VDCNN(nn.Module):
 
     def branch_logits(self, features: Tensor) -> dict[str, Tensor]:
         """Features (B, num_features) -> each branch's own logits (B, num_classes), before they are
-        summed and divided by ``temperature``: ``{"cnn": ...}``, plus ``"ngrams"`` with the bag.
+        weighted, summed and divided by ``temperature`` (:meth:`combine`): ``{"cnn": ...}``, plus
+        ``"ngrams"`` with the bag.
         Training can supervise each one on its own (``VDCNNClassifier(branch_loss=...)``)."""
         if self.ngrams is None:
             return {"cnn": self.head(features)}
         cnn, ngrams = features.split([self.config.num_features, self.config.ngram_dim], dim=1)
         return {"cnn": self.head(cnn), "ngrams": self.ngram_head(ngrams)}
 
+    def combine(self, branches: dict[str, Tensor]) -> Tensor:
+        """The model's logits from its branches': each times its ``branch_weights`` entry, summed,
+        divided by ``temperature``."""
+        weighted = [w * z for w, z in zip(self.branch_weights.unbind(), branches.values())]
+        return functools.reduce(operator.add, weighted) / self.temperature
+
     def forward_head(self, features: Tensor) -> Tensor:
-        """Features (B, num_features) -> logits (B, num_classes): the branches' sum, divided by ``temperature``."""
-        return sum_logits(self.branch_logits(features)) / self.temperature
+        """Features (B, num_features) -> logits (B, num_classes): the branches' weighted sum, divided by ``temperature``."""
+        return self.combine(self.branch_logits(features))
 
     def forward(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids (B, L), optional lengths (B,) -> logits (B, num_classes)."""
         return self.forward_head(self.forward_features(input_ids, lengths))
-
-
-def sum_logits(branches: dict[str, Tensor]) -> Tensor:
-    """The model's logits from its branches' (``VDCNN.branch_logits``), before the temperature."""
-    return functools.reduce(operator.add, branches.values())
 
 
 # --------------------------------------------------------------------------- old files
@@ -337,10 +344,13 @@ def _new_key(key: str) -> str:
 
 def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """Weights written by an older vdcnn-res with today's key names (a new dict); without a
-    temperature (files from before calibration, uncalibrated exports) it is 1.0."""
+    temperature (files from before calibration, uncalibrated exports) it is 1.0, without branch
+    weights (files from before them, exports with equal weights) they are all 1."""
     upgraded = {_new_key(key): value for key, value in state_dict.items()}
     if upgraded and "temperature" not in upgraded:
         upgraded["temperature"] = torch.ones(())
+    if upgraded and "branch_weights" not in upgraded:
+        upgraded["branch_weights"] = torch.ones(2 if "ngram_head.fc.weight" in upgraded else 1)
     return upgraded
 
 
@@ -353,6 +363,8 @@ def _upgrade_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *a
             state_dict[new] = state_dict.pop(key)
     if keys and prefix + "temperature" not in state_dict:
         state_dict[prefix + "temperature"] = torch.ones(())
+    if keys and prefix + "branch_weights" not in state_dict:
+        state_dict[prefix + "branch_weights"] = torch.ones_like(module.branch_weights)
 
 
 # --------------------------------------------------------------------------- registry

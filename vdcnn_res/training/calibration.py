@@ -18,6 +18,17 @@ count-weighted mean over bins of |accuracy - mean confidence|. Written here rath
 from torchmetrics because the reliability diagram needs the per-bin values, which
 torchmetrics keeps private; for confidences below 1 both give the same number (tested).
 
+Branch weights: a model with the n-gram bag sums two classifiers' logits, the CNN's and the
+bag's. Trained side by side they are rarely worth the same: on small data the bag is usually
+the better one, on long documents the CNN (docs/longdoc_plateau.md §12). :func:`calibrate`
+also fits the mix: for each share ``r`` of the bag on a grid (0, 0.05, ..., 1) the logits
+``2 (1 - r) z_cnn + 2 r z_bag`` get their own temperature, and the ``r`` with the lowest NLL
+wins. The mix changes the argmax, so it is kept only when it also wins on held-out texts: the
+validation texts are split into two seeded halves, the mix and the equal sum (temperature only)
+are each fitted on one half and scored (NLL) on the other, both ways; the mix is used when its
+held-out NLL is lower, and is then fitted on all the texts. The weights keep a mean of 1, so
+the temperature still says how sharp the probabilities are.
+
 Multi-label models (one sigmoid per label) get no temperature: :data:`MULTILABEL_NO_TEMPERATURE`
 says why. Their post-hoc step is :func:`tune_thresholds`: per label, the decision threshold that
 maximises that label's F1 on the validation split.
@@ -47,6 +58,7 @@ __all__ = [
     "Thresholds",
     "calibrate",
     "expected_calibration_error",
+    "fit_branch_weights",
     "fit_temperature",
     "nll",
     "reliability_bins",
@@ -152,33 +164,101 @@ class Calibration:
     nll_after: float
     ece_before: float
     ece_after: float
+    # Models with more than one branch (the n-gram bag): the weights used (mean 1; all 1 when
+    # the mix lost on held-out texts), the held-out NLL of the mix and of the equal sum, and the
+    # accuracy before (equal sum) and after (the weights) on the split it was fitted on.
+    branch_weights: list[float] | None = None
+    heldout_nll_mix: float | None = None
+    heldout_nll_equal: float | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain numbers, for checkpoints (they load with torch.load(weights_only=True))."""
-        return {**asdict(self), "n_bins": N_BINS}
+        """Plain numbers, for checkpoints (they load with torch.load(weights_only=True)); the branch
+        entries only for a model with two branches."""
+        return {**{k: v for k, v in asdict(self).items() if v is not None}, "n_bins": N_BINS}
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the branches are weighted other than equally."""
+        return self.branch_weights is not None and any(w != 1.0 for w in self.branch_weights)
 
     def summary(self, split: str = "validation", unit: str = "texts") -> str:
-        """One line: the temperature, on how many texts (or series: ``unit``), NLL and ECE before -> after."""
-        return (
+        """One line: the temperature (and branch weights), on how many texts (or series: ``unit``),
+        NLL and ECE before -> after."""
+        line = (
             f"temperature {self.temperature:.3f} fitted on {self.texts} {split} {unit}: "
             f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
             f"ECE {100 * self.ece_before:.2f} % -> {100 * self.ece_after:.2f} %"
         )
+        if self.branch_weights is None or self.heldout_nll_mix is None:
+            return line
+        weights = "/".join(f"{w:.2f}" for w in self.branch_weights)
+        verdict = "kept" if self.mixed else "not kept (equal weights)"
+        return (
+            f"{line}; branch weights (cnn/ngrams) {weights}, {verdict}: held-out NLL {self.heldout_nll_mix:.4f} "
+            f"vs {self.heldout_nll_equal:.4f} equal, accuracy {100 * self.accuracy_before:.2f} % -> "
+            f"{100 * self.accuracy_after:.2f} %"
+        )
+
+
+_MIX_GRID = [k / 20 for k in range(21)]  # the bag's share r of the two branches' logits
+_TIE = 1e-9  # NLL differences below this are rounding, not evidence
+
+
+def _mix(branches: Tensor, r: float) -> Tensor:
+    """(N, 2, C) branch logits -> (N, C): ``2 (1 - r) z_cnn + 2 r z_bag`` (r = 0.5: their sum)."""
+    return 2.0 * (1.0 - r) * branches[:, 0] + 2.0 * r * branches[:, 1]
+
+
+def _fit_mix(branches: Tensor, labels: Tensor) -> tuple[float, float]:
+    """The bag's share r on the grid and its temperature with the lowest NLL on these texts."""
+    best = None
+    for r in _MIX_GRID:
+        z = _mix(branches, r)
+        t = fit_temperature(z, labels, iterations=40)
+        candidate = (nll(z, labels, t), r, t)
+        if best is None or candidate[0] < best[0] - _TIE or (candidate[0] <= best[0] + _TIE and abs(r - 0.5) < abs(best[1] - 0.5)):
+            best = candidate  # ties go to the share nearest equal
+    return best[1], best[2]
+
+
+def fit_branch_weights(branches: Tensor, labels: Tensor, folds: int = 2) -> tuple[list[float], float, float, float]:
+    """Weights (mean 1) for two branches' logits (N, 2, C) and the held-out NLL of the mix and of the
+    equal sum: ``(weights, temperature, heldout_mix, heldout_equal)``; weights are [1, 1] (and the
+    temperature the equal sum's) unless the mix wins on held-out halves (module docstring)."""
+    z, y = branches.detach().double().cpu(), labels.detach().long().cpu()
+    part = torch.randperm(len(y), generator=torch.Generator().manual_seed(0)) % folds
+    heldout_mix = heldout_equal = 0.0
+    for k in range(folds):
+        fit, score = part != k, part == k
+        if not bool(fit.any()) or not bool(score.any()):
+            raise ValueError(f"{len(y)} texts are too few to fit branch weights on held-out halves")
+        r, t = _fit_mix(z[fit], y[fit])
+        heldout_mix += nll(_mix(z[score], r), y[score], t) * int(score.sum())
+        equal = z[fit].sum(1)
+        heldout_equal += nll(z[score].sum(1), y[score], fit_temperature(equal, y[fit], iterations=40)) * int(score.sum())
+    heldout_mix, heldout_equal = heldout_mix / len(y), heldout_equal / len(y)
+    if heldout_mix < heldout_equal - _TIE:
+        r, t = _fit_mix(z, y)
+    else:
+        r, t = 0.5, fit_temperature(z.sum(1), y)
+    return [2.0 * (1.0 - r), 2.0 * r], t, heldout_mix, heldout_equal
 
 
 def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
-    """Fit T on uncalibrated ``logits`` (N, C) and measure NLL and ECE before and after.
+    """Fit T on uncalibrated ``logits`` (N, C) and measure NLL and ECE before and after; with the
+    logits of two branches (N, 2, C), also their weights (module docstring).
 
     Raises ValueError when there is nothing sound to fit: no or non-finite logits, or an NLL
     minimum at a bound of the search (see the module docstring).
     """
+    if logits.dim() == 3 and logits.shape[1] == 1:
+        logits = logits[:, 0]
+    if logits.dim() == 3:
+        return _calibrate_branches(logits, labels)
     temperature = fit_temperature(logits, labels)
-    if not T_MIN * 1.001 < temperature < T_MAX / 1.001:
-        why = "every text is classified right with a margin" if temperature < 1 else "the predictions are no better than chance"
-        raise ValueError(
-            f"the NLL of these {len(labels)} texts is lowest at the search bound T = {temperature:g} ({why}), "
-            "which says nothing about the right temperature"
-        )
+    _check_bounds(temperature, len(labels))
     z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
     return Calibration(
         temperature=temperature,
@@ -188,6 +268,42 @@ def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
         ece_before=expected_calibration_error(z.softmax(-1), y),
         ece_after=expected_calibration_error((z / temperature).softmax(-1), y),
     )
+
+
+def _calibrate_branches(branches: Tensor, labels: Tensor) -> Calibration:
+    if branches.shape[1] != 2 or labels.shape != branches.shape[:1]:
+        raise ValueError(f"branch logits must be (N, 2, C) and labels (N,), got {tuple(branches.shape)} and {tuple(labels.shape)}")
+    if len(labels) == 0:
+        raise ValueError("no validation logits to fit a temperature on")
+    z, y = branches.detach().double().cpu(), labels.detach().long().cpu()
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("the validation logits are not all finite")
+    weights, temperature, heldout_mix, heldout_equal = fit_branch_weights(z, y)
+    _check_bounds(temperature, len(y))
+    before = z.sum(1)
+    after = (weights[0] * z[:, 0] + weights[1] * z[:, 1]) / temperature
+    return Calibration(
+        temperature=temperature,
+        texts=len(y),
+        nll_before=nll(before, y),
+        nll_after=nll(after, y),
+        ece_before=expected_calibration_error(before.softmax(-1), y),
+        ece_after=expected_calibration_error(after.softmax(-1), y),
+        branch_weights=[round(w, 4) for w in weights],
+        heldout_nll_mix=heldout_mix,
+        heldout_nll_equal=heldout_equal,
+        accuracy_before=float((before.argmax(1) == y).double().mean()),
+        accuracy_after=float((after.argmax(1) == y).double().mean()),
+    )
+
+
+def _check_bounds(temperature: float, texts: int) -> None:
+    if not T_MIN * 1.001 < temperature < T_MAX / 1.001:
+        why = "every text is classified right with a margin" if temperature < 1 else "the predictions are no better than chance"
+        raise ValueError(
+            f"the NLL of these {texts} texts is lowest at the search bound T = {temperature:g} ({why}), "
+            "which says nothing about the right temperature"
+        )
 
 
 class LogitCollector(Metric):

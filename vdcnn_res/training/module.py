@@ -10,8 +10,11 @@ Temperature scaling is skipped for multi-label models, with one line at the end 
 
 Calibration (training/calibration.py): every validation fits a temperature on its own logits,
 and a checkpoint saved at that step (best and last are saved right after a validation) stores
-it as ``model.temperature``; training itself always runs with temperature 1. Test reports NLL
-and ECE before and after the checkpoint's temperature and draws a reliability diagram.
+it as ``model.temperature``; with the n-gram bag the fit also weighs the two branches' logits
+(``model.branch_weights``, kept only when the mix wins on held-out validation texts). Training
+itself always runs with temperature 1 and equal weights. Test reports NLL and ECE before and
+after the checkpoint's temperature (and accuracy with equal weights when they differ) and draws
+a reliability diagram.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from torchmetrics.classification import (
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import ModelConfig, build_model
-from vdcnn_res.model.network import sum_logits
 from vdcnn_res.training.calibration import (
     MULTILABEL_NO_TEMPERATURE,
     N_BINS,
@@ -76,7 +78,9 @@ class VDCNNClassifier(pl.LightningModule):
     hard?"): trained only through the sum, the CNN memorises the training split first and the bag
     stops learning half-way (docs/results.md §9). ``"sum"`` weighs the loss of the summed logits
     (1 unless given): ``{"sum": 0, "cnn": 1, "ngrams": 1}`` trains two classifiers side by side,
-    each on its own loss, whose logits are added at prediction.
+    each on its own loss, whose logits are added at prediction. ``sum_detach`` names branches
+    whose logits enter the summed logits' loss without gradient: ``["ngrams"]`` trains the bag
+    only on its own loss (as if alone) and the CNN, through the sum, on what the bag gets wrong.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class VDCNNClassifier(pl.LightningModule):
         task: Literal["multiclass", "multilabel"] = "multiclass",
         threshold: float | None = None,
         branch_loss: dict[str, float] | None = None,
+        sum_detach: list[str] | None = None,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain dicts, never pickled classes, so they load with weights_only.
@@ -123,6 +128,9 @@ class VDCNNClassifier(pl.LightningModule):
             hparams.update(task=task, threshold=threshold)
         if branch_loss:  # likewise for runs without branch losses
             hparams.update(branch_loss=branch_loss)
+        self.sum_detach = _check_sum_detach(sum_detach, self.branch_loss)
+        if self.sum_detach:
+            hparams.update(sum_detach=self.sum_detach)
         self.save_hyperparameters(hparams)
         self.arch, self.optim = arch, optim
         self.in_range_test = False  # True while lr: auto's range test runs (training/lr_finder.py)
@@ -168,6 +176,7 @@ class VDCNNClassifier(pl.LightningModule):
         if stage == "fit":
             with torch.no_grad():  # training runs uncalibrated, also for a module fitted before in this process
                 self.model.temperature.fill_(1.0)
+                self.model.branch_weights.fill_(1.0)
         if stage == "fit" and self.hparams.get("class_weights") == "balanced":
             data = self.trainer.datamodule
             counts, n = getattr(data, "class_counts", None), getattr(data, "num_train_texts", None)
@@ -206,7 +215,10 @@ class VDCNNClassifier(pl.LightningModule):
         # Each weighted branch is also trained as a classifier of its own: without it the CNN
         # memorises the training split and the bag stops learning (docs/results.md §9).
         branches = self.model.branch_logits(self.model.forward_features(batch["input_ids"], batch["lengths"]))
-        logits = sum_logits(branches) / self.model.temperature
+        if self.sum_detach:
+            logits = self.model.combine({k: z.detach() if k in self.sum_detach else z for k, z in branches.items()})
+        else:
+            logits = self.model.combine(branches)
         loss = self._loss(logits, batch["labels"], weighted=True)
         objective = loss if self.sum_weight == 1.0 else self.sum_weight * loss
         for name, weight in self.branch_loss.items():
@@ -223,12 +235,17 @@ class VDCNNClassifier(pl.LightningModule):
         # With branch losses the optimiser gets the whole objective; progress lines report the model's loss.
         return {"loss": objective, "model_loss": loss.detach()} if objective is not loss else loss
 
-    def _uncalibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        """The model's logits before its temperature (float32)."""
-        return logits.float() * self.model.temperature.float()
+    def _outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits (B, C) and what calibration fits on: each branch's own logits
+        (B, branches, C), before weights and temperature (float32); multi-label: the logits."""
+        branches = self.model.branch_logits(self.model.forward_features(batch["input_ids"], batch["lengths"]))
+        logits = self.model.combine(branches)
+        if self.multilabel:
+            return logits, logits.float()
+        return logits, torch.stack([z.float() for z in branches.values()], dim=1)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["lengths"])
+        logits, raw = self._outputs(batch)
         labels = batch["labels"]
         self.log("val/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
         if self.multilabel:
@@ -239,7 +256,7 @@ class VDCNNClassifier(pl.LightningModule):
             predicted = logits
         self.val_acc(predicted, labels)
         self.val_f1(predicted, labels)
-        self.val_logits.update(self._uncalibrated(logits), labels)
+        self.val_logits.update(raw, labels)
         self.log("val/acc", self.val_acc, prog_bar=True)
         self.log("val/f1_macro", self.val_f1)
 
@@ -250,7 +267,7 @@ class VDCNNClassifier(pl.LightningModule):
         if self.trainer.sanity_checking or not collector.update_called:
             collector.reset()
             return
-        logits, labels = collector.compute()  # every rank's, so all ranks fit the same temperature
+        logits, labels = collector.compute()  # every rank's, so all ranks fit the same temperature and weights
         collector.reset()
         self._calibration_step = self.trainer.global_step
         if self.multilabel:
@@ -269,7 +286,7 @@ class VDCNNClassifier(pl.LightningModule):
             self.calibration, self.calibration_error = None, str(err)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["lengths"])
+        logits, raw = self._outputs(batch)
         labels = batch["labels"]
         self.log("test/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
         if self.multilabel:
@@ -279,7 +296,7 @@ class VDCNNClassifier(pl.LightningModule):
             return
         for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
             metric.update(logits, labels)
-        self.test_logits.update(self._uncalibrated(logits), labels)
+        self.test_logits.update(raw, labels)
 
     def _multilabel_test_end(self) -> None:
         """Subset accuracy, micro/macro F1, per-label F1, precision, recall and support at the
@@ -338,11 +355,16 @@ class VDCNNClassifier(pl.LightningModule):
         for metric in (self.test_acc, self.test_f1, self.test_class_f1, self.test_confusion):
             metric.reset()
         temperature = float(self.model.temperature)
-        logits, labels = self.test_logits.compute()  # uncalibrated, all ranks
+        weights = self.model.branch_weights.double().cpu()
+        raw, labels = self.test_logits.compute()  # each branch's, all ranks
         self.test_logits.reset()
-        before = reliability_bins(logits.double().softmax(-1), labels)
-        after = reliability_bins((logits.double() / temperature).softmax(-1), labels)
-        nll_before, nll_after = nll(logits, labels), nll(logits, labels, temperature)
+        raw = raw.double().cpu()
+        logits = raw.sum(1)  # equal weights, temperature 1
+        weighted = (raw * weights[None, :, None]).sum(1)  # the model's, before its temperature
+        labels = labels.cpu()
+        before = reliability_bins(logits.softmax(-1), labels)
+        after = reliability_bins((weighted / temperature).softmax(-1), labels)
+        nll_before, nll_after = nll(logits, labels), nll(weighted, labels, temperature)
         self.log("test/temperature", temperature)
         self.log("test/nll", nll_after)
         self.log("test/ece", after.ece)
@@ -356,7 +378,11 @@ class VDCNNClassifier(pl.LightningModule):
             png = plot_confusion_matrix(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.png")
             table = write_confusion_csv(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.csv")
             print(f"Confusion matrix: {png} (counts: {table.name})")
-            if temperature != 1.0:
+            if bool((weights != 1.0).any()):
+                equal = float((logits.argmax(1) == labels).double().mean())
+                print(f"Branch weights (cnn/ngrams) {'/'.join(f'{w:.2f}' for w in weights.tolist())}, fitted on the "
+                      f"validation split: accuracy {100.0 * float(acc):.2f} % (equal weights: {100.0 * equal:.2f} %)")
+            if temperature != 1.0 or bool((weights != 1.0).any()):
                 panels = [("uncalibrated (temperature 1)", before), (f"temperature {temperature:.3f}", after)]
                 print(f"Calibration (temperature {temperature:.3f}, fitted on the validation split): "
                       f"NLL {nll_before:.4f} -> {nll_after:.4f}, ECE {100 * before.ece:.2f} % -> {100 * after.ece:.2f} % "
@@ -417,6 +443,8 @@ class VDCNNClassifier(pl.LightningModule):
             checkpoint["thresholds"] = self.tuned.to_dict()
         if self.calibration is not None and "model.temperature" in state:
             state["model.temperature"] = torch.tensor(self.calibration.temperature, dtype=state["model.temperature"].dtype)
+            if self.calibration.branch_weights is not None and "model.branch_weights" in state:
+                state["model.branch_weights"] = torch.tensor(self.calibration.branch_weights, dtype=state["model.branch_weights"].dtype)
             checkpoint["calibration"] = self.calibration.to_dict()
         elif self.calibration_error is not None:
             checkpoint["calibration"] = {"error": self.calibration_error}
@@ -428,6 +456,8 @@ class VDCNNClassifier(pl.LightningModule):
         if fitting and isinstance(state, dict) and "model.temperature" in state:
             # Training always runs uncalibrated; the next validation fits a new temperature.
             state["model.temperature"] = torch.ones_like(state["model.temperature"])
+        if fitting and isinstance(state, dict) and "model.branch_weights" in state:
+            state["model.branch_weights"] = torch.ones_like(state["model.branch_weights"])
         if fitting and isinstance(state, dict) and "label_thresholds" in state:
             state["label_thresholds"] = torch.full_like(state["label_thresholds"], self.threshold)
 
@@ -437,6 +467,8 @@ class VDCNNClassifier(pl.LightningModule):
         if self.calibration is not None and self._calibration_step == self.trainer.global_step:
             with torch.no_grad():
                 self.model.temperature.fill_(self.calibration.temperature)
+                if self.calibration.branch_weights is not None:
+                    self.model.branch_weights.copy_(torch.tensor(self.calibration.branch_weights))
         if self.multilabel and self.tuned is not None and self._calibration_step == self.trainer.global_step:
             with torch.no_grad():
                 self.label_thresholds.copy_(torch.tensor(self.tuned.thresholds))
@@ -452,7 +484,8 @@ class VDCNNClassifier(pl.LightningModule):
             return
         if isinstance(saved, dict) and all(k in saved for k in _CALIBRATION_KEYS):
             unit = "series" if self.arch.input_channels else "texts"
-            print(f"Calibration of the best checkpoint: {Calibration(**{k: saved[k] for k in _CALIBRATION_KEYS}).summary(unit=unit)}")
+            fields = {k: saved[k] for k in _CALIBRATION_KEYS + _BRANCH_WEIGHT_KEYS if k in saved}
+            print(f"Calibration of the best checkpoint: {Calibration(**fields).summary(unit=unit)}")
         elif isinstance(saved, dict) and isinstance(saved.get("error"), str):
             print(f"Calibration of the best checkpoint: none, temperature 1 ({saved['error']})")
         else:
@@ -472,6 +505,7 @@ class VDCNNClassifier(pl.LightningModule):
 
 
 _CALIBRATION_KEYS = ("temperature", "texts", "nll_before", "nll_after", "ece_before", "ece_after")
+_BRANCH_WEIGHT_KEYS = ("branch_weights", "heldout_nll_mix", "heldout_nll_equal", "accuracy_before", "accuracy_after")
 
 
 def balanced_positive_weights(positives: Any, n: int, label_names: list[str]) -> list[float]:
@@ -546,6 +580,26 @@ def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
     if out.get("sum") == 0.0 and not set(out) - {"sum"}:
         raise UserError("model.branch_loss: sum 0 with no branch weighted trains nothing; weigh cnn and/or ngrams")
     return out
+
+
+def _check_sum_detach(sum_detach: Any, branch_loss: dict[str, float]) -> list[str]:
+    """``sum_detach`` as a sorted list of branch names, each trained by its own branch loss, or one line."""
+    if not sum_detach:
+        return []
+    if isinstance(sum_detach, str) or not isinstance(sum_detach, (list, tuple)):
+        raise UserError(f"model.sum_detach must be a list of branch names from {list(BRANCHES)}, e.g. [ngrams]; got {sum_detach!r}")
+    names = sorted(set(sum_detach))
+    for name in names:
+        if name not in BRANCHES:
+            raise UserError(f"model.sum_detach: unknown branch {name!r}; valid: {list(BRANCHES)}")
+        if name not in branch_loss:
+            raise UserError(
+                f"model.sum_detach: {name!r} would learn nothing (the sum's loss no longer reaches it); "
+                f"give it its own loss, e.g. \"--model.branch_loss={{{name}: 1}}\""
+            )
+    if len(names) == len(BRANCHES) and branch_loss.get("sum", 1.0):
+        raise UserError("model.sum_detach: with every branch detached the sum's loss trains nothing; set model.branch_loss.sum 0 instead")
+    return names
 
 
 def balanced_class_weights(counts: Any, label_names: list[str]) -> list[float]:

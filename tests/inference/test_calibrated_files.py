@@ -115,6 +115,8 @@ def test_branch_weights_travel_to_the_export_the_onnx_graph_and_test(calibrated,
     assert load_file(export / WEIGHTS_FILE)["branch_weights"].tolist() == [0.5, 1.5]
     texts, _ = sample_texts(n=30)
     from_ckpt = Predictor.from_checkpoint(weighted, bf16=False)
+    assert from_ckpt.branch_weights == {"cnn": 0.5, "ngrams": 1.5}
+    assert Predictor.from_checkpoint(hot, bf16=False).branch_weights == {"cnn": 1.0, "ngrams": 1.0}
     probs = from_ckpt.predict_proba(texts)
     np.testing.assert_array_equal(Predictor.from_pretrained(export, bf16=False).predict_proba(texts), probs)
     assert np.abs(probs - Predictor.from_checkpoint(hot, bf16=False).predict_proba(texts)).max() > 1e-4  # they count

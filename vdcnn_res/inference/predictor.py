@@ -150,6 +150,12 @@ class Predictor:
         """The model's calibration temperature (1.0 = uncalibrated)."""
         return float(self.model.temperature)
 
+    @property
+    def branch_weights(self) -> dict[str, float]:
+        """Each branch's weight in the logits (``cnn``, and ``ngrams`` with the bag); all 1 unless
+        calibration found a weighting that wins on held-out validation texts."""
+        return dict(zip(("cnn", "ngrams"), self.model.branch_weights.tolist()))
+
     @classmethod
     def _from_loaded(cls, loaded: LoadedModel, device: str | torch.device, bf16: bool | None) -> Predictor:
         return cls(loaded.model, loaded.tokenizer, loaded.label_names, loaded.max_length, device, bf16)

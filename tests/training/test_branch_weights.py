@@ -113,3 +113,15 @@ def test_a_checkpoint_stores_the_weights_of_its_own_step_and_fitting_resets_them
             module._trainer = None
         expected = module.calibration.branch_weights if kept else [1.0, 1.0]
         assert checkpoint["state_dict"]["model.branch_weights"].tolist() == pytest.approx(expected)
+
+
+def test_a_large_split_is_fitted_on_a_seeded_sample_and_measured_on_all(monkeypatch):
+    import vdcnn_res.training.calibration as calibration
+
+    branches, labels = _branches(n=1200)
+    monkeypatch.setattr(calibration, "MAX_FIT_LOGITS", 500 * 5)  # 500 texts of 5 classes
+    sampled = calibrate(branches, labels)
+    assert sampled.texts == 1200 and sampled.mixed  # the numbers cover every text ...
+    rows = calibration._fit_rows(1200, 5)
+    assert len(rows) == 500 and torch.equal(rows, calibration._fit_rows(1200, 5))  # ... the fit a fixed sample
+    assert sampled.branch_weights == calibrate(branches[rows], labels[rows]).branch_weights

@@ -204,6 +204,17 @@ class Calibration:
 
 _MIX_GRID = [k / 20 for k in range(21)]  # the bag's share r of the two branches' logits
 _TIE = 1e-9  # NLL differences below this are rounding, not evidence
+# T and the weights are fitted on at most this many logits (texts x classes; a seeded sample of the
+# texts above it), so that a large validation split costs seconds, not minutes, per validation.
+MAX_FIT_LOGITS = 2**22
+
+
+def _fit_rows(texts: int, classes: int) -> Tensor:
+    """All row indices, or a seeded sample of them keeping texts x classes <= MAX_FIT_LOGITS."""
+    keep = max(MAX_FIT_LOGITS // max(classes, 1), 2)
+    if texts <= keep:
+        return torch.arange(texts)
+    return torch.randperm(texts, generator=torch.Generator().manual_seed(1))[:keep].sort().values
 
 
 def _mix(branches: Tensor, r: float) -> Tensor:
@@ -257,7 +268,11 @@ def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
         logits = logits[:, 0]
     if logits.dim() == 3:
         return _calibrate_branches(logits, labels)
-    temperature = fit_temperature(logits, labels)
+    if logits.dim() == 2 and labels.shape == logits.shape[:1]:
+        rows = _fit_rows(len(labels), logits.shape[-1]).to(logits.device)
+        temperature = fit_temperature(logits[rows], labels[rows])
+    else:
+        temperature = fit_temperature(logits, labels)  # raises the shape error
     _check_bounds(temperature, len(labels))
     z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
     return Calibration(
@@ -278,7 +293,8 @@ def _calibrate_branches(branches: Tensor, labels: Tensor) -> Calibration:
     z, y = branches.detach().double().cpu(), labels.detach().long().cpu()
     if not bool(torch.isfinite(z).all()):
         raise ValueError("the validation logits are not all finite")
-    weights, temperature, heldout_mix, heldout_equal = fit_branch_weights(z, y)
+    rows = _fit_rows(len(y), z.shape[-1])
+    weights, temperature, heldout_mix, heldout_equal = fit_branch_weights(z[rows], y[rows])
     _check_bounds(temperature, len(y))
     before = z.sum(1)
     after = (weights[0] * z[:, 0] + weights[1] * z[:, 1]) / temperature

@@ -31,7 +31,13 @@ def test_head_norm_variants_are_padding_invariant_and_train(name, head_norm):
 
 
 def test_head_norm_is_validated_and_off_by_default():
-    assert ModelConfig().head_norm == "none"
+    # "auto", the default: centred when a bag shares the logits (docs/longdoc_plateau.md §13); a
+    # built model and a checkpoint hold the resolved value, so they never depend on the rule.
+    assert ModelConfig(ngram_orders=(1, 2)).resolved().head_norm == "batch"
+    assert ModelConfig(ngram_orders=(1, 2), head_norm="none").resolved().head_norm == "none"
+    assert ModelConfig().head_norm == "auto" and ModelConfig().resolved().head_norm == "none"
+    assert create_model("vdcnn9", ngram_orders=(1, 2), **SMALL).config.head_norm == "batch"
+    assert ModelConfig.from_dict({"ngram_orders": [1, 2]}).resolved().head_norm == "none"  # files from before head_norm
     with pytest.raises(UserError, match="unknown head_norm 'group'"):
         ModelConfig(head_norm="group")
 

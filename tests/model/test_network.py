@@ -159,7 +159,9 @@ def test_create_model_overrides_apply():
 def test_build_model_is_the_one_builder():
     config = ModelConfig(num_classes=3, blocks_per_stage=(1, 2), channels=(8, 16), hidden_size=16)
     model = build_model(config)
-    assert isinstance(model, VDCNN) and model.config is config
+    assert isinstance(model, VDCNN) and model.config == config.resolved()  # "auto" made concrete
+    resolved = config.resolved()
+    assert build_model(resolved).config is resolved  # nothing to resolve: the same config
     assert [len(s) for s in blocks_of(model)] == [1, 2]
     assert model(torch.randint(1, 72, (2, 40))).shape == (2, 3)
     with pytest.raises(TypeError, match="ModelConfig"):

@@ -41,3 +41,11 @@ def test_no_warning_when_learning_disabled_or_too_early(case, recwarn):
 def test_step_budgets_count_steps():
     with pytest.warns(UserWarning, match="after 30 % of the budget"):
         EpochSummary()._warn_if_at_chance(trainer(epoch=0, max_epochs=-1, max_steps=1000, step=300), MODULE, CHANCE)
+
+
+def test_a_centred_head_is_advised_only_where_the_head_is_not_centred_already():
+    centred = SimpleNamespace(arch=SimpleNamespace(num_classes=20, head_norm="batch"))
+    with pytest.warns(UserWarning) as caught:
+        EpochSummary()._warn_if_at_chance(trainer(epoch=3), centred, CHANCE)
+    message = str(caught[0].message)
+    assert "head_norm" not in message and "try a lower --model.optim.lr" in message

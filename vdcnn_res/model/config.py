@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import types
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import UserError
@@ -29,8 +29,8 @@ BlockType = Literal["basic", "preact", "bottleneck"]
 Downsampling = Literal["conv", "maxpool", "kmax", "none"]
 BLOCK_TYPES: tuple[str, ...] = get_args(BlockType)
 DOWNSAMPLING_TYPES: tuple[str, ...] = get_args(Downsampling)
-HeadNorm = Literal["none", "batch", "layer"]
-HEAD_NORM_TYPES: tuple[str, ...] = get_args(HeadNorm)
+HeadNorm = Literal["auto", "none", "batch", "layer"]
+HEAD_NORM_TYPES: tuple[str, ...] = ("none", "batch", "layer")  # what "auto" resolves among
 HeadType = Literal["kmax_mlp", "global_avg"]
 HEAD_TYPES: tuple[str, ...] = get_args(HeadType)
 
@@ -79,7 +79,10 @@ class ModelConfig:
     # Normalisation of the k-max features before fc1 (docs/longdoc_plateau.md): "batch" centres
     # each of the channels * kmax features. Without it they are all positive with a large common
     # mean, AdamW moves every fc1 pre-activation the same way, and on long texts fc1 dies.
-    head_norm: HeadNorm = "none"
+    # "auto": "batch" with the n-gram bag (its calibrated branch weights keep a live CNN from
+    # costing short texts, docs/longdoc_plateau.md §13), "none" for the pure CNN (the paper's);
+    # resolved when a model is built (``resolved()``), so checkpoints store the concrete choice.
+    head_norm: HeadNorm = "auto"
     # Beyond the paper: a bag of hashed character n-grams (ngrams.py) whose linear logits are
     # added to the CNN's; () = off (the pure CNN). E.g. (1, 2, 3, 4, 5) with 2**18 buckets.
     ngram_orders: tuple[int, ...] = ()
@@ -109,8 +112,8 @@ class ModelConfig:
         for name in ("dropout", "ngram_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.head_norm not in HEAD_NORM_TYPES:
-            raise UserError(f"unknown head_norm {self.head_norm!r}; valid choices: {list(HEAD_NORM_TYPES)}")
+        if self.head_norm not in get_args(HeadNorm):
+            raise UserError(f"unknown head_norm {self.head_norm!r}; valid choices: {list(get_args(HeadNorm))}")
         if self.block not in BLOCK_TYPES:
             raise UserError(f"unknown block {self.block!r}; valid choices: {list(BLOCK_TYPES)}")
         if self.downsampling not in DOWNSAMPLING_TYPES:
@@ -161,7 +164,8 @@ class ModelConfig:
     def from_dict(cls, data: Any, strict: bool = True) -> ModelConfig:
         """The one way a dict (YAML, checkpoint hparams, an exported config.json) becomes a config.
 
-        Missing keys take their defaults (files written before a field existed keep loading).
+        Missing keys take their defaults (files written before a field existed keep loading),
+        except ``head_norm``: files from before it had no norm, so a missing one is ``"none"``.
         ``strict`` refuses unknown keys and values of the wrong JSON type (lists stand for
         tuples); the dataclass then checks the values themselves. Errors are UserErrors.
         """
@@ -180,7 +184,14 @@ class ModelConfig:
                     raise UserError(
                         f"architecture.{key} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
                     )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{"head_norm": "none", **{k: v for k, v in data.items() if k in known}})
+
+    def resolved(self) -> ModelConfig:
+        """This config with every "auto" made concrete (``head_norm``: "batch" with the n-gram bag,
+        else "none"): what a built model and a checkpoint hold."""
+        if self.head_norm != "auto":
+            return self
+        return replace(self, head_norm="batch" if self.ngram_orders else "none")
 
     @property
     def layout(self) -> tuple[int, ...]:

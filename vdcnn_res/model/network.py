@@ -139,7 +139,7 @@ class VDCNN(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.config = config
+        self.config = config = config.resolved()  # "auto" choices made concrete, as exports record them
         c = config
         if c.input_channels:
             self.embedding = None

@@ -97,7 +97,7 @@ class VDCNNClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         # Checkpoints hold plain dicts, never pickled classes, so they load with weights_only.
-        arch = ModelConfig.from_dict(arch)
+        arch = ModelConfig.from_dict(arch).resolved()  # hparams hold the concrete choices
         optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)
         if not 0.0 <= label_smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")

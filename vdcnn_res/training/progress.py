@@ -111,10 +111,11 @@ class EpochSummary(pl.Callback):
         chance = math.log(classes)
         if done >= self.chance_warning_after and loss >= 0.97 * chance:
             self._warned = True
+            centred = getattr(arch, "head_norm", "none") != "none"
             warnings.warn(
                 f"the training loss ({loss:.3f}) is still at chance (ln {classes} = {chance:.3f}) after "
                 f"{100 * done:.0f} % of the budget: the head is probably stuck (docs/longdoc_plateau.md); "
-                "try --model.arch.head_norm batch, or a lower --model.optim.lr",
+                + ("try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch, or a lower --model.optim.lr"),
                 stacklevel=2,
             )
 

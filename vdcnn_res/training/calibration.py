@@ -129,11 +129,7 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 80) -> flo
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    if len(labels) == 0:
-        raise ValueError("no validation logits to fit a temperature on")
-    z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError("the validation logits are not all finite")
+    z, y = _checked(logits, labels)
 
     def loss(log_t: float) -> float:
         return float(F.cross_entropy(z / math.exp(log_t), y))
@@ -288,11 +284,7 @@ def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
 def _calibrate_branches(branches: Tensor, labels: Tensor) -> Calibration:
     if branches.shape[1] != 2 or labels.shape != branches.shape[:1]:
         raise ValueError(f"branch logits must be (N, 2, C) and labels (N,), got {tuple(branches.shape)} and {tuple(labels.shape)}")
-    if len(labels) == 0:
-        raise ValueError("no validation logits to fit a temperature on")
-    z, y = branches.detach().double().cpu(), labels.detach().long().cpu()
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError("the validation logits are not all finite")
+    z, y = _checked(branches, labels)
     rows = _fit_rows(len(y), z.shape[-1])
     weights, temperature, heldout_mix, heldout_equal = fit_branch_weights(z[rows], y[rows])
     _check_bounds(temperature, len(y))
@@ -311,6 +303,16 @@ def _calibrate_branches(branches: Tensor, labels: Tensor) -> Calibration:
         accuracy_before=float((before.argmax(1) == y).double().mean()),
         accuracy_after=float((after.argmax(1) == y).double().mean()),
     )
+
+
+def _checked(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits as float64 and labels as int64 on the CPU; ValueError when there are none or they are not finite."""
+    if len(labels) == 0:
+        raise ValueError("no validation logits to fit a temperature on")
+    z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("the validation logits are not all finite")
+    return z, y
 
 
 def _check_bounds(temperature: float, texts: int) -> None:

@@ -355,7 +355,7 @@ def write_pretrained(
             config.update(task="multilabel", thresholds=thresholds)
     # Uncalibrated: no temperature tensor, equal weights: no branch_weights tensor, so the files
     # stay readable by versions before them.
-    left_out = ({"temperature"} - ({"temperature"} if calibrated else set())) | ({"branch_weights"} - ({"branch_weights"} if weighted else set()))
+    left_out = {name for name, kept in (("temperature", calibrated), ("branch_weights", weighted)) if not kept}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in left_out}
     # Serialized in memory and written like the JSON files, so every file gets the same umask-based
     # mode (safetensors' save_file creates its file with mode 0600).

@@ -215,10 +215,7 @@ class VDCNNClassifier(pl.LightningModule):
         # Each weighted branch is also trained as a classifier of its own: without it the CNN
         # memorises the training split and the bag stops learning (docs/results.md §9).
         branches = self.model.branch_logits(self.model.forward_features(batch["input_ids"], batch["lengths"]))
-        if self.sum_detach:
-            logits = self.model.combine({k: z.detach() if k in self.sum_detach else z for k, z in branches.items()})
-        else:
-            logits = self.model.combine(branches)
+        logits = self.model.combine({k: z.detach() if k in self.sum_detach else z for k, z in branches.items()})
         loss = self._loss(logits, batch["labels"], weighted=True)
         objective = loss if self.sum_weight == 1.0 else self.sum_weight * loss
         for name, weight in self.branch_loss.items():

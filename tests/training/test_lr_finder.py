@@ -233,8 +233,10 @@ def test_vdcnn_res_fit_with_lr_auto(tmp_path, in_repo, one_thread, capsys):
 
     main(["fit", *TINY, *QUIET, "--model.optim.lr=auto", "--lr_finder.steps=25", "--trainer.max_epochs=1",
           "--trainer.limit_train_batches=30", "--trainer.limit_val_batches=2", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
-    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("lr auto:")]
+    printed = capsys.readouterr()
+    line = [x for x in printed.out.splitlines() if x.startswith("lr auto:")]
     assert len(line) == 1 and "range test 25 steps" in line[0] and PLOT_FILE in line[0]
+    assert "Finding best initial lr" not in printed.err  # no tqdm bar of the range test's own without a progress bar
 
 
 def test_without_the_callback_auto_is_refused():

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateFinder
+from pytorch_lightning.tuner import lr_finder as lightning_lr_finder
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.training.optim import AUTO, DEFAULT_LR
@@ -188,6 +190,23 @@ def plot_range_test(
     return path
 
 
+@contextmanager
+def _without_tqdm_bar() -> Any:
+    """Lightning's range test draws its own tqdm bar (``progress_bar_refresh_rate=1`` is hard-coded
+    in ``_lr_find``) even when the trainer has no progress bar; swap in its callback without it."""
+    original = lightning_lr_finder._LRCallback
+
+    class _Quiet(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "progress_bar_refresh_rate": 0})
+
+    lightning_lr_finder._LRCallback = _Quiet
+    try:
+        yield
+    finally:
+        lightning_lr_finder._LRCallback = original
+
+
 class LRRangeTest(LearningRateFinder):
     """Resolves ``model.optim.lr: auto`` with a range test at the start of `fit` (see the module doc).
 
@@ -282,7 +301,11 @@ class LRRangeTest(LearningRateFinder):
             if armed:
                 pl_module.in_range_test = True
             try:
-                self.lr_find(trainer, pl_module)
+                if trainer.progress_bar_callback is None:  # --trainer.enable_progress_bar=false
+                    with _without_tqdm_bar():
+                        self.lr_find(trainer, pl_module)
+                else:
+                    self.lr_find(trainer, pl_module)
             except UserError as err:  # the module refused a non-finite loss: the Trainer cannot go on
                 raise UserError(
                     f"lr auto: the range test's loss became non-finite before its stop rule ({err}); "

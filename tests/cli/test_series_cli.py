@@ -102,7 +102,7 @@ def test_fit_test_predict_export_from_the_checkpoint_alone(tmp_path, capsys):
     assert "Calibration of the best checkpoint: none, temperature 1 (validation is the training split" in capsys.readouterr().out
 
     main(["test", "--ckpt_path", str(last), "--data.test", data["test"], *QUIET])  # the checkpoint alone
-    assert "Test error:" in (out := capsys.readouterr().out) and "on 10 " in out
+    assert "Test error:" in (out := capsys.readouterr().out) and "on 10 series)" in out
     main(["predict", "--ckpt_path", str(last), "--data.predict", data["predict"], *QUIET])
     written = next((run / "predict").rglob("predictions.jsonl"))
     rows = [json.loads(line) for line in written.read_text().splitlines()]

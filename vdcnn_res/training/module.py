@@ -169,6 +169,11 @@ class VDCNNClassifier(pl.LightningModule):
         self.calibration_error: str | None = None  # ... or why none could be
         self._calibration_step: int | None = None  # ... which ran at this global step
 
+    @property
+    def _unit(self) -> str:
+        """What the model reads, for printed counts."""
+        return "series" if self.arch.input_channels else "texts"
+
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, lengths)  # (B, num_classes) logits
 
@@ -319,7 +324,7 @@ class VDCNNClassifier(pl.LightningModule):
         tuned = "per-label thresholds tuned on the validation split" if len(set(thresholds)) > 1 else f"threshold {thresholds[0]:g}"
         n_texts = int(stats[0, :4].sum())
         print(f"\nTest (multi-label, {tuned}): micro-F1 {100 * float(micro):.2f} %, macro-F1 {100 * float(macro):.2f} %, "
-              f"subset accuracy {100 * float(acc):.2f} % on {n_texts} texts")
+              f"subset accuracy {100 * float(acc):.2f} % on {n_texts} {self._unit}")
         out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "per_label_test.csv"
@@ -370,7 +375,7 @@ class VDCNNClassifier(pl.LightningModule):
         if self.trainer.is_global_zero:
             n_texts = int(confusion.sum())
             print(f"\nTest error: {100.0 * (1.0 - float(acc)):.2f} % "
-                  f"(accuracy {100.0 * float(acc):.2f} % on {n_texts} texts)")
+                  f"(accuracy {100.0 * float(acc):.2f} % on {n_texts} {self._unit})")
             out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             png = plot_confusion_matrix(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.png")
             table = write_confusion_csv(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.csv")
@@ -480,9 +485,8 @@ class VDCNNClassifier(pl.LightningModule):
         except (OSError, RuntimeError, ValueError, AttributeError):
             return
         if isinstance(saved, dict) and all(k in saved for k in _CALIBRATION_KEYS):
-            unit = "series" if self.arch.input_channels else "texts"
             fields = {k: saved[k] for k in _CALIBRATION_KEYS + _BRANCH_WEIGHT_KEYS if k in saved}
-            print(f"Calibration of the best checkpoint: {Calibration(**fields).summary(unit=unit)}")
+            print(f"Calibration of the best checkpoint: {Calibration(**fields).summary(unit=self._unit)}")
         elif isinstance(saved, dict) and isinstance(saved.get("error"), str):
             print(f"Calibration of the best checkpoint: none, temperature 1 ({saved['error']})")
         else:

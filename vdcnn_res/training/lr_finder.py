@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -301,10 +301,8 @@ class LRRangeTest(LearningRateFinder):
             if armed:
                 pl_module.in_range_test = True
             try:
-                if trainer.progress_bar_callback is None:  # --trainer.enable_progress_bar=false
-                    with _without_tqdm_bar():
-                        self.lr_find(trainer, pl_module)
-                else:
+                quiet = trainer.progress_bar_callback is None  # --trainer.enable_progress_bar=false
+                with _without_tqdm_bar() if quiet else nullcontext():
                     self.lr_find(trainer, pl_module)
             except UserError as err:  # the module refused a non-finite loss: the Trainer cannot go on
                 raise UserError(

@@ -19,26 +19,69 @@ def _load_bench():
     return module
 
 
-def test_quick_run_prints_a_markdown_table(tmp_path: Path) -> None:
+SHARED_DATA = BENCH.parents[1].parent / "shared" / "data" / "ag_news_7600"
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `benchmarks/run_all.py --quick` (what CI runs of the harnesses): its output folder."""
+    spec = importlib.util.spec_from_file_location("vdcnn_run_all", BENCH.parent / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("run_all")
+    only = ["bench", "cost_grid", *(["scale"] if SHARED_DATA.is_dir() else [])]  # scale.py draws from the shared splits
+    report = module.main(["--out", str(out), "--quick", "--only", *only])
+    assert report == out / "report.md"
+    text = report.read_text()
+    assert all((out / f"{name}.md").read_text() in text for name in only)
+    return out
+
+
+def test_quick_run_prints_a_markdown_table(quick_report: Path) -> None:
     bench = _load_bench()
-    try:
-        bench.load_texts("ag_news", 4)
-    except FileNotFoundError:
-        pytest.skip("no AG News texts available")
-    out = tmp_path / "table.md"
-    table = bench.main(["--quick", "--depths", "9", "--output", str(out)])
-    assert out.read_text().strip() == table.strip()
-    rows = [line for line in table.splitlines() if line.startswith("|")]
+    table = (quick_report / "bench.md").read_text()
+    results, targets = table.split("Targets (issue 16)")
+    rows = [line for line in results.splitlines() if line.startswith("|")]
     header, rule, *body = rows
     n_cols = header.count("|")
     assert set(rule) <= {"|", "-"} and rule.count("|") == n_cols
     assert all(row.count("|") == n_cols for row in body)
     kinds = [row.split("|")[2].strip() for row in body]
-    assert kinds.count("train") >= 4 and kinds.count("inference") == 3
+    names = [row.split("|")[3].strip() for row in body]
+    assert kinds.count("train") >= 5 and kinds.count("inference") >= 3
+    assert bench.DEFAULT_TRAIN in names and bench.DEFAULT_INFER in names
+    reference = bench.REFERENCE.is_file()
+    # The fixed reference is the first row of each workload (ratio 1.00) when it is beside the checkout.
+    assert names[0].startswith("reference") == reference and names[kinds.index("inference")].startswith("reference") == reference
     for row in body:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[3]) > 0  # samples/s
-    assert "Matmul peak" in table
+    assert float(body[0].split("|")[5]) == 1.0
+    assert "Matmul peak" in table and ("Reference: " + str(bench.REFERENCE)) in table
+    goals = [line for line in targets.splitlines() if line.startswith("| 9 |")]
+    assert any("train: " + bench.DEFAULT_TRAIN in g and ">= 6x" in g for g in goals)
+    assert any("inference: " + bench.DEFAULT_INFER in g and ">= 12x" in g for g in goals)
+
+
+def test_reference_script_is_loaded_from_its_file_or_reported_missing(tmp_path: Path) -> None:
+    bench = _load_bench()
+    assert bench.load_reference(tmp_path / "missing.py") is None
+    script = tmp_path / "ref.py"
+    script.write_text("def vdcnn(depth, n):\n    return depth * n\n")
+    assert bench.load_reference(script).vdcnn(9, 4) == 36
+
+
+def test_default_fit_rows_build_what_the_cli_builds() -> None:
+    """The harness's "default fit" is the CLI's text default: the n-gram bag with its own loss."""
+    from vdcnn_res.cli.lightning import TEXT_BRANCH_LOSS, TEXT_NGRAMS
+
+    bench = _load_bench()
+    module = bench.default_classifier(9, 72)
+    assert list(module.arch.ngram_orders) == TEXT_NGRAMS["model.arch.ngram_orders"]
+    assert module.arch.ngram_buckets == TEXT_NGRAMS["model.arch.ngram_buckets"]
+    assert module.branch_loss == TEXT_BRANCH_LOSS and module.arch.depth == 9
+    assert bench.default_classifier(29, 72, ngrams=False).model.ngrams is None
+    assert bench.data_defaults() == {"max_length": 512, "batch_size": 32, "pad_multiple": 8}
 
 
 def test_longdoc_reproduction_is_deterministic_and_long(tmp_path: Path) -> None:
@@ -116,34 +159,22 @@ def test_tiny_longdoc_reproduction_leaves_chance_only_with_a_centred_head(tmp_pa
     assert loss < 0.5 * chance and dead < 0.1, (loss, dead)
 
 
-def test_scale_quick_run_prints_one_row_per_size(tmp_path: Path) -> None:
+def test_scale_quick_run_prints_one_row_per_size(quick_report: Path) -> None:
     """benchmarks/scale.py (issue 16, scale curves): every size measured in its own process, one table row each."""
-    import subprocess
-
-    if not (BENCH.parents[1].parent / "shared" / "data" / "ag_news_7600").is_dir():
+    if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not beside the checkout")
-    out = tmp_path / "scale.md"
-    done = subprocess.run([sys.executable, str(BENCH.parent / "scale.py"), "--quick", "--work_dir", str(tmp_path / "w"),
-                           "--output", str(out)], capture_output=True, text=True, check=True)  # fmt: skip
-    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")]
+    rows = [line.split("|")[1:-1] for line in (quick_report / "scale.md").read_text().splitlines() if line.startswith("| ")]
     header, body = rows[0], rows[1:]
     assert [r[0].strip() for r in body] == ["1,000", "2,000"]
     for row in body:
         assert len(row) == len(header)
         assert float(row[2].replace(",", "")) > 0 and float(row[9]) > 0  # setup rows/s, train samples/s
-    assert not any((tmp_path / "w").glob("rows*"))  # each size's CSVs and cache are removed
-    assert out.read_text() in done.stdout
+    assert not any((quick_report / "scale_work").glob("rows*"))  # each size's CSVs and cache are removed
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_cost_grid_quick_run_has_one_row_per_depth_and_length(tmp_path: Path) -> None:
+def test_cost_grid_quick_run_has_one_row_per_depth_and_length(quick_report: Path) -> None:
     """benchmarks/cost_grid.py (issue 16): training and prediction cost against depth and length."""
-    spec = importlib.util.spec_from_file_location("vdcnn_cost_grid", BENCH.parent / "cost_grid.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / "grid.md"
-    table = module.main(["--quick", "--output", str(out)])
-    assert out.read_text() == table
+    table = (quick_report / "cost_grid.md").read_text()
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "depth" not in line]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [("9", "64"), ("9", "128")]
     assert all(float(c) > 0 for r in rows for c in r[2:])

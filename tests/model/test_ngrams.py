@@ -73,6 +73,25 @@ def test_forward_is_bit_for_bit_the_first_formula(orders, length):
         assert torch.equal(bag(ids, lengths), _bag_as_first_written(bag, ids, lengths))
 
 
+@pytest.mark.parametrize("orders", [(1, 2, 3, 4, 5), (2, 4)])
+def test_table_gradient_is_the_first_formulas(orders):
+    """The bag looks every order up at once (one dense table gradient per step instead of one per
+    order): the gradient it gives the table is the first formula's, up to float summation order."""
+    gen = torch.Generator().manual_seed(7)
+    bag = HashedNGramBag(orders, buckets=211, dim=5)  # few buckets: many n-grams share rows
+    torch.nn.init.normal_(bag.embedding.weight, generator=gen)
+    ids = torch.randint(1, 40, (4, 30), generator=gen)
+    lengths = torch.tensor([30, 17, 3, 0])
+    weights = torch.randn(4, 5, generator=gen)
+    grads = []
+    for forward in (bag, lambda i, n: _bag_as_first_written(bag, i, n)):
+        bag.zero_grad()
+        (forward(ids, lengths) * weights).sum().backward()
+        grads.append(bag.embedding.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-7)
+
+
 def test_ngram_rows_are_the_documented_hash_with_their_validity():
     bag = HashedNGramBag((1, 3, 4), buckets=997, dim=2)
     text = [5, 6, 7, 8, 9]

@@ -6,7 +6,6 @@ every round's texts/s and the median. A probe behind docs/performance.md; not pa
 """
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -14,10 +13,8 @@ from pathlib import Path
 
 import torch
 
-spec = importlib.util.spec_from_file_location("vdcnn_bench", Path(__file__).resolve().parents[1] / "bench.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = bench
-spec.loader.exec_module(bench)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness's builders
+import bench  # noqa: E402
 
 from vdcnn_res import Predictor  # noqa: E402
 

@@ -8,7 +8,6 @@ torch.profiler table of each, sorted by self CPU time, plus the Predictor's toke
 """
 
 import argparse
-import importlib.util
 import sys
 import time
 import warnings
@@ -17,10 +16,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-spec = importlib.util.spec_from_file_location("vdcnn_bench", Path(__file__).resolve().parents[1] / "bench.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = bench
-spec.loader.exec_module(bench)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness's builders
+import bench  # noqa: E402
 
 from vdcnn_res import Predictor  # noqa: E402
 from vdcnn_res.data.batching import texts_to_batches  # noqa: E402

@@ -65,6 +65,17 @@ def test_bad_grids_name_the_option(args, words):
         build_cells(depths, layouts, [True], kinds, [42])
 
 
+def test_the_grid_keeps_the_configs_downsampling_unless_asked():
+    """Without --downsampling the cells keep their configuration's choice (a series recipe's `none`),
+    not the model's default; flags after `--` count as configuration."""
+    from vdcnn_res.cli.ablate.run import PURE_CNN, configured_downsampling
+
+    series = ["--config", "configs/series/recipe.yaml", "--config", "configs/series/GunPoint.yaml"]
+    assert configured_downsampling(PURE_CNN + series) == "none"
+    assert configured_downsampling(PURE_CNN + ["--config", "configs/quickstart.yaml"]) == "maxpool"
+    assert configured_downsampling(PURE_CNN + ["--config", "configs/quickstart.yaml", "--model.arch.downsampling=conv"]) == "conv"
+
+
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["ablate", "--config", "no/such.yaml", "--out_dir", str(tmp_path)])

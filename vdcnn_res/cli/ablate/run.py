@@ -17,6 +17,7 @@ machinery (cells.py) is shared with `vdcnn-res sweep`.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import socket
@@ -29,6 +30,7 @@ from vdcnn_res.cli.ablate.cells import (
     Job,
     add_grid_options,
     budget_args,
+    build_fit,
     dispatch,
     fit_cell,
     fit_command,
@@ -155,6 +157,21 @@ CELL_DEFAULTS = ["--early_stopping=null", "--epoch_summary=null"]
 PURE_CNN = ["--model.arch.ngram_orders=[]"]
 
 
+def configured_downsampling(base: list[str]) -> str:
+    """The downsampling the cells' own configuration sets (its configs and the arguments after `--`):
+    what the grid keeps when `--downsampling` is not given, so a recipe's choice (a series recipe's
+    `none`) is not silently replaced by the model's default."""
+    quiet = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # building the fit CLI reports the seed and the accelerators; the cells do that
+        logger.setLevel(logging.WARNING)
+    try:
+        return build_fit(base).model.arch.downsampling
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+
+
 def main(argv: list[str]) -> None:
     """`vdcnn-res ablate`: its own argparse; everything after `--` goes to every cell's `fit` unchanged."""
     parser = argparse.ArgumentParser(
@@ -171,13 +188,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--depths", type=int, nargs="*", default=[9, 17, 29, 49], help="paper variants (default: all)")
     parser.add_argument("--layouts", nargs="*", default=[], help="custom blocks per stage, e.g. 8,8,8,8 (65 layers)")
     parser.add_argument("--shortcut", type=_bool, nargs="+", default=[False, True], help="on, off or both (default)")
-    parser.add_argument("--downsampling", nargs="+", default=["maxpool"], help=f"any of {DOWNSAMPLING_TYPES}")
+    parser.add_argument("--downsampling", nargs="+", default=None,
+                        help=f"any of {DOWNSAMPLING_TYPES} (default: the configuration's own, maxpool unless it says otherwise)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed (model init and data order)")
     parsed = parse_command(parser, "ablate", argv)
     args, command = parsed.args, parsed.command
     base = PURE_CNN + parsed.base_args(parser, CELL_DEFAULTS)
     limit = budget_args(args)
-    cells = build_cells(args.depths, args.layouts, args.shortcut, args.downsampling, args.seeds)
+    cells = build_cells(args.depths, args.layouts, args.shortcut, args.downsampling or [configured_downsampling(base)], args.seeds)
     out = Path(args.out_dir)
     jobs = _jobs(base, out, cells, limit)
     results = dispatch(

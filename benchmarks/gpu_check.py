@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_args = ["--device", device, "--depths", *map(str, args.bench_depths)]
         if args.dry_run:
-            bench_args = ["--device", "cpu", "--quick", "--depths", "9"]
+            bench_args = ["--device", "cpu", "--quick", "--depths", "9", "--no-int8"]  # int8 is CPU-only: not a GPU step
         results["bench"] = attempt("bench " + " ".join(bench_args), lambda: bench.main(bench_args))
     _write(args.out, results)
     print(markdown(results))

@@ -1,6 +1,6 @@
 """Every speed and scale measurement of docs/performance.md in one command, one report.
 
-    .venv/bin/python benchmarks/run_all.py --out bench_out           # the full set (about an hour on 2 cores)
+    .venv/bin/python benchmarks/run_all.py --out bench_out           # the full set (bench.py alone: ~30 min on 2 cores)
     .venv/bin/python benchmarks/run_all.py --out /tmp/smoke --quick  # tiny budgets: checks the harnesses (CI)
 
 Runs, each in its own process (so one's memory does not count in another's peak), and writes

@@ -72,6 +72,11 @@ def test_the_grid_keeps_the_configs_downsampling_unless_asked():
 
     series = ["--config", "configs/series/recipe.yaml", "--config", "configs/series/GunPoint.yaml"]
     assert configured_downsampling(PURE_CNN + series) == "none"
+    # The documented series ablation: 4-stage widths that the recipe's own 3-stage layout cannot build
+    # alone; read with the grid's first architecture, as `ablate` does.
+    widths = ["--model.arch.channels=[32,64,128,256]", "--model.arch.kernel_sizes=[3,3]"]
+    first = build_cells([9, 29], [], [False, True], ["maxpool"], [1])[0]
+    assert configured_downsampling(PURE_CNN + series + widths + first.arch_args()) == "none"
     assert configured_downsampling(PURE_CNN + ["--config", "configs/quickstart.yaml"]) == "maxpool"
     assert configured_downsampling(PURE_CNN + ["--config", "configs/quickstart.yaml", "--model.arch.downsampling=conv"]) == "conv"
 

@@ -44,15 +44,17 @@ class Cell:
     def name(self) -> str:
         return f"{self.arch}_{'res' if self.shortcut else 'plain'}_{self.downsampling}_seed{self.seed}"
 
+    def arch_args(self) -> list[str]:
+        """The arguments that set this cell's stage layout (a paper depth or blocks per stage)."""
+        if self.depth is not None:
+            return ["--model.arch.depth", str(self.depth), "--model.arch.blocks_per_stage", "null"]
+        return ["--model.arch.blocks_per_stage", "[" + ",".join(map(str, self.layout)) + "]"]
+
     def fit_args(self, base: list[str], budget: list[str], cell_dir: Path) -> list[str]:
         """The `vdcnn-res fit` arguments (without the subcommand) that train this cell."""
-        if self.depth is not None:
-            arch = ["--model.arch.depth", str(self.depth), "--model.arch.blocks_per_stage", "null"]
-        else:
-            arch = ["--model.arch.blocks_per_stage", "[" + ",".join(map(str, self.layout)) + "]"]
         return [
             *base,
-            *arch,
+            *self.arch_args(),
             "--model.arch.shortcut", str(self.shortcut).lower(),
             "--model.arch.downsampling", self.downsampling,
             "--seed_everything", str(self.seed),

@@ -157,8 +157,8 @@ CELL_DEFAULTS = ["--early_stopping=null", "--epoch_summary=null"]
 PURE_CNN = ["--model.arch.ngram_orders=[]"]
 
 
-def configured_downsampling(base: list[str]) -> str:
-    """The downsampling the cells' own configuration sets (its configs and the arguments after `--`):
+def configured_downsampling(args: list[str]) -> str:
+    """The downsampling a cell's fit arguments (configs, the arguments after `--`, a layout) set:
     what the grid keeps when `--downsampling` is not given, so a recipe's choice (a series recipe's
     `none`) is not silently replaced by the model's default."""
     quiet = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")]
@@ -166,7 +166,7 @@ def configured_downsampling(base: list[str]) -> str:
     for logger in quiet:  # building the fit CLI reports the seed and the accelerators; the cells do that
         logger.setLevel(logging.WARNING)
     try:
-        return build_fit(base).model.arch.downsampling
+        return build_fit(args).model.arch.downsampling
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
@@ -195,7 +195,11 @@ def main(argv: list[str]) -> None:
     args, command = parsed.args, parsed.command
     base = PURE_CNN + parsed.base_args(parser, CELL_DEFAULTS)
     limit = budget_args(args)
-    cells = build_cells(args.depths, args.layouts, args.shortcut, args.downsampling or [configured_downsampling(base)], args.seeds)
+    kinds = args.downsampling
+    if not kinds:  # the configuration's own, read with the grid's first architecture (the base alone may not build)
+        first = build_cells(args.depths, args.layouts, args.shortcut, ["maxpool"], args.seeds)[0]
+        kinds = [configured_downsampling(base + first.arch_args())]
+    cells = build_cells(args.depths, args.layouts, args.shortcut, kinds, args.seeds)
     out = Path(args.out_dir)
     jobs = _jobs(base, out, cells, limit)
     results = dispatch(

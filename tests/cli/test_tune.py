@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from vdcnn_res.cli import main
 from vdcnn_res.cli.tune import run
-from vdcnn_res.cli.tune.space import DEFAULT_SPACE, as_arg, parse_space
+from vdcnn_res.cli.tune.space import DEFAULT_SPACE, as_arg, base_values, parse_space
 from vdcnn_res.errors import UserError
 
 # Two epochs of 4 steps each, two validation batches: about a second a trial on one thread.
@@ -84,6 +84,27 @@ def test_args_are_spelled_as_the_fit_command_line():
     assert as_arg("data.max_length", None) == "--data.max_length=null"
 
 
+def test_the_base_values_inside_the_space_are_tried_first():
+    from jsonargparse import Namespace
+
+    space = parse_space({
+        "model.optim.lr": {"low": 1e-4, "high": 3e-3, "log": True},
+        "model.optim.weight_decay": {"low": 1e-3, "high": 0.01},  # the base's 0.05 is outside: sampled
+        "model.label_smoothing": {"choices": [0, 0.2]},  # the base's 0.0 is the choice 0
+        "model.arch.depth": {"choices": [17, 29]},  # the base's 9 is not a choice
+        "data.max_length": {"low": 256, "high": 1024, "step": 256},
+        "model.arch.dropout": {"low": 0, "high": 1},  # an int range: the base's 0.5 is no int
+    })  # fmt: skip
+    config = Namespace()
+    for key, value in {"model.optim.lr": 1e-3, "model.optim.weight_decay": 0.05, "model.label_smoothing": 0.0,
+                       "model.arch.depth": 9, "data.max_length": 512, "model.arch.dropout": 0.5}.items():  # fmt: skip
+        config[key] = value
+    assert base_values(space, config) == {"model.optim.lr": 1e-3, "model.label_smoothing": 0, "data.max_length": 512}
+    config["model.optim.lr"], config["data.max_length"] = "auto", 500  # a word; off the step grid
+    assert base_values(space, config) == {"model.label_smoothing": 0}
+    assert base_values(parse_space(DEFAULT_SPACE), Namespace()) == {}  # keys the config lacks
+
+
 def test_unknown_key_is_refused_before_any_trial(tmp_path, in_repo, one_thread, capsys):
     line = _error(capsys, tmp_path / "s", "--time_budget", "1m", space={"model.optim.learning_rate": {"low": 0.1, "high": 1.0}})
     assert "'model.optim.learning_rate', which is not a `vdcnn-res fit` config key" in line
@@ -98,6 +119,9 @@ def test_search_resume_and_final_fit(tmp_path, in_repo, one_thread, capsys, monk
     out = capsys.readouterr().out
     assert out.count("\ntrial ") + out.startswith("trial ") == 2 and "trial 1/2:" in out
     first = {t.number: (t.state, t.value, t.params) for t in _trials(study)}
+    base = run._cli([*TINY, *FIT]).config
+    assert first[0][2] == {"model.optim.lr": base.model.optim.lr, "model.label_smoothing": base.model.label_smoothing}
+    assert "Trial 0 is the base config's own values" in out and "the base config's values" in (study / "trials.md").read_text()
     assert sorted(first) == [0, 1] and all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s, _, _ in first.values())
     config = yaml.safe_load((study / "trials" / "000" / "config.yaml").read_text(encoding="utf-8"))
     assert config["data"]["test"] is None  # the test split is never read while tuning

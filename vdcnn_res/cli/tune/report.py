@@ -18,6 +18,8 @@ def trial_rows(trials: Sequence[Any]) -> list[dict[str, Any]]:
         note = t.user_attrs.get("error") or t.user_attrs.get("cut") or ""
         if not note and t.state.name == "PRUNED":
             note = f"pruned after validation {len(curve)}"
+        if t.user_attrs.get("base"):
+            note = "; ".join(filter(None, ("the base config's values", note)))
         rows.append({
             "trial": t.number,
             "state": t.state.name.lower(),

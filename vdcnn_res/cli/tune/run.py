@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 
 from vdcnn_res.cli.ablate.cells import split_fit_args
 from vdcnn_res.cli.tune.report import plot_search, trial_rows, write_table
-from vdcnn_res.cli.tune.space import Param, as_arg, check_keys, fingerprint, load_space
+from vdcnn_res.cli.tune.space import Param, as_arg, base_values, check_keys, fingerprint, load_space
 from vdcnn_res.errors import MissingFileError, UserError
 
 MONITOR = "val/acc"
@@ -291,6 +291,7 @@ def tune(args: argparse.Namespace, base: list[str]) -> Any:
     base_cli = _cli([*base, "--data.test=null"])  # refuses a bad base config now, not after a trial
     check_keys(space, base_cli.config)
     base_print = base_cli.parser.dump(base_cli.config, skip_none=False)
+    start = base_values(space, base_cli.config) if args.base_trial else {}
     del base_cli
     study = _open_study(args, study_dir, space, base_print)
     numbers = {f"{t.number:03d}" for t in study.get_trials(deepcopy=False)}
@@ -300,6 +301,10 @@ def tune(args: argparse.Namespace, base: list[str]) -> Any:
             f"{study_dir / 'trials'} holds trial folders the study does not know ({', '.join(strays[:3])}): "
             "was the study database replaced? Use a new --study folder, or --storage with the original study"
         )
+    if start and not study.get_trials(deepcopy=False):  # a new study: its first trial is the base recipe
+        study.enqueue_trial(start, user_attrs={"base": True}, skip_if_exists=True)
+        print("Trial 0 is the base config's own values (" + ", ".join(as_arg(k, v)[2:] for k, v in start.items())
+              + "); the sampler draws the rest", flush=True)  # fmt: skip
     t0 = time.monotonic()
     done = _finished(study)
     print(f"Study {args.storage or study_dir / 'study.db'}: {done} trial(s) finished earlier; searching "
@@ -359,6 +364,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (the fits use the config's seed)")
     parser.add_argument("--no_final_fit", dest="final_fit", action="store_false", help="search only (worker machines)")
+    parser.add_argument("--no_base_trial", dest="base_trial", action="store_false",
+                        help="do not start with the base config's own values (the sampler draws every trial)")  # fmt: skip
     argv, extra = split_fit_args(argv)
     args = parser.parse_args(argv)
     if not args.config:

@@ -57,6 +57,19 @@ class Param:
             return trial.suggest_int(self.key, self.low, self.high, step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step, log=self.log)
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one this parameter can take (in its choices, or in its range and on its step)."""
+        if self.choices is not None:
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
+        if not _number(value) or not self.low <= value <= self.high:
+            return False
+        if self.is_int and not (isinstance(value, int) and not isinstance(value, bool)):
+            return False
+        if self.step:
+            steps = (value - self.low) / self.step
+            return math.isclose(steps, round(steps), abs_tol=1e-9)
+        return True
+
     def describe(self) -> str:
         if self.choices is not None:
             return f"{self.key} in {list(self.choices)}"
@@ -136,6 +149,25 @@ def check_keys(params: list[Param], known: Any) -> None:
                 f"the search space names {param.key!r}, which is not a `vdcnn-res fit` config key "
                 "(see `vdcnn-res fit --print_config`)"
             )
+
+
+def base_values(params: list[Param], config: Any) -> dict[str, Any]:
+    """The base config's own value of each searched key, where the space contains it.
+
+    The search tries these first, so that a short budget cannot end worse (on validation) than
+    the recipe it started from. Keys whose base value lies outside the space (or is a word such
+    as `lr: auto`) are left to the sampler.
+    """
+    values = {}
+    for param in params:
+        value = config.get(param.key) if hasattr(config, "get") else None
+        if isinstance(value, int) and not isinstance(value, bool) and not param.is_int and param.choices is None:
+            value = float(value)
+        if param.contains(value):
+            if param.choices is not None:  # the choice as the space spells it (0 for a base 0.0)
+                value = next(c for c in param.choices if c == value and isinstance(c, bool) == isinstance(value, bool))
+            values[param.key] = value
+    return values
 
 
 def fingerprint(params: list[Param]) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from fixtures.tiny import TINY
 from vdcnn_res.cli.ablate import claims
-from vdcnn_res.cli.ablate.grid import Cell, CellResult, build_cells
+from vdcnn_res.cli.ablate.grid import Cell, CellResult, build_cells, grid_depths
 from vdcnn_res.cli.ablate.report import md_interval, write_tables
 from vdcnn_res.cli.ablate.stats import mean_ci, paired_differences, spread, t975
 from vdcnn_res.training.callbacks import CurveRecorder
@@ -52,33 +52,52 @@ def test_grid_covers_every_variant_and_layout_once_with_and_without_shortcut():
     for depth, layout in VARIANTS.items():
         assert Cell(layout, True, "maxpool", 1, depth).layers == depth  # the paper's depth = conv layers
     assert Cell((8, 8, 8, 8), False, "kmax", 3).layers == 65
+    assert Cell((1, 1, 1), True, "none", 1, convs_per_block=3).layers == 10  # the series recipe's blocks
 
 
 @pytest.mark.parametrize(
     ("args", "words"),
-    [((10,), "--depths"), ((9, ["8,8"]), "--layouts"), ((9, ["a,b,c,d"]), "--layouts"),
-     ((9, [], ["avgpool"]), "--downsampling")],
+    [((10,), "--depths"), ((9, ["8,8"]), "--layouts: '8,8' has 2 stages but the configuration has 4"),
+     ((9, ["a,b,c,d"]), "--layouts"), ((9, ["1,0,1,1"]), "--layouts"), ((9, [], ["avgpool"]), "--downsampling")],
 )
 def test_bad_grids_name_the_option(args, words):
     depths, layouts, kinds = [args[0]], (args[1] if len(args) > 1 else []), (args[2] if len(args) > 2 else ["maxpool"])
     with pytest.raises(UserError, match=words):
-        build_cells(depths, layouts, [True], kinds, [42])
+        build_cells(depths, layouts, [True], kinds, [42], stages=4)
 
 
 def test_the_grid_keeps_the_configs_downsampling_unless_asked():
     """Without --downsampling the cells keep their configuration's choice (a series recipe's `none`),
     not the model's default; flags after `--` count as configuration."""
-    from vdcnn_res.cli.ablate.run import PURE_CNN, configured_downsampling
+    from vdcnn_res.cli.ablate.run import PURE_CNN, configured_arch
 
     series = ["--config", "configs/series/recipe.yaml", "--config", "configs/series/GunPoint.yaml"]
-    assert configured_downsampling(PURE_CNN + series) == "none"
+    assert configured_arch(PURE_CNN + series).downsampling == "none"
     # The documented series ablation: 4-stage widths that the recipe's own 3-stage layout cannot build
     # alone; read with the grid's first architecture, as `ablate` does.
     widths = ["--model.arch.channels=[32,64,128,256]", "--model.arch.kernel_sizes=[3,3]"]
     first = build_cells([9, 29], [], [False, True], ["maxpool"], [1])[0]
-    assert configured_downsampling(PURE_CNN + series + widths + first.arch_args()) == "none"
-    assert configured_downsampling(PURE_CNN + ["--config", "configs/quickstart.yaml"]) == "maxpool"
-    assert configured_downsampling(PURE_CNN + ["--config", "configs/quickstart.yaml", "--model.arch.downsampling=conv"]) == "conv"
+    assert configured_arch(PURE_CNN + series + widths + first.arch_args()).downsampling == "none"
+    assert configured_arch(PURE_CNN + ["--config", "configs/quickstart.yaml"]).downsampling == "maxpool"
+    assert configured_arch(PURE_CNN + ["--config", "configs/quickstart.yaml", "--model.arch.downsampling=conv"]).downsampling == "conv"
+
+
+def test_the_series_recipe_ablates_with_its_own_stages_and_blocks():
+    """Layouts of the configuration's own stage count; its blocks' convolutions count in `layers`."""
+    from vdcnn_res.cli.ablate.run import PURE_CNN, configured_arch
+
+    series = ["--config", "configs/series/recipe.yaml", "--config", "configs/series/GunPoint.yaml"]
+    first = build_cells([], ["1,1,1"], [True], ["maxpool"], [1])[0]
+    arch = configured_arch(PURE_CNN + series + first.arch_args())
+    assert (arch.num_stages, arch.convs_per_block) == (3, 3)
+    cells = build_cells([], ["1,1,1", "3,3,3"], [False, True], [arch.downsampling], [1], arch.num_stages, arch.convs_per_block)
+    assert sorted({c.layers for c in cells}) == [10, 28]
+    assert all(c.downsampling == "none" for c in cells)
+    with pytest.raises(UserError, match="has 4 stages but the configuration has 3"):
+        build_cells([], ["8,8,8,8"], [True], ["none"], [1], arch.num_stages, arch.convs_per_block)
+    with pytest.raises(UserError, match="--depths: the paper's depth 9 has 4 stages but the configuration has 3"):
+        build_cells([9], ["1,1,1"], [True], ["none"], [1], arch.num_stages, arch.convs_per_block)
+    assert grid_depths(None, 3) == [] and grid_depths(None, 4) == sorted(VARIANTS) and grid_depths([9], 3) == [9]
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):

@@ -22,6 +22,21 @@ def test_variant_depth_counts_convs(depth):
     # Two k=3 convs per block plus the stem conv (Table 2 of the paper).
     layout = ModelConfig(depth=depth).layout
     assert 2 * sum(layout) + 1 == depth
+    assert ModelConfig(depth=depth).conv_layers == depth
+
+
+@pytest.mark.parametrize("block, kernels", [("basic", (3, 3)), ("basic", (8, 5, 3)), ("preact", (3, 3)), ("bottleneck", (3, 3))])
+def test_conv_layers_count_the_built_networks_convolutions(block, kernels):
+    """`conv_layers` is the stem plus every block's branch convolutions (shortcut projections excluded)."""
+    import torch.nn as nn
+
+    from vdcnn_res.model import build_model
+
+    config = ModelConfig(block=block, kernel_sizes=kernels, blocks_per_stage=(2, 1, 1, 1), channels=(8, 8, 16, 16),
+                         num_classes=3, vocab_size=20, embedding_dim=4, hidden_size=8)  # fmt: skip
+    model = build_model(config)
+    main_path = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d) and "shortcut" not in n and "downsample" not in n]
+    assert config.conv_layers == len(main_path) == 1 + config.convs_per_block * 5
 
 
 def test_variants_table_is_the_paper():

@@ -205,6 +205,16 @@ class ModelConfig:
         return len(self.channels)
 
     @property
+    def convs_per_block(self) -> int:
+        """Convolutions on a residual block's branch: one per kernel size (basic), 2 (preact), 3 (bottleneck)."""
+        return {"basic": len(self.kernel_sizes), "preact": 2, "bottleneck": 3}[self.block]
+
+    @property
+    def conv_layers(self) -> int:
+        """Convolutional layers on the main path, the stem's included: the paper's "depth"."""
+        return 1 + self.convs_per_block * sum(self.layout)
+
+    @property
     def halvings(self) -> int:
         """How often the length halves: between consecutive stages, unless downsampling is none."""
         return 0 if self.downsampling == "none" else self.num_stages - 1

@@ -29,11 +29,12 @@ class Cell:
     downsampling: str
     seed: int
     depth: int | None = None  # set when the layout is a paper variant (then passed as --model.arch.depth)
+    convs_per_block: int = 2  # the configuration's blocks (ModelConfig.convs_per_block)
 
     @property
     def layers(self) -> int:
-        """Convolutional layers: the first conv plus two per residual block (the paper's depth)."""
-        return 1 + 2 * sum(self.layout)
+        """Convolutional layers: the first conv plus those of every residual block (the paper's depth)."""
+        return 1 + self.convs_per_block * sum(self.layout)
 
     @property
     def arch(self) -> str:
@@ -65,22 +66,50 @@ class Cell:
         ]  # fmt: skip
 
 
+def grid_depths(given: list[int] | None, stages: int) -> list[int]:
+    """The paper depths to train: those given, else all of them where the configuration has their
+    four stages (a 3-stage series recipe trains its `--layouts` only)."""
+    if given is not None:
+        return given
+    return sorted(VARIANTS) if all(len(layout) == stages for layout in VARIANTS.values()) else []
+
+
 def build_cells(
-    depths: list[int], layouts: list[str], shortcuts: list[bool], downsampling: list[str], seeds: list[int]
+    depths: list[int],
+    layouts: list[str],
+    shortcuts: list[bool],
+    downsampling: list[str],
+    seeds: list[int],
+    stages: int | None = None,
+    convs_per_block: int = 2,
 ) -> list[Cell]:
-    """The grid, in a stable order: architecture, then shortcut on/off, downsampling, seed."""
+    """The grid, in a stable order: architecture, then shortcut on/off, downsampling, seed.
+
+    `stages` (the configuration's number of stages) checks every layout's length, the paper
+    depths' four included.
+    """
     archs: list[tuple[tuple[int, ...], int | None]] = []
     for depth in depths:
         if depth not in VARIANTS:
             raise UserError(f"--depths: {depth} is not a paper variant; choose from {sorted(VARIANTS)} or use --layouts")
+        if stages is not None and len(VARIANTS[depth]) != stages:
+            raise UserError(
+                f"--depths: the paper's depth {depth} has {len(VARIANTS[depth])} stages but the configuration has "
+                f"{stages} (model.arch.channels); use --layouts with one count per stage"
+            )
         archs.append((VARIANTS[depth], depth))
     for text in layouts:
         try:
             layout = tuple(int(n) for n in text.split(","))
         except ValueError:
             raise UserError(f"--layouts: {text!r} is not comma-separated blocks per stage, e.g. 8,8,8,8") from None
-        if len(layout) != 4 or min(layout) < 1:
-            raise UserError(f"--layouts: {text!r} needs four positive blocks-per-stage counts, e.g. 8,8,8,8")
+        if min(layout) < 1:
+            raise UserError(f"--layouts: {text!r} needs positive blocks-per-stage counts, e.g. 8,8,8,8")
+        if stages is not None and len(layout) != stages:
+            raise UserError(
+                f"--layouts: {text!r} has {len(layout)} stages but the configuration has {stages} "
+                "(model.arch.channels); give one count per stage"
+            )
         archs.append((layout, None))
     for kind in downsampling:
         if kind not in DOWNSAMPLING_TYPES:
@@ -88,7 +117,7 @@ def build_cells(
     if not archs:
         raise UserError("nothing to train: give --depths and/or --layouts")
     cells = [
-        Cell(layout, shortcut, kind, seed, depth)
+        Cell(layout, shortcut, kind, seed, depth, convs_per_block)
         for (layout, depth), shortcut, kind, seed in itertools.product(archs, shortcuts, downsampling, seeds)
     ]
     return list(dict.fromkeys(cells))  # a layout given twice is trained once

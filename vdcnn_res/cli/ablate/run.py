@@ -38,10 +38,10 @@ from vdcnn_res.cli.ablate.cells import (
     run_jobs,
     write_report,
 )
-from vdcnn_res.cli.ablate.grid import Cell, CellResult, build_cells, load_result
+from vdcnn_res.cli.ablate.grid import Cell, CellResult, build_cells, grid_depths, load_result
 from vdcnn_res.cli.ablate.report import md_cell, plot_results, write_tables
 from vdcnn_res.errors import UserError
-from vdcnn_res.model import DOWNSAMPLING_TYPES, count_parameters
+from vdcnn_res.model import DOWNSAMPLING_TYPES, ModelConfig, count_parameters
 from vdcnn_res.training.callbacks import CurveRecorder
 
 
@@ -157,16 +157,18 @@ CELL_DEFAULTS = ["--early_stopping=null", "--epoch_summary=null"]
 PURE_CNN = ["--model.arch.ngram_orders=[]"]
 
 
-def configured_downsampling(args: list[str]) -> str:
-    """The downsampling a cell's fit arguments (configs, the arguments after `--`, a layout) set:
-    what the grid keeps when `--downsampling` is not given, so a recipe's choice (a series recipe's
-    `none`) is not silently replaced by the model's default."""
+def configured_arch(args: list[str]) -> ModelConfig:
+    """The architecture a cell's fit arguments (configs, the arguments after `--`, a layout) set.
+
+    The grid reads from it what it does not choose itself: the downsampling when `--downsampling` is
+    not given (so a recipe's choice, a series recipe's `none`, is not silently replaced by the
+    model's default), the number of stages and the convolutions per block."""
     quiet = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:  # building the fit CLI reports the seed and the accelerators; the cells do that
         logger.setLevel(logging.WARNING)
     try:
-        return build_fit(args).model.arch.downsampling
+        return build_fit(args).model.arch
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
@@ -185,8 +187,10 @@ def main(argv: list[str]) -> None:
         allow_abbrev=False,  # the recorded command drops the execution options by their full names
     )
     add_grid_options(parser, out_dir_help="folder for the cells, tables and figure")
-    parser.add_argument("--depths", type=int, nargs="*", default=[9, 17, 29, 49], help="paper variants (default: all)")
-    parser.add_argument("--layouts", nargs="*", default=[], help="custom blocks per stage, e.g. 8,8,8,8 (65 layers)")
+    parser.add_argument("--depths", type=int, nargs="*", default=None,
+                        help="paper variants (default: all, when the configuration has their four stages)")
+    parser.add_argument("--layouts", nargs="*", default=[],
+                        help="custom blocks per stage, one count per stage of the configuration, e.g. 8,8,8,8 (65 layers)")
     parser.add_argument("--shortcut", type=_bool, nargs="+", default=[False, True], help="on, off or both (default)")
     parser.add_argument("--downsampling", nargs="+", default=None,
                         help=f"any of {DOWNSAMPLING_TYPES} (default: the configuration's own, maxpool unless it says otherwise)")
@@ -195,11 +199,13 @@ def main(argv: list[str]) -> None:
     args, command = parsed.args, parsed.command
     base = PURE_CNN + parsed.base_args(parser, CELL_DEFAULTS)
     limit = budget_args(args)
-    kinds = args.downsampling
-    if not kinds:  # the configuration's own, read with the grid's first architecture (the base alone may not build)
-        first = build_cells(args.depths, args.layouts, args.shortcut, ["maxpool"], args.seeds)[0]
-        kinds = [configured_downsampling(base + first.arch_args())]
-    cells = build_cells(args.depths, args.layouts, args.shortcut, kinds, args.seeds)
+    # The configuration as the grid's first architecture builds it (the base alone may not build).
+    first_depths = [] if args.layouts else (args.depths if args.depths is not None else [9])  # a layout if any
+    first = build_cells(first_depths, args.layouts, args.shortcut, ["maxpool"], args.seeds)[0]
+    arch = configured_arch(base + first.arch_args())
+    depths = grid_depths(args.depths, arch.num_stages)
+    kinds = args.downsampling or [arch.downsampling]
+    cells = build_cells(depths, args.layouts, args.shortcut, kinds, args.seeds, arch.num_stages, arch.convs_per_block)
     out = Path(args.out_dir)
     jobs = _jobs(base, out, cells, limit)
     results = dispatch(

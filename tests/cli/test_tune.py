@@ -105,6 +105,28 @@ def test_the_base_values_inside_the_space_are_tried_first():
     assert base_values(parse_space(DEFAULT_SPACE), Namespace()) == {}  # keys the config lacks
 
 
+def test_a_budget_of_few_trials_is_pointed_out_once(capsys):
+    import time
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"model.optim.lr": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)}
+
+    def trial(seconds: float) -> optuna.trial.FrozenTrial:
+        made = optuna.trial.create_trial(params={"model.optim.lr": 1e-3}, distributions=dist, value=0.8,
+                                         user_attrs={"seconds": seconds, "curve": [0.8]})  # fmt: skip
+        study.add_trial(made)
+        return study.trials[-1]
+
+    report = run._progress(None, time.monotonic(), budget=1800)
+    report(study, trial(60))  # 30 such trials fit: nothing to say
+    assert "note:" not in capsys.readouterr().out
+    report(study, trial(500))
+    out = capsys.readouterr().out
+    assert "note: one whole trial took 8 min of the 30-min budget, so about 3 more can finish" in out
+    report(study, trial(700))
+    assert "note:" not in capsys.readouterr().out  # said once
+
+
 def test_unknown_key_is_refused_before_any_trial(tmp_path, in_repo, one_thread, capsys):
     line = _error(capsys, tmp_path / "s", "--time_budget", "1m", space={"model.optim.learning_rate": {"low": 0.1, "high": 1.0}})
     assert "'model.optim.learning_rate', which is not a `vdcnn-res fit` config key" in line

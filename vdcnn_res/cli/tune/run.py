@@ -193,8 +193,11 @@ class SpaceError(UserError):
     """The space produced values the fit config refuses (ends the search)."""
 
 
-def _progress(total: int | None, t0: float) -> Any:
+def _progress(total: int | None, t0: float, budget: float = math.inf) -> Any:
+    hinted = False
+
     def report(study: Any, trial: Any) -> None:
+        nonlocal hinted
         from optuna.trial import TrialState
 
         values = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in trial.params.items())
@@ -214,6 +217,12 @@ def _progress(total: int | None, t0: float) -> Any:
         seconds = trial.user_attrs.get("seconds", 0.0)
         print(f"trial {trial.number}{of}: {values} -> {outcome}; {best}; {seconds:.0f} s, "
               f"{time.monotonic() - t0:.0f} s in all", flush=True)  # fmt: skip
+        if trial.state == TrialState.COMPLETE and not hinted and seconds > budget / 4:
+            hinted = True  # once: a search of two or three trials is hardly a search
+            more = int(max(0.0, t0 + budget - time.monotonic()) // seconds)
+            print(f"note: one whole trial took {seconds / 60:.0f} min of the {budget / 60:.0f}-min budget, so about "
+                  f"{more} more can finish; a longer --time_budget, or fewer epochs for every trial "
+                  "(-- --trainer.max_epochs N), lets the search try more", flush=True)  # fmt: skip
 
     return report
 
@@ -314,7 +323,7 @@ def tune(args: argparse.Namespace, base: list[str]) -> Any:
         from optuna.study import MaxTrialsCallback
         from optuna.trial import TrialState
 
-        callbacks = [_progress(args.trials, t0)]
+        callbacks = [_progress(args.trials, t0, budget)]
         if args.trials:
             callbacks.append(MaxTrialsCallback(args.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         objective = Objective(base, space, study_dir, deadline=t0 + budget)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from vdcnn_res.cli import main
 from vdcnn_res.cli.tune import run
-from vdcnn_res.cli.tune.space import DEFAULT_SPACE, as_arg, base_values, parse_space
+from vdcnn_res.cli.tune.space import DEFAULT_SPACE, as_arg, base_values, default_space_for, parse_space
 from vdcnn_res.errors import UserError
 
 # Two epochs of 4 steps each, two validation batches: about a second a trial on one thread.
@@ -103,6 +103,11 @@ def test_the_base_values_inside_the_space_are_tried_first():
     config["model.optim.lr"], config["data.max_length"] = "auto", 500  # a word; off the step grid
     assert base_values(space, config) == {"model.label_smoothing": 0}
     assert base_values(parse_space(DEFAULT_SPACE), Namespace()) == {}  # keys the config lacks
+    default = parse_space(DEFAULT_SPACE)
+    config["data.max_length"] = None  # a series recipe reads every value: the default space leaves it so
+    assert "data.max_length" not in [p.key for p in default_space_for(default, config)]
+    config["data.max_length"] = 512
+    assert "data.max_length" in [p.key for p in default_space_for(default, config)]
 
 
 def test_a_budget_of_few_trials_is_pointed_out_once(capsys):

@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 
 from vdcnn_res.cli.ablate.cells import split_fit_args
 from vdcnn_res.cli.tune.report import plot_search, trial_rows, write_table
-from vdcnn_res.cli.tune.space import Param, as_arg, base_values, check_keys, fingerprint, load_space
+from vdcnn_res.cli.tune.space import Param, as_arg, base_values, check_keys, default_space_for, fingerprint, load_space
 from vdcnn_res.errors import MissingFileError, UserError
 
 MONITOR = "val/acc"
@@ -299,6 +299,8 @@ def tune(args: argparse.Namespace, base: list[str]) -> Any:
     study_dir.mkdir(parents=True, exist_ok=True)
     base_cli = _cli([*base, "--data.test=null"])  # refuses a bad base config now, not after a trial
     check_keys(space, base_cli.config)
+    if args.space is None:  # the default space leaves a key the base leaves null (a series' max_length: all values)
+        space = default_space_for(space, base_cli.config)
     base_print = base_cli.parser.dump(base_cli.config, skip_none=False)
     start = base_values(space, base_cli.config) if args.base_trial else {}
     del base_cli

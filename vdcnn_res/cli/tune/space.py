@@ -26,6 +26,9 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "model.arch.depth": {"choices": [9, 17]},
     # The n-gram bag's lr multiplier (the text default's bag; no effect on a model without one).
     "model.optim.ngram_lr_scale": {"low": 3.0, "high": 30.0, "log": True},
+    # How much of each text the model reads: what long documents need most (docs/results.md §11);
+    # free where texts are shorter (batches pad to their longest text).
+    "data.max_length": {"choices": [512, 1024, 2048]},
 }
 
 # Keys the tuner sets itself for every trial: a space may not search them.
@@ -168,6 +171,12 @@ def base_values(params: list[Param], config: Any) -> dict[str, Any]:
                 value = next(c for c in param.choices if c == value and isinstance(c, bool) == isinstance(value, bool))
             values[param.key] = value
     return values
+
+
+def default_space_for(params: list[Param], config: Any) -> list[Param]:
+    """The default space without the keys the base config leaves null: null there means "all" or
+    "not used" (a series recipe reads every value: `data.max_length: null`), which no range holds."""
+    return [p for p in params if config.get(p.key) is not None]
 
 
 def fingerprint(params: list[Param]) -> str:

@@ -63,7 +63,7 @@ class Param:
     def contains(self, value: Any) -> bool:
         """Whether `value` is one this parameter can take (in its choices, or in its range and on its step)."""
         if self.choices is not None:
-            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
+            return any(_same(value, c) for c in self.choices)
         if not _number(value) or not self.low <= value <= self.high:
             return False
         if self.is_int and not (isinstance(value, int) and not isinstance(value, bool)):
@@ -78,6 +78,11 @@ class Param:
             return f"{self.key} in {list(self.choices)}"
         scale = ", log" if self.log else (f", step {self.step}" if self.step else "")
         return f"{self.key} in [{self.low:g}, {self.high:g}{scale}]"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of one kind: 0 and 0.0 are the same choice, True and 1 are not."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def _number(value: Any) -> bool:
@@ -163,12 +168,12 @@ def base_values(params: list[Param], config: Any) -> dict[str, Any]:
     """
     values = {}
     for param in params:
-        value = config.get(param.key) if hasattr(config, "get") else None
+        value = config.get(param.key)
         if isinstance(value, int) and not isinstance(value, bool) and not param.is_int and param.choices is None:
             value = float(value)
         if param.contains(value):
             if param.choices is not None:  # the choice as the space spells it (0 for a base 0.0)
-                value = next(c for c in param.choices if c == value and isinstance(c, bool) == isinstance(value, bool))
+                value = next(c for c in param.choices if _same(value, c))
             values[param.key] = value
     return values
 

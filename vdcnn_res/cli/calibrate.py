@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import load_checkpoint_safely
+from vdcnn_res.logs import LIGHTNING_LOGGERS, quiet_loggers
 from vdcnn_res.training.checkpointing import atomic_torch_save
 
 __all__ = ["main"]
@@ -45,20 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Lightning's info lines (seed, devices, "Restoring states ...") off: this command prints its own result."""
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def main(argv: list[str]) -> None:
     """`vdcnn-res calibrate`: `validate` with the given arguments, then the temperature written into the checkpoint."""
     from vdcnn_res.cli.lightning import build_cli
@@ -71,7 +55,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--out {str(out)!r}: the folder {str(out.parent)!r} does not exist; create it first")
     # Calibrating writes nothing but the checkpoint: validate's logs and config.yaml go to a
     # temporary folder (Lightning would write config.yaml into the current folder without a logger).
-    with tempfile.TemporaryDirectory(prefix="vdcnn_res_calibrate_") as scratch, warnings.catch_warnings(), _quiet_lightning():
+    with tempfile.TemporaryDirectory(prefix="vdcnn_res_calibrate_") as scratch, warnings.catch_warnings(), quiet_loggers(LIGHTNING_LOGGERS):
         # Lightning's wording of "no validation split"; the error below says it in ours.
         warnings.filterwarnings("ignore", message=r"Total length of .* across ranks is zero")
         logger = {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": scratch}}

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import model_thresholds
+from vdcnn_res.logs import quiet_loggers
 from vdcnn_res.model import VDCNN
 from vdcnn_res.model.layers import MaskedMaxPool1d
 
@@ -103,28 +104,23 @@ def export_onnx(model: VDCNN, path: str | os.PathLike[str], verify: bool = True)
     example_ids, example_lengths = _example_inputs(model, batch=3, length=2 * model.min_length + 5)
     name, time_axis = _input_name(model), example_ids.dim() - 1
     dims = {"input_ids": {0: torch.export.Dim("batch"), time_axis: torch.export.Dim("length")}, "lengths": {0: torch.export.Dim("batch")}}
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" and similar noise
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                (example_ids, example_lengths),
-                str(path),
-                dynamo=True,
-                input_names=[name, "lengths"],
-                output_names=["logits"],
-                dynamic_shapes=dims,
-                custom_translation_table={torch.ops.aten.sort.stable: _sort_stable},
-                opset_version=ONNX_OPSET,
-                external_data=False,
-                optimize=True,
-                verbose=False,
-            )
-    finally:
-        onnx_logger.setLevel(level)
+    # quiet: "torchvision is not installed" and similar noise
+    with quiet_loggers(("torch.onnx",), logging.ERROR), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example_ids, example_lengths),
+            str(path),
+            dynamo=True,
+            input_names=[name, "lengths"],
+            output_names=["logits"],
+            dynamic_shapes=dims,
+            custom_translation_table={torch.ops.aten.sort.stable: _sort_stable},
+            opset_version=ONNX_OPSET,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
     thresholds = model_thresholds(model)
     if thresholds is not None:  # single-label graphs stay exactly as before
         proto = onnx.load(str(path), load_external_data=False)

@@ -35,6 +35,7 @@ from torch import Tensor
 from vdcnn_res.data.batching import texts_to_batches
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.onnx import export_onnx
+from vdcnn_res.logs import quiet_loggers
 from vdcnn_res.model import VDCNN
 
 __all__ = ["CALIBRATION_TEXTS", "INT8_ONNX_FILE", "Int8Session", "agreement", "quantize_model", "require_onnxruntime"]
@@ -95,10 +96,7 @@ def quantize_model(
         export_onnx(model, float_path)
         # Symbolic shape inference cannot follow the graph's dynamic length; ONNX's own inference can.
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # per-tensor calibration chatter
-        try:
+        with quiet_loggers(("",), logging.ERROR):  # per-tensor calibration chatter
             quantize_static(
                 str(prepared),
                 str(path),
@@ -109,8 +107,6 @@ def quantize_model(
                 per_channel=True,
                 op_types_to_quantize=["Conv", "MatMul", "Gemm"],
             )
-        finally:
-            root.setLevel(level)
     return path
 
 

@@ -17,7 +17,6 @@ machinery (cells.py) is shared with `vdcnn-res sweep`.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import socket
@@ -41,6 +40,7 @@ from vdcnn_res.cli.ablate.cells import (
 from vdcnn_res.cli.ablate.grid import Cell, CellResult, build_cells, grid_depths, load_result
 from vdcnn_res.cli.ablate.report import md_cell, plot_results, write_tables
 from vdcnn_res.errors import UserError
+from vdcnn_res.logs import LIGHTNING_LOGGERS, quiet_loggers
 from vdcnn_res.model import DOWNSAMPLING_TYPES, ModelConfig, count_parameters
 from vdcnn_res.training.callbacks import CurveRecorder
 
@@ -163,15 +163,8 @@ def configured_arch(args: list[str]) -> ModelConfig:
     The grid reads from it what it does not choose itself: the downsampling when `--downsampling` is
     not given (so a recipe's choice, a series recipe's `none`, is not silently replaced by the
     model's default), the number of stages and the convolutions per block."""
-    quiet = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:  # building the fit CLI reports the seed and the accelerators; the cells do that
-        logger.setLevel(logging.WARNING)
-    try:
+    with quiet_loggers(LIGHTNING_LOGGERS):  # building the fit CLI reports the seed and the accelerators; the cells do that
         return build_fit(args).model.arch
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
 
 
 def main(argv: list[str]) -> None:

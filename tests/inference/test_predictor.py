@@ -319,3 +319,85 @@ def test_series_save_pretrained_round_trips(series_predictor, tmp_path):
     assert loaded.is_series and loaded.tokenizer == series_predictor.tokenizer
     items = _series(4, 12, seed=3)
     np.testing.assert_allclose(loaded.predict_proba(items), series_predictor.predict_proba(items), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def _text_member(seed: int, **kw) -> Predictor:
+    torch.manual_seed(seed)
+    model = create_model("vdcnn9", num_classes=4, channels=(8, 8, 16, 16), hidden_size=16)
+    kw = {"max_length": MAX_LENGTH, "bf16": False, **kw}
+    return Predictor(model, kw.pop("tokenizer", build_tokenizer("char")), kw.pop("labels", LABELS), **kw)
+
+
+def _series_member(seed: int, **kw) -> Predictor:
+    from vdcnn_res.data.series import SeriesPreprocessing
+    from vdcnn_res.model import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        num_classes=3, input_channels=3, blocks_per_stage=(1,), channels=(8,), kernel_sizes=(8, 5, 3),
+        downsampling="none", head="global_avg", hidden_size=0,
+    )  # fmt: skip
+    model = build_model(config)
+    with torch.no_grad():
+        model.head.fc.weight.normal_(0, 1.0)
+    return Predictor(model, kw.pop("preprocessing", SeriesPreprocessing()), ["a", "b", "c"], bf16=False)
+
+
+def test_an_ensemble_predicts_its_members_mean_probabilities():
+    members = [_text_member(seed) for seed in range(3)]
+    ensemble = Predictor.ensemble(members)
+    texts = MIXED[:5]
+    expected = np.mean([m.predict_proba(texts) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.predict_proba(texts), expected, atol=1e-6)
+    best = ensemble.predict(texts, top_k=2)
+    assert [r["label"] for r in best] == [LABELS[i] for i in expected.argmax(1)]
+    assert ensemble.members == members and ensemble.label_names == LABELS and not ensemble.is_series
+
+
+def test_a_series_ensemble_predicts_arrays_of_any_length():
+    members = [_series_member(seed) for seed in range(2)]
+    ensemble = Predictor.ensemble(members)
+    items = _series(3, 10, seed=5)
+    expected = np.mean([m.predict_proba(items) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.predict_proba(items), expected, atol=1e-6)
+    assert ensemble.predict(items[0])["label"] == ["a", "b", "c"][expected[0].argmax()]
+    with pytest.raises(UserError, match="give numeric arrays"):
+        ensemble.predict("a text")
+
+
+def test_ensemble_members_must_read_and_predict_alike():
+    from vdcnn_res.data.series import SeriesPreprocessing
+
+    with pytest.raises(UserError, match="non-empty list of Predictors"):
+        Predictor.ensemble([])
+    with pytest.raises(UserError, match="member 1 predicts the labels"):
+        Predictor.ensemble([_text_member(0), _text_member(1, labels=["w", "s", "b", "t"])])
+    with pytest.raises(UserError, match="member 1 reads its input with another tokenizer or max_length"):
+        Predictor.ensemble([_text_member(0), _text_member(1, max_length=MAX_LENGTH + 1)])
+    with pytest.raises(UserError, match="member 1 reads its input with another tokenizer"):
+        Predictor.ensemble([_text_member(0), _text_member(1, tokenizer=build_tokenizer("byte"))])
+    with pytest.raises(UserError, match="member 1 reads its input with another preprocessing"):
+        Predictor.ensemble([_series_member(0), _series_member(1, preprocessing=SeriesPreprocessing(normalize="none"))])
+    with pytest.raises(UserError, match="member 1 is multi-label"):
+        Predictor.ensemble([_text_member(0), _text_member(1, thresholds=[0.5] * 4)])
+    with pytest.raises(UserError, match="member 1 is an ensemble already"):
+        Predictor.ensemble([_text_member(0), Predictor.ensemble([_text_member(1)])])
+
+
+def test_an_ensemble_says_how_to_save_explain_or_read_one_model(tmp_path):
+    ensemble = Predictor.ensemble([_text_member(0), _text_member(1)])
+    for call, words in [
+        (lambda: ensemble.save_pretrained(tmp_path / "e"), r"save each member \(predictor.members"),
+        (lambda: ensemble.explain("Stocks rallied."), "explained member by member"),
+        (lambda: ensemble.use_int8(["Stocks rallied."]), "quantize a member"),
+        (lambda: ensemble.temperature, "one temperature per member"),
+        (lambda: ensemble.branch_weights, "branch weights per member"),
+    ]:
+        with pytest.raises(UserError, match=words):
+            call()
+    assert not (tmp_path / "e").exists()
+    paths = ensemble.members[0].save_pretrained(tmp_path / "m0")  # the members stay ordinary Predictors
+    assert paths and ensemble.members[1].temperature == 1.0

@@ -18,6 +18,10 @@ A series model (trained with ``data_kind: series``) takes arrays instead of stri
 
     Predictor.from_checkpoint("series.ckpt").predict(np.array([[0.1, 0.4, ...], [...]]))  # one (C, L) series
     predictor.predict([series_a, series_b])   # a list of series, any lengths
+
+Several fits of one recipe (different seeds) predict better together than alone on small data:
+
+    Predictor.ensemble([Predictor.from_checkpoint(p) for p in best_checkpoints])  # mean probabilities
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from vdcnn_res.inference.model_files import (
     set_model_thresholds,
     write_pretrained,
 )
-from vdcnn_res.model import VDCNN
+from vdcnn_res.model import VDCNN, Ensemble
 
 if TYPE_CHECKING:  # explain.py imports Captum lazily; the Predictor never needs it to predict
     from vdcnn_res.inference.explain import Explanation
@@ -103,7 +107,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: VDCNN,
+        model: VDCNN | Ensemble,
         tokenizer: Tokenizer | SeriesPreprocessing,
         label_names: Sequence[str],
         max_length: int | None = 1024,
@@ -139,6 +143,7 @@ class Predictor:
         self.max_length = None if max_length is None else int(max_length)
         self.bf16 = native_bf16(self.device) if bf16 is None else bool(bf16)
         self.int8: Any = None  # an inference.quantize.Int8Session once use_int8 is called
+        self.members: list[Predictor] = []  # an ensemble's Predictors (Predictor.ensemble)
 
     @property
     def task(self) -> str:
@@ -148,13 +153,54 @@ class Predictor:
     @property
     def temperature(self) -> float:
         """The model's calibration temperature (1.0 = uncalibrated)."""
+        self._single("has one temperature per member: [m.temperature for m in predictor.members]")
         return float(self.model.temperature)
 
     @property
     def branch_weights(self) -> dict[str, float]:
         """Each branch's weight in the logits (``cnn``, and ``ngrams`` with the bag); all 1 unless
         calibration found a weighting that wins on held-out validation texts."""
+        self._single("has branch weights per member: [m.branch_weights for m in predictor.members]")
         return dict(zip(("cnn", "ngrams"), self.model.branch_weights.tolist()))
+
+    def _single(self, fix: str) -> None:
+        if self.members:
+            raise UserError(f"this Predictor is an ensemble of {len(self.members)} models; it {fix}")
+
+    @classmethod
+    def ensemble(cls, predictors: Sequence[Predictor]) -> Predictor:
+        """One Predictor from several: the mean of their class probabilities (model/ensemble.py).
+
+        The members must predict the same labels from the same input: equal label names, and
+        the same tokenizer and ``max_length`` (texts) or preprocessing (series); typically one
+        recipe fitted with different seeds. Single-label models only. The ensemble predicts
+        like any Predictor; the members' own Predictors are ``predictor.members`` (save or
+        export those: an ensemble has no single model file).
+        """
+        members = list(predictors)
+        if not members or not all(isinstance(p, Predictor) for p in members):
+            raise UserError("Predictor.ensemble takes a non-empty list of Predictors (e.g. from Predictor.from_checkpoint)")
+        first = members[0]
+        for i, p in enumerate(members):
+            if p.members:
+                raise UserError(f"member {i} is an ensemble already: pass its members instead")
+            if p.thresholds is not None:
+                raise UserError(f"member {i} is multi-label; ensembles average single-label (softmax) models only")
+            if p.int8 is not None:
+                raise UserError(f"member {i} predicts with an int8 graph; ensemble the float Predictors")
+            if p.label_names != first.label_names:
+                raise UserError(f"member {i} predicts the labels {p.label_names}, member 0 {first.label_names}: "
+                                "ensemble models trained on the same labels")
+            if p.device != first.device:
+                raise UserError(f"member {i} is on {p.device}, member 0 on {first.device}: load them on one device")
+            if _preprocessing(p) != _preprocessing(first):
+                what = "preprocessing" if first.is_series else "tokenizer or max_length"
+                raise UserError(f"member {i} reads its input with another {what} than member 0: "
+                                "ensemble models trained with the same data settings")
+        model = Ensemble([p.model for p in members])
+        ensemble = cls(model, first.tokenizer, first.label_names, first.max_length, first.device, first.bf16)
+        ensemble.members = members
+        return ensemble
 
     @classmethod
     def _from_loaded(cls, loaded: LoadedModel, device: str | torch.device, bf16: bool | None) -> Predictor:
@@ -187,6 +233,7 @@ class Predictor:
         """
         from vdcnn_res.inference.quantize import Int8Session, quantize_model
 
+        self._single("has no single graph to quantize; quantize a member (predictor.members[i].use_int8(...))")
         if self.is_series:
             raise UserError("int8 inference is for text models; a series model predicts in float")
         if self.device.type != "cpu":
@@ -204,6 +251,7 @@ class Predictor:
 
     def save_pretrained(self, directory: str | os.PathLike[str], overwrite: bool = False) -> list[Path]:
         """Write model.safetensors, config.json and tokenizer.json (series: no tokenizer.json), what `from_pretrained` reads."""
+        self._single("is not one model file: save each member (predictor.members[i].save_pretrained(...))")
         return write_pretrained(directory, self.model, self.tokenizer, self.label_names, self.max_length, overwrite)
 
     def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
@@ -327,6 +375,7 @@ class Predictor:
         """
         from vdcnn_res.inference.explain import explain
 
+        self._single("is explained member by member (predictor.members[i].explain(...))")
         if self.thresholds is not None:
             raise UserError("explanations are for single-label models (they attribute a softmax probability); "
                             "this model is multi-label")
@@ -387,6 +436,13 @@ class Predictor:
                 )
             out.append(self.tokenizer.apply(x, where))
         return out, single
+
+
+def _preprocessing(predictor: Predictor) -> Any:
+    """What turns a raw input into model input: a series' preprocessing, a text's tokenizer and max_length."""
+    if predictor.is_series:
+        return predictor.tokenizer
+    return predictor.tokenizer.to_str(), predictor.max_length
 
 
 def _nesting(value: Any) -> int:

@@ -118,3 +118,12 @@ def test_fit_test_predict_export_from_the_checkpoint_alone(tmp_path, capsys):
     series = [json.loads(line)["series"] for line in Path(data["predict"]).read_text().splitlines()]
     np.testing.assert_allclose(from_ckpt.predict_proba(series), from_export.predict_proba(series), atol=1e-6)
     assert [r["label"] for r in from_ckpt.predict(series)] == [r["label"] for r in rows]
+
+    # A second fit (another seed) and the two checkpoints as one ensemble: the mean of their probabilities.
+    main(["fit", "--config", str(RECIPE), *TINY_SERIES, *QUIET, "--trainer.default_root_dir", str(tmp_path / "seed1"),
+          "--seed_everything=1", "--data.train", data["train"], "--data.label_offset=0", "--trainer.precision=32-true"])  # fmt: skip
+    other = Predictor.from_checkpoint(tmp_path / "seed1" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", bf16=False)
+    ensemble = Predictor.ensemble([from_ckpt, other])
+    expected = (from_ckpt.predict_proba(series) + other.predict_proba(series)) / 2
+    np.testing.assert_allclose(ensemble.predict_proba(series), expected, atol=1e-6)
+    assert not np.allclose(other.predict_proba(series), from_ckpt.predict_proba(series), atol=1e-4)

@@ -92,17 +92,16 @@ def test_ensemble_trains_nothing_new_and_keeps_member_weights():
 @pytest.mark.parametrize(
     "other, words",
     [
-        (lambda: build_model(ModelConfig(
-            num_classes=4, input_channels=2, blocks_per_stage=(1,), channels=(8,), kernel_sizes=(3, 3),
-            downsampling="none", head="global_avg", hidden_size=0)), "num_classes 4"),
-        (lambda: build_model(ModelConfig(
-            num_classes=3, input_channels=5, blocks_per_stage=(1,), channels=(8,), kernel_sizes=(3, 3),
-            downsampling="none", head="global_avg", hidden_size=0)), "input_channels 5"),
+        (lambda: _series_members(1, num_classes=4)[0], "num_classes 4"),
+        (lambda: _series_members(1, input_channels=5)[0], "input_channels 5"),
         (lambda: create_model("vdcnn9", num_classes=3), "input_channels 0"),
     ],
-)  # fmt: skip
+)
 def test_members_that_read_or_predict_differently_are_refused(other, words):
     with pytest.raises(UserError, match=words):
         Ensemble(_series_members(1) + [other()])
+
+
+def test_an_empty_ensemble_is_refused():
     with pytest.raises(UserError, match="at least one"):
         Ensemble([])

@@ -1,10 +1,11 @@
 """Several trained networks as one classifier: the mean of their class probabilities.
 
 Averaging independently trained networks (different seeds, or different architectures over
-the same input) is the cheapest reliable accuracy gain for small training sets: each network's
-errors that come from its random start differ, and the mean cancels part of them (deep
-ensembles, Lakshminarayanan et al. 2017; for time series, Ismail Fawaz et al. 2019 "Deep neural
-network ensembles for time series classification" and InceptionTime, an ensemble of five).
+the same input) is a reliable accuracy gain on small training sets that needs no change to the
+recipe, only more fits: the errors each network owes to its random start differ, and the mean
+cancels part of them (deep ensembles, Lakshminarayanan et al. 2017; for time series, Ismail
+Fawaz et al. 2019 "Deep neural network ensembles for time series classification" and
+InceptionTime, an ensemble of five; measured here in docs/results.md §5b).
 
 The ensemble is a plain module with the single network's interface: ``forward(input_ids,
 lengths)`` gives (B, C) logits, here the log of the members' mean softmax probability, so a

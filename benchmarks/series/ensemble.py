@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
+from vdcnn_res import Predictor
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from vdcnn_res import Predictor  # noqa: E402
-
 SERIES = REPO.parent / "shared" / "data" / "series"
 
 

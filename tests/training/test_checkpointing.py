@@ -109,3 +109,56 @@ def test_ckpt_path_last_finds_the_newest_last_ckpt_of_earlier_runs(tmp_path):
         path.write_bytes(b"x")
         os.utime(path, (now - age, now - age))
     assert _resolve_last(str(tmp_path)) == str(paths[1])  # newest, not the highest version number
+
+
+# ----------------------------------------------------------------------------- slim best checkpoints
+
+_TRAINING_STATE = {"optimizer_states", "lr_schedulers", "callbacks"}
+
+
+def _fit_once(tmp_path, **callback_args):
+    callback = ModelCheckpointWithLast(**{"dirpath": tmp_path, "monitor": "epoch", "mode": "max", "save_last": True, **callback_args})
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[callback], plugins=[AtomicCheckpointIO()])
+    trainer.fit(_module(label_names=["x", "y", "z"]), datamodule=_Batches())
+    return trainer, callback
+
+
+def test_best_is_slim_and_last_is_complete(tmp_path):
+    trainer, callback = _fit_once(tmp_path)
+    best = torch.load(callback.best_model_path, weights_only=True)
+    last = torch.load(callback.last_model_path, weights_only=True)
+    assert best["global_step"] == last["global_step"] == 3  # one validation: best and last hold the same weights
+    assert _TRAINING_STATE <= set(last) and not _TRAINING_STATE & set(best)
+    assert checkpointing.is_slim(best) and not checkpointing.is_slim(last)
+    assert best["hyper_parameters"] == last["hyper_parameters"] and best["hyper_parameters"]["label_names"] == ["x", "y", "z"]
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    for key, value in last["state_dict"].items():
+        assert torch.equal(best["state_dict"][key], value), key
+    assert os.path.getsize(callback.best_model_path) < os.path.getsize(callback.last_model_path)
+    # ... and it is what test and load_from_checkpoint need
+    assert trainer.test(ckpt_path=callback.best_model_path, datamodule=_Batches(), verbose=False, weights_only=True)
+    restored = VDCNNClassifier.load_from_checkpoint(callback.best_model_path, weights_only=True)
+    assert restored.label_names == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("callback_args", [{"slim_best": False}, {"save_last": "link"}], ids=["slim_best=False", "last is a link"])
+def test_best_stays_complete_when_asked_or_when_last_links_to_it(tmp_path, callback_args):
+    _, callback = _fit_once(tmp_path, **callback_args)
+    assert _TRAINING_STATE <= set(torch.load(callback.best_model_path, weights_only=True))
+
+
+def test_fit_refuses_to_resume_a_slim_checkpoint_in_one_line(tmp_path, monkeypatch, capsys):
+    from vdcnn_res.cli import main
+
+    _, callback = _fit_once(tmp_path)
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *TINY, *QUIET, "--ckpt_path", callback.best_model_path, "--trainer.default_root_dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a slim checkpoint" in err[0]
+    assert f"resume with --ckpt_path last ({str(tmp_path / 'last.ckpt')!r})" in err[0]
+    with pytest.raises(UserError, match="slim checkpoint"):  # the function behind it, on any weights-only file
+        checkpointing.require_resumable({"state_dict": {}}, tmp_path / "x.ckpt")
+    checkpointing.require_resumable(torch.load(callback.last_model_path, weights_only=True), callback.last_model_path)

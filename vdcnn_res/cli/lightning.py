@@ -47,7 +47,7 @@ from vdcnn_res.inference.model_files import load_checkpoint_safely
 from vdcnn_res.inference.predictor import native_bf16
 from vdcnn_res.inference.writer import PredictionWriter
 from vdcnn_res.model.config import ModelConfig
-from vdcnn_res.training.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast
+from vdcnn_res.training.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast, require_resumable
 from vdcnn_res.training.lr_finder import LRRangeTest
 from vdcnn_res.training.module import VDCNNClassifier
 from vdcnn_res.training.progress import EpochSummary, FlopsModelSummary
@@ -343,6 +343,8 @@ class VDCNNCLI(LightningCLI):
         if ckpt_path and str(ckpt_path) not in _CKPT_KEYWORDS and not str(ckpt_path).startswith("registry:"):
             if "://" not in str(ckpt_path):
                 checkpoint = load_checkpoint_safely(ckpt_path)  # UserError for pickled code or a missing file
+                if subcommand == "fit":
+                    require_resumable(checkpoint, ckpt_path)  # a slim best-*.ckpt has no optimizer state
                 if subcommand in _EVAL_SUBCOMMANDS and isinstance(checkpoint, dict):
                     kind = _checkpoint_kind(checkpoint)
                     if kind is not None and kind != self.data_kind:

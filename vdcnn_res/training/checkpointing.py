@@ -10,6 +10,15 @@ filesystem; otherwise it copies into the target, so a kill during the copy leave
 fsyncs, and renames with ``os.replace``: a kill at any moment leaves the previous file intact
 (at worst a stray ``.<name>.tmp-<pid>`` beside it). `vdcnn-res` installs it on every Trainer
 whose checkpoint IO is Lightning's default; remote URLs keep Lightning's own code.
+
+Slim best checkpoints: the ``best-*.ckpt`` files that :class:`ModelCheckpointWithLast` keeps
+for the monitored metric hold what test, predict, export, calibrate and the Predictor read
+(weights, the calibration, the tokenizer and label names in the data module's state, both
+hyperparameter sets): Lightning's ``save_weights_only`` format, without the optimizer,
+scheduler, callback and precision states (AdamW's two moments per weight are two thirds of a
+full text checkpoint: sizes in docs/sharing.md). ``last.ckpt`` stays complete: it is what ``--ckpt_path last``
+resumes. A slim file given to ``fit --ckpt_path`` is refused in one line
+(:func:`require_resumable`); older full best checkpoints keep loading everywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +33,26 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-__all__ = ["AtomicCheckpointIO", "ModelCheckpointWithLast", "atomic_torch_save"]
+from vdcnn_res.errors import UserError
+
+__all__ = ["AtomicCheckpointIO", "ModelCheckpointWithLast", "atomic_torch_save", "is_slim", "require_resumable"]
+
+
+def is_slim(checkpoint: dict[str, Any]) -> bool:
+    """Whether a checkpoint holds a model without its training state (a slim best checkpoint,
+    or any Lightning ``save_weights_only`` file): it loads for test/predict/export, not for resume."""
+    return isinstance(checkpoint, dict) and "state_dict" in checkpoint and "optimizer_states" not in checkpoint
+
+
+def require_resumable(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """A one-line UserError when ``fit --ckpt_path`` is given a checkpoint without optimizer state."""
+    if is_slim(checkpoint):
+        last = Path(path).with_name("last.ckpt")
+        raise UserError(
+            f"--ckpt_path {str(path)!r} is a slim checkpoint (weights, tokenizer, labels, calibration: for test, predict "
+            f"and export) without the optimizer state fit resumes from; resume with --ckpt_path last"
+            + (f" ({str(last)!r})" if last.is_file() else "")
+        )
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -76,7 +104,35 @@ class ModelCheckpointWithLast(ModelCheckpoint):
     the current state. When the final epochs are not validated (``check_val_every_n_epoch``
     that does not divide ``max_epochs``), the end of training writes it once more, so their
     training is not lost. `vdcnn-res` uses it for its ``checkpoint.*`` settings.
+
+    ``slim_best`` (default True; ``--checkpoint.slim_best false`` turns it off): the top-k files
+    chosen by the monitored metric are written without the training state (see the module
+    docstring); ``last.ckpt`` and every other save stay complete. With ``save_last="link"`` (last
+    would be a link to a best file) the best files stay complete too.
     """
+
+    def __init__(self, *, slim_best: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slim_best = slim_best
+        self._saving_best = False
+
+    def _update_best_and_save(self, current: torch.Tensor, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        self._saving_best = True
+        try:
+            super()._update_best_and_save(current, trainer, monitor_candidates)
+        finally:
+            self._saving_best = False
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        slim = self.slim_best and self._saving_best and self.save_last != "link" and not self.save_weights_only
+        if not slim:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        self.save_weights_only = True  # Lightning's own weights-only dump for this one file
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self.save_weights_only = False
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

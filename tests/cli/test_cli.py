@@ -15,6 +15,7 @@ from vdcnn_res.model.config import VARIANTS
 from fixtures.tiny import REPO  # noqa: E402
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 PAPER_RECIPE = REPO / "configs" / "paper" / "recipe.yaml"
+SERIES_RECIPE = REPO / "configs" / "series" / "recipe.yaml"
 
 SHORT = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
          "--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false"]
@@ -33,6 +34,8 @@ def _config_args(config: Path) -> list[Path | str]:
         return ["--config", config, "--config", config.parent / "ag_news.yaml"]
     if config.parent == PAPER_RECIPE.parent:
         return ["--config", PAPER_RECIPE, "--config", config]
+    if config == SERIES_RECIPE:  # the recipe holds no data set: compose it with one
+        return ["--config", config, "--config", config.parent / "GunPoint.yaml"]
     if config.name == "gpu_ddp.yaml":
         return ["--config", REPO / "configs" / "quickstart.yaml", "--config", config]
     return ["--config", config]

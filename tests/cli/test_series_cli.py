@@ -53,19 +53,31 @@ def test_data_kind_is_read_from_flags_configs_and_checkpoints(tmp_path):
     assert data_kind_of(["fit", "--ckpt_path", str(ckpt)]) == "text"  # fit resumes what its config says
 
 
+SET_CONFIGS = [c for c in SERIES_CONFIGS if c != RECIPE]
+
+
 @pytest.mark.usefixtures("in_repo")
-@pytest.mark.parametrize("config", SERIES_CONFIGS, ids=[c.name for c in SERIES_CONFIGS])
+@pytest.mark.parametrize("config", SET_CONFIGS, ids=[c.name for c in SET_CONFIGS])
 def test_series_configs_compose_with_the_recipe(config, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(RECIPE), "--config", str(config), "--print_config"])
     assert exit_.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data_kind"] == "series" and printed["data"]["train"].endswith(f"{config.stem if config != RECIPE else 'GunPoint'}/train.jsonl")
+    assert printed["data_kind"] == "series" and printed["data"]["train"].endswith(f"{config.stem}/train.jsonl")
+    # every set says how its labels are numbered: none inherits another set's label_offset
+    assert printed["data"]["label_offset"] == yaml.safe_load(config.read_text())["data"]["label_offset"]
     assert printed["model"]["arch"]["head"] == "global_avg" and printed["model"]["arch"]["kernel_sizes"] == [8, 5, 3]
     assert "input_channels" not in printed["model"]["arch"]  # linked from the data, never typed
     assert "series_column" in printed["data"] and "tokenizer" not in printed["data"]
     assert printed["data"]["batch_size"] == "auto" and printed["data"]["train_as_valid"] is True
     assert printed["data"]["valid_fraction"] == 0 and printed["checkpoint"]["monitor"] == "val/loss"
+
+
+def test_the_recipe_holds_no_per_dataset_values():
+    """A data file composed with the recipe (or none) must not inherit one set's paths or label numbering."""
+    data = yaml.safe_load(RECIPE.read_text())["data"]
+    assert not set(data) & {"train", "valid", "test", "predict", "label_offset", "label_column", "series_column",
+                            "classes_file", "hub_dataset"}, sorted(data)
 
 
 def test_per_set_configs_hold_only_paths_and_labels():

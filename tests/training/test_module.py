@@ -1,10 +1,12 @@
+import csv
+
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from vdcnn_res.model.config import ModelConfig
-from vdcnn_res.training.module import VDCNNClassifier
+from vdcnn_res.training.module import VDCNNClassifier, branch_accuracies
 from vdcnn_res.training.optim import OptimConfig
 
 TINY = dict(num_classes=3, vocab_size=20, channels=(8, 8, 16, 16), hidden_size=16)
@@ -103,6 +105,7 @@ class _Batches(pl.LightningDataModule):
 
 
 def test_fit_and_test_write_checkpoint_and_confusion_matrix(tmp_path, capsys):
+    pl.seed_everything(7)
     trainer = pl.Trainer(max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False,
                          enable_model_summary=False, log_every_n_steps=1)
     module = _module(optim=OptimConfig(name="adamw", lr=1e-3, schedule="cosine", warmup_fraction=0.2),
@@ -114,10 +117,59 @@ def test_fit_and_test_write_checkpoint_and_confusion_matrix(tmp_path, capsys):
     restored = VDCNNClassifier.load_from_checkpoint(ckpt, weights_only=True)
     torch.testing.assert_close(restored.model.state_dict(), module.model.state_dict())
 
+    assert loaded["run"] == {"precision": "32-true", "seed": 7}  # what test/predict evaluate with
+
     trainer.test(module, datamodule=_Batches())
     out = capsys.readouterr().out
-    assert "Test error:" in out and "on 36 texts" in out
-    assert (tmp_path / "lightning_logs" / "version_0" / "confusion_matrix_test.png").exists()
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "confusion_matrix_test.png").exists()
     metrics = trainer.callback_metrics
     assert metrics["test/error_pct"] == pytest.approx(100 * (1 - metrics["test/acc"].item()), abs=1e-3)
     assert {"test/f1/x", "test/f1/y", "test/f1/z", "test/f1_macro"} <= set(metrics)
+    assert "test/loss" not in metrics  # the label-smoothed training objective, easily taken for the NLL
+    # The summary: error, accuracy and macro-F1 in one line; the worst classes; the per-class table in a file.
+    acc, f1 = 100 * metrics["test/acc"].item(), 100 * metrics["test/f1_macro"].item()
+    assert f"Test error: {100 - acc:.2f} % (accuracy {acc:.2f} % on 36 texts), macro-F1 {f1:.2f} %" in out
+    rows = list(csv.DictReader((run / "per_class_test.csv").open(encoding="utf-8")))
+    assert [r["label"] for r in rows] == ["x", "y", "z"] and sum(int(r["support"]) for r in rows) == 36
+    for row in rows:
+        assert float(row["f1"]) == pytest.approx(metrics[f"test/f1/{row['label']}"].item(), abs=1e-4)
+        assert float(row["recall"]) == pytest.approx(metrics[f"test/recall/{row['label']}"].item(), abs=1e-4)
+    worst = sorted(rows, key=lambda r: (float(r["f1"]), r["label"]))[:2]
+    assert "Worst classes by F1: " + ", ".join(f"{r['label']} {100 * float(r['f1']):.2f} %" for r in worst) in out
+    assert f"Per-class scores: {run / 'per_class_test.csv'}" in out
+    assert "Each branch alone" not in out  # the CNN alone has no branches to compare
+
+
+def test_branch_accuracies_are_each_branchs_own_arg_max():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]],   # cnn says 0, bag says 1
+                           [[0.0, 3.0], [0.0, 1.0]],   # both say 1
+                           [[1.0, 0.0], [5.0, 0.0]]])  # both say 0
+    assert branch_accuracies(logits, torch.tensor([1, 1, 0])) == {"cnn": pytest.approx(2 / 3), "ngrams": 1.0}
+    assert branch_accuracies(logits[:, :1], torch.tensor([0, 1, 0])) == {"cnn": 1.0}
+    with pytest.raises(ValueError, match="need"):
+        branch_accuracies(logits[0], torch.tensor([0, 1]))
+
+
+def test_a_two_branch_model_reports_each_branch_beside_the_model(tmp_path, capsys):
+    """test logs and prints the CNN's and the bag's own accuracy, the same the branch logits give."""
+    torch.manual_seed(0)
+    module = VDCNNClassifier(arch=ModelConfig(**TINY, ngram_orders=(1, 2), ngram_buckets=64, ngram_dim=8),
+                             label_names=["x", "y", "z"])
+    with torch.no_grad():
+        module.model.branch_weights.copy_(torch.tensor([0.5, 1.5]))  # as calibration may leave them
+    trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, datamodule=_Batches(), verbose=False)
+    out = capsys.readouterr().out
+    module.eval()
+    with torch.no_grad():
+        batches = _Batches().batches
+        branches = [module.model.branch_logits(module.model.forward_features(b["input_ids"], b["lengths"])) for b in batches]
+        labels = torch.cat([b["labels"] for b in batches])
+        expected = {k: float((torch.cat([z[k] for z in branches]).argmax(1) == labels).double().mean()) for k in ("cnn", "ngrams")}
+    metrics = trainer.callback_metrics
+    assert metrics["test/acc_cnn"].item() == pytest.approx(expected["cnn"])
+    assert metrics["test/acc_ngrams"].item() == pytest.approx(expected["ngrams"])
+    model = 100 * metrics["test/acc"].item()
+    assert (f"Each branch alone (the other's weight 0): CNN {100 * expected['cnn']:.2f} %, n-gram bag "
+            f"{100 * expected['ngrams']:.2f} % (the model: {model:.2f} %)") in out

@@ -1,9 +1,8 @@
 """The `vdcnn-res` command line: a table of subcommands over the LightningCLI.
 
     vdcnn-res fit|validate|test|predict ...   LightningCLI (cli/lightning.py): the config schema
-    vdcnn-res export ...                      safe model files and ONNX, no Trainer (cli/export.py)
-    vdcnn-res ablate ...                      depth x shortcut grids of fits (cli/ablate/)
-    vdcnn-res calibrate ...                   a checkpoint's temperature fitted on validation (cli/calibrate.py)
+    vdcnn-res export|ablate|sweep|tune|serve|explain|calibrate ...   own small parsers (SUBCOMMANDS)
+    vdcnn-res --help                          every subcommand, one line each (COMMANDS)
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from vdcnn_res.errors import UserError
 
-__all__ = ["SUBCOMMANDS", "main"]
+__all__ = ["COMMANDS", "SUBCOMMANDS", "main", "overview"]
 
 # Subcommands with their own small parsers: module whose main(argv) runs them.
 SUBCOMMANDS = {
@@ -28,6 +27,42 @@ SUBCOMMANDS = {
     "explain": "vdcnn_res.cli.explain",
     "calibrate": "vdcnn_res.cli.calibrate",
 }
+
+
+# Every subcommand with one line of what it does: `vdcnn-res --help` lists them, and the first four
+# (the LightningCLI's) use their line as their own --help description.
+COMMANDS = {
+    "fit": "train a text or time-series classifier; writes best and last checkpoints and logs",
+    "validate": "score a checkpoint on the validation split",
+    "test": "score a checkpoint on the test split: accuracy, macro-F1, calibration, per-class table",
+    "predict": "write a checkpoint's predictions for new texts or series to a JSONL or CSV file",
+    "export": "write a checkpoint as safe model files (safetensors + JSON), optionally ONNX; no Trainer",
+    "ablate": "fit a depth x shortcut (x downsampling x seed) grid and report the ablation table",
+    "sweep": "fit a grid of any config keys x seeds, judged on the validation split",
+    "tune": "search the recipe's hyperparameters within a time budget (Optuna, validation split)",
+    "serve": "serve an exported model over HTTP with dynamic batching",
+    "explain": "an HTML page of per-character attributions for a model's predictions",
+    "calibrate": "fit a checkpoint's temperature on a validation split and store it in the checkpoint",
+}
+_LIGHTNING = ("fit", "validate", "test", "predict")
+
+
+def overview() -> str:
+    """What `vdcnn-res --help` prints: every subcommand, one line each."""
+    width = max(map(len, COMMANDS)) + 2
+    lines = [
+        "usage: vdcnn-res SUBCOMMAND [options]",
+        "",
+        "Very deep residual 1D CNN classifiers of text and time series.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}{what}" for name, what in COMMANDS.items()),
+        "",
+        "`vdcnn-res SUBCOMMAND --help` shows a subcommand's options; for fit, validate, test and predict",
+        "`--help_all` adds every Lightning Trainer option, and `--data_kind series --help` the time-series data options.",
+        "User errors print one line and exit with status 2 (VDCNN_RES_DEBUG=1 shows the trace).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 _PACKAGE = str(Path(__file__).resolve().parents[1])
@@ -46,6 +81,12 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point. User errors print one line and exit 2 (VDCNN_RES_DEBUG=1 shows the trace)."""
     argv = sys.argv[1:] if args is None else list(args)
     warnings.showwarning = _show_warning
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        # Redirected to a file: each line is written when printed, so stdout and stderr keep their order.
+        sys.stdout.reconfigure(line_buffering=True)
+    if not any(a in COMMANDS for a in argv) and (not argv or {"-h", "--help", "--help_all"} & set(argv)):
+        (sys.stdout if argv else sys.stderr).write(overview())
+        sys.exit(0 if argv else 2)
     try:
         if argv and argv[0] in SUBCOMMANDS:
             importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])

@@ -41,6 +41,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelSum
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from vdcnn_res.cli.help import HelpFormatter, full_help, short_help
 from vdcnn_res.data import TextDataModule
 from vdcnn_res.errors import UserError
 from vdcnn_res.inference.model_files import load_checkpoint_safely
@@ -69,6 +70,8 @@ TEXT_BRANCH_LOSS = {"ngrams": 1.0}
 # ("last" and "best" are resolved here, to earlier runs: see _resolve_last and _resolve_best.)
 _CKPT_KEYWORDS = ("hpc", "registry")
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+_SUBCOMMAND_NAMES = ("fit", *_EVAL_SUBCOMMANDS)
+DATA_SEED = 42  # data.seed where neither it nor seed_everything gives one
 # Data settings a checkpoint does not dictate to test/predict: where the files are, where caches
 # go, and how the tokenizer and the classes were made (both come from the checkpoint itself).
 _NOT_FROM_CHECKPOINT = frozenset(
@@ -224,6 +227,19 @@ class VDCNNArgumentParser(LightningArgumentParser):
     key. Nested parsers that do not exit on error (jsonargparse tries alternatives) keep raising.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.data_kind: str | None = None  # set by VDCNNCLI.add_arguments_to_parser: the help then is the toolkit's
+
+    def format_help(self) -> str:
+        """The toolkit's help (cli/help.py) for fit/validate/test/predict; jsonargparse's for other parsers."""
+        if self.data_kind is None:
+            return super().format_help()
+        subcommand = self.prog.replace(" [options]", "").split()[-1]
+        with short_help(self, self.data_kind, subcommand if subcommand in _SUBCOMMAND_NAMES else "fit"):
+            return super().format_help()
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         from jsonargparse._common import debug_mode_active  # the JSONARGPARSE_DEBUG switch
 
@@ -259,6 +275,7 @@ class VDCNNCLI(LightningCLI):
     take the tokenizer (series: the channel count), label names and data settings from the checkpoint."""
 
     _checkpoint: dict[str, Any] | None = None  # the eval subcommands' --ckpt_path file, loaded safely
+    _trained_run: dict[str, Any] = {}  # ... and how its model was trained (_run_from_checkpoint)
 
     def __init__(self, *args: Any, data_kind: str = "text", **kwargs: Any) -> None:
         self.data_kind = data_kind  # chosen before parsing (see data_kind_of); LightningCLI parses in __init__
@@ -275,6 +292,10 @@ class VDCNNCLI(LightningCLI):
         for action in parser._actions:  # jsonargparse's --help otherwise says "lacks type and help"
             if action.dest in _DERIVED_HELP and not action.help:
                 action.help = _DERIVED_HELP[action.dest]
+        if isinstance(parser, VDCNNArgumentParser):
+            parser.data_kind = self.data_kind  # its --help is the toolkit's (cli/help.py)
+        # null: data.seed follows seed_everything (resolved in before_instantiate_classes)
+        parser.set_defaults({"data.seed": None})
         parser.link_arguments("data.num_classes", "model.arch.num_classes", apply_on="instantiate")
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.padding_idx", "model.arch.padding_idx", apply_on="instantiate")
@@ -307,6 +328,13 @@ class VDCNNCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(LRRangeTest, "lr_finder")  # model.optim.lr=auto: a range test before fit
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        """Lightning's parsers; `test` prints its own summary (VDCNNClassifier.on_test_epoch_end), so
+        Lightning's table of every logged metric is off unless asked for (--verbose true)."""
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            self._subcommand_parsers["test"].set_defaults({"verbose": False})
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Resolve defaults that depend on the machine or the checkpoint, and refuse unsafe
         checkpoints before Lightning reads one (it does so right after parsing)."""
@@ -318,12 +346,11 @@ class VDCNNCLI(LightningCLI):
                 f"data_kind={config.get('data_kind')!r} must be given on the command line or in a --config file "
                 "(it is read before the rest of the config)"
             )
-        if config.get("trainer.precision") is None:  # the default: the fastest exact-enough choice here
-            config["trainer.precision"] = default_precision(config.get("trainer.accelerator") or "auto")
         # A fit: `fit`, or the subcommand-less parse of run=False (the cells of sweep, ablate, tune).
         if subcommand in ("fit", None) and config.get("model.branch_loss") is None and config.get("model.arch.ngram_orders"):
             config["model.branch_loss"] = dict(TEXT_BRANCH_LOSS)
         if not subcommand:
+            self._resolve_precision(config, None)
             return
         # Lightning passes weights_only=None on to torch.load, where an environment variable
         # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn the default into full unpickling.
@@ -356,6 +383,37 @@ class VDCNNCLI(LightningCLI):
                     defaults = self._parser(subcommand).get_defaults()  # what the user left unset
                     self._data_from_checkpoint(config, subcommand, checkpoint, defaults)
                     self._arch_from_checkpoint(config, checkpoint, defaults)
+                    self._run_from_checkpoint(config, checkpoint, Path(ckpt_path), defaults)
+        self._resolve_precision(config, self._checkpoint if subcommand in _EVAL_SUBCOMMANDS else None)
+
+    def _resolve_precision(self, config: Any, checkpoint: dict[str, Any] | None) -> None:
+        """trainer.precision left unset: for validate/test/predict the precision the checkpoint was
+        trained in, where this machine computes it natively (a bf16 model on a machine without bf16
+        runs in 32-true); else the fastest exact-enough choice here (bf16-mixed or 32-true)."""
+        if config.get("trainer.precision") is not None:
+            return
+        here = default_precision(config.get("trainer.accelerator") or "auto")
+        trained = self._trained_run.get("precision") if checkpoint is not None else None
+        native = trained in ("32-true", "32", "64-true", "64") or trained == here
+        config["trainer.precision"] = trained if trained and native else here
+
+    def _run_from_checkpoint(self, config: Any, checkpoint: dict[str, Any], ckpt_path: Path, defaults: Any) -> None:
+        """How the checkpoint's model was trained (precision, seed): from the checkpoint, else from
+        its run's config.yaml; an unset seed_everything takes the training seed."""
+        run = checkpoint.get("run") if isinstance(checkpoint.get("run"), dict) else {}
+        if not run:
+            saved = _run_dir(ckpt_path) / "config.yaml"
+            try:
+                loaded = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                loaded = None
+            if isinstance(loaded, dict):
+                trainer = loaded.get("trainer") if isinstance(loaded.get("trainer"), dict) else {}
+                run = {"precision": trainer.get("precision"), "seed": loaded.get("seed_everything")}
+        precision, seed = run.get("precision"), run.get("seed")
+        self._trained_run = {"precision": str(precision) if precision is not None else None}
+        if isinstance(seed, int) and not isinstance(seed, bool) and config.get("seed_everything") == defaults.get("seed_everything"):
+            config["seed_everything"] = seed
 
     def _data_from_checkpoint(self, config: Any, subcommand: str, checkpoint: dict[str, Any], defaults: Any) -> None:
         """Data settings the user did not set come from the checkpoint (max_length, columns, labels, ...).
@@ -395,8 +453,13 @@ class VDCNNCLI(LightningCLI):
             config[key] = list(value) if isinstance(value, tuple) else value
 
     def before_instantiate_classes(self) -> None:
-        """Give the data module the checkpoint's tokenizer (series: channel count) and label names as
+        """data.seed left unset follows the run's seed (seed_everything, now resolved; 42 without one).
+        Give the data module the checkpoint's tokenizer (series: channel count) and label names as
         it is created, before the links copy num_classes / vocab_size / label_names into the model."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if "data" in config and config.get("data.seed", DATA_SEED) is None:
+            seed = config.get("seed_everything")
+            config["data.seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else DATA_SEED
         if self._checkpoint is not None and self.data_kind == "series":
             self._series_from_checkpoint(self._checkpoint)
             return
@@ -465,6 +528,8 @@ class VDCNNCLI(LightningCLI):
             trainer_config["logger"] = _eval_logger(Path(ckpt_path), self.subcommand, trainer_config)
         elif self.subcommand == "fit" and trainer_config.get("logger") in (None, True) and _rank_zero():
             trainer_config["logger"] = _fit_logger(trainer_config)
+        if trainer_config.get("enable_progress_bar") is None and not _is_terminal(sys.stdout):
+            trainer_config["enable_progress_bar"] = False  # a log file gets the epoch lines, not bar frames
         trainer = self._instantiate_trainer(trainer_config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -487,6 +552,14 @@ class VDCNNCLI(LightningCLI):
             if score is not None and callback.monitor:
                 print(f"Best checkpoint ({callback.monitor}={float(score):.4f}): {callback.best_model_path}")
             print(f"Last checkpoint: {callback.last_model_path or callback.best_model_path}")
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether output goes to a terminal (not a file, a pipe or a test's capture)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _checkpoint_kind(checkpoint: dict[str, Any]) -> str | None:
@@ -596,6 +669,15 @@ def _eval_logger(ckpt_path: Path, subcommand: str, trainer_config: dict[str, Any
     return TensorBoardLogger(save_dir=run, name=subcommand, version=version, default_hp_metric=False)
 
 
+def _describe(subcommand: str, kind: str) -> str:
+    """A subcommand's --help description: its line of `vdcnn-res --help` and where the rest is."""
+    from vdcnn_res.cli import COMMANDS
+
+    other = "text" if kind == "series" else "series"
+    return (f"vdcnn-res {subcommand}: {COMMANDS[subcommand]}. Options for {kind} data; "
+            f"`--data_kind {other} --help` shows the {other} ones, `--help_all` every Lightning Trainer option.")
+
+
 def build_cli(args: ArgsType = None, run: bool = True) -> VDCNNCLI:
     """The CLI with its defaults; `run=False` parses a fit config (no subcommand) and builds
     model, data and Trainer without running them (as `vdcnn-res ablate` does per cell)."""
@@ -609,6 +691,9 @@ def build_cli(args: ArgsType = None, run: bool = True) -> VDCNNCLI:
 
 def _build(args: ArgsType, run: bool) -> VDCNNCLI:
     listed = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+    if "--help_all" in listed:  # every option, with Lightning's own descriptions (cli/help.py)
+        with full_help():
+            return _build([a if a != "--help_all" else "--help" for a in listed], run)
     kind = data_kind_of(listed)
     if kind == "series":
         from vdcnn_res.data.series_module import SeriesDataModule
@@ -625,8 +710,9 @@ def _build(args: ArgsType, run: bool) -> VDCNNCLI:
         parser_class=VDCNNArgumentParser,
         seed_everything_default=42,
         parser_kwargs={
-            "description": "Train, evaluate and apply VDCNN text classifiers. Also: `vdcnn-res export --help` "
-            "(safe model files and ONNX, no Trainer) and `vdcnn-res ablate --help` (depth x shortcut grids)."
+            "description": "Train, evaluate and apply very deep residual 1D CNN classifiers of text and time series; "
+            "`vdcnn-res --help` lists every subcommand.",
+            **{name: {"description": _describe(name, kind)} for name in _SUBCOMMAND_NAMES},
         },
         auto_configure_optimizers=False,  # the module's optim config owns optimizer and schedule
         trainer_defaults={

@@ -43,6 +43,7 @@ class CurveRecorder(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_loss = []
+        self._val_acc = math.nan  # an epoch that does not validate has no validation error, not the last one
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
         loss = outputs.get("model_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
@@ -68,7 +69,9 @@ class CurveRecorder(pl.Callback):
         self.epochs.append(row)
         print(
             f"  {self.label} epoch {row['epoch']}/{trainer.max_epochs}: train loss {row['train_loss']:.4f}, "
-            f"train error {row['train_err']:.2f} %, val error {row['val_err']:.2f} % "
+            f"train error {row['train_err']:.2f} %"
+            + ("" if math.isnan(row["val_err"]) else f", val error {row['val_err']:.2f} %")
+            + " "
             f"({self.fit_seconds + self._elapsed():.0f} s)",
             flush=True,
         )

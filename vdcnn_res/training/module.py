@@ -13,8 +13,8 @@ and a checkpoint saved at that step (best and last are saved right after a valid
 it as ``model.temperature``; with the n-gram bag the fit also weighs the two branches' logits
 (``model.branch_weights``, kept only when the mix wins on held-out validation texts). Training
 itself always runs with temperature 1 and equal weights. Test reports NLL and ECE before and
-after the checkpoint's temperature (and accuracy with equal weights when they differ) and draws
-a reliability diagram.
+after the checkpoint's temperature (and accuracy with equal weights when they differ), each
+branch's own accuracy (``branch_accuracies``) and draws a reliability diagram.
 """
 
 from __future__ import annotations
@@ -290,7 +290,6 @@ class VDCNNClassifier(pl.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits, raw = self._outputs(batch)
         labels = batch["labels"]
-        self.log("test/loss", self._loss(logits, labels), sync_dist=True, batch_size=len(labels))
         if self.multilabel:
             predicted, labels = self._decide(logits, self.label_thresholds), labels.int()
             for metric in (self.test_acc, self.test_f1, self.test_f1_micro, self.test_class_f1, self.test_confusion):
@@ -340,16 +339,24 @@ class VDCNNClassifier(pl.LightningModule):
         print(f"Calibration: none ({MULTILABEL_NO_TEMPERATURE})")
 
     def on_test_epoch_end(self) -> None:
+        """Multi-class test summary (rank 0 prints it): error, accuracy and macro-F1; each branch's
+        own accuracy for a model with the n-gram bag; the worst classes; calibration; and, beside
+        the run's logs, the per-class table (per_class_test.csv), the confusion matrix and the
+        reliability diagram. Logged: test/acc, test/error_pct, test/f1_macro, test/f1/<label>,
+        test/recall/<label>, test/acc_<branch> (two branches), test/nll and test/ece (the model's
+        probabilities: its branch weights and temperature), test/nll_uncalibrated and
+        test/ece_uncalibrated (equal weights, temperature 1), test/temperature."""
         if self.multilabel:
             self._multilabel_test_end()
             return
         # compute() syncs the states of all ranks, so every number covers the whole split.
         acc = self.test_acc.compute()
+        macro_f1 = self.test_f1.compute()
         class_f1 = self.test_class_f1.compute()
         confusion = self.test_confusion.compute()
         self.log("test/acc", acc)
         self.log("test/error_pct", 100.0 * (1.0 - acc))
-        self.log("test/f1_macro", self.test_f1.compute())
+        self.log("test/f1_macro", macro_f1)
         recall = confusion.diag().float() / confusion.sum(dim=1).clamp(min=1).float()  # rows: true labels
         for name, f1, r in zip(self.label_names, class_f1, recall):
             self.log(f"test/f1/{name}", f1)
@@ -364,6 +371,9 @@ class VDCNNClassifier(pl.LightningModule):
         logits = raw.sum(1)  # equal weights, temperature 1
         weighted = (raw * weights[None, :, None]).sum(1)  # the model's, before its temperature
         labels = labels.cpu()
+        alone = branch_accuracies(raw, labels) if raw.shape[1] > 1 else {}
+        for name, value in alone.items():
+            self.log(f"test/acc_{name}", value)
         before = reliability_bins(logits.softmax(-1), labels)
         after = reliability_bins((weighted / temperature).softmax(-1), labels)
         nll_before, nll_after = nll(logits, labels), nll(weighted, labels, temperature)
@@ -375,15 +385,21 @@ class VDCNNClassifier(pl.LightningModule):
         if self.trainer.is_global_zero:
             n_texts = int(confusion.sum())
             print(f"\nTest error: {100.0 * (1.0 - float(acc)):.2f} % "
-                  f"(accuracy {100.0 * float(acc):.2f} % on {n_texts} {self._unit})")
-            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-            png = plot_confusion_matrix(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.png")
-            table = write_confusion_csv(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.csv")
-            print(f"Confusion matrix: {png} (counts: {table.name})")
+                  f"(accuracy {100.0 * float(acc):.2f} % on {n_texts} {self._unit}), macro-F1 {100.0 * float(macro_f1):.2f} %")
+            if alone:
+                print("Each branch alone (the other's weight 0): "
+                      + ", ".join(f"{BRANCH_NAMES.get(k, k)} {100.0 * v:.2f} %" for k, v in alone.items())
+                      + f" (the model: {100.0 * float(acc):.2f} %)")
             if bool((weights != 1.0).any()):
                 equal = float((logits.argmax(1) == labels).double().mean())
                 print(f"Branch weights (cnn/ngrams) {'/'.join(f'{w:.2f}' for w in weights.tolist())}, fitted on the "
                       f"validation split: accuracy {100.0 * float(acc):.2f} % (equal weights: {100.0 * equal:.2f} %)")
+            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            table = write_per_class_csv(confusion.cpu(), class_f1.cpu(), self.label_names, out_dir / "per_class_test.csv")
+            worst = sorted(range(len(self.label_names)), key=lambda i: (float(class_f1[i]), self.label_names[i]))
+            worst = worst[: min(3, len(worst) - 1)]
+            print("Worst classes by F1: " + ", ".join(f"{self.label_names[i]} {100.0 * float(class_f1[i]):.2f} %" for i in worst)
+                  + f" (every class: {table.name})")
             if temperature != 1.0 or bool((weights != 1.0).any()):
                 panels = [("uncalibrated (temperature 1)", before), (f"temperature {temperature:.3f}", after)]
                 print(f"Calibration (temperature {temperature:.3f}, fitted on the validation split): "
@@ -393,6 +409,10 @@ class VDCNNClassifier(pl.LightningModule):
                 panels = [("uncalibrated (temperature 1)", before)]
                 print(f"Calibration: none (temperature 1): NLL {nll_before:.4f}, ECE {100 * before.ece:.2f} % "
                       f"({N_BINS} bins); `vdcnn-res calibrate --ckpt_path CKPT --data.valid FILE` fits a temperature")
+            png = plot_confusion_matrix(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.png")
+            counts = write_confusion_csv(confusion.cpu(), self.label_names, out_dir / "confusion_matrix_test.csv")
+            print(f"Per-class scores: {table}")
+            print(f"Confusion matrix: {png} (counts: {counts.name})")
             print(f"Reliability diagram: {plot_reliability(panels, out_dir / 'reliability_test.png')}")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -436,6 +456,8 @@ class VDCNNClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if getattr(self, "_diverged", None):  # e.g. ModelCheckpoint(save_on_exception=True): never save NaN weights
             raise UserError(self._diverged)
+        if self._trainer is not None:  # how the model was trained: test and predict evaluate the same way
+            checkpoint["run"] = training_run(self.trainer)
         # The temperature fitted on these very weights' validation logits; other saves keep 1.
         state = checkpoint.get("state_dict")
         if self._calibration_step != checkpoint.get("global_step") or not isinstance(state, dict):
@@ -509,6 +531,13 @@ _CALIBRATION_KEYS = ("temperature", "texts", "nll_before", "nll_after", "ece_bef
 _BRANCH_WEIGHT_KEYS = ("branch_weights", "heldout_nll_mix", "heldout_nll_equal", "accuracy_before", "accuracy_after")
 
 
+def training_run(trainer: pl.Trainer) -> dict[str, Any]:
+    """What a checkpoint records of the run that trained it: ``precision`` (Lightning's name,
+    e.g. ``bf16-mixed``) and ``seed`` (the run's ``seed_everything``; None when it was not seeded)."""
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by Lightning's seed_everything
+    return {"precision": str(trainer.precision), "seed": int(seed) if seed and seed.lstrip("-").isdigit() else None}
+
+
 def balanced_positive_weights(positives: Any, n: int, label_names: list[str]) -> list[float]:
     """Multi-label ``pos_weight`` per label: negatives / positives in the training split (a label
     without positive texts is an error, one present in every text gets 1)."""
@@ -558,6 +587,36 @@ TRAIN_AS_VALID_NO_TEMPERATURE = (
 )
 
 BRANCHES = ("cnn", "ngrams")  # VDCNN.branch_logits' keys
+BRANCH_NAMES = {"cnn": "CNN", "ngrams": "n-gram bag"}  # as the test summary names them
+
+
+def branch_accuracies(branch_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Each branch's own accuracy: ``branch_logits`` (N, branches, C) in ``BRANCHES`` order (each
+    branch's logits before weights and temperature, as ``VDCNN.branch_logits`` gives them), labels
+    (N,). A branch alone predicts as the model does with every other branch's weight at 0 (its own
+    positive weight and the temperature do not change the arg max)."""
+    if branch_logits.ndim != 3 or branch_logits.shape[1] > len(BRANCHES) or len(labels) != len(branch_logits):
+        raise ValueError(f"need (N, branches <= {len(BRANCHES)}, C) logits and N labels, got {tuple(branch_logits.shape)}")
+    hits = branch_logits.argmax(-1) == labels.to(branch_logits.device)[:, None]  # (N, branches)
+    return {name: float(hits[:, i].double().mean()) for i, name in enumerate(BRANCHES[: branch_logits.shape[1]])}
+
+
+def write_per_class_csv(confusion: torch.Tensor, f1: torch.Tensor, label_names: list[str], path: Path) -> Path:
+    """Precision, recall, F1 and support per class (rows: label-id order) from a confusion matrix
+    (rows: true labels), written atomically; returns the path."""
+    confusion = confusion.double()
+    support = confusion.sum(dim=1)
+    precision = confusion.diag() / confusion.sum(dim=0).clamp(min=1)
+    recall = confusion.diag() / support.clamp(min=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "precision", "recall", "f1", "support"])
+        for name, p, r, score, n in zip(label_names, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist()):
+            writer.writerow([name, f"{p:.4f}", f"{r:.4f}", f"{score:.4f}", int(n)])
+    os.replace(tmp, path)
+    return path
 
 
 def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:

@@ -1,6 +1,15 @@
-"""What a training run prints: one line per epoch, and a model summary with the model's FLOPs.
+"""What a training run prints: one line per epoch, one line when early stopping ends the run, and
+a model summary with the model's FLOPs.
 
     epoch 3/30  steps 375  train loss 0.8123 acc 71.20 %  val acc 74.50 % macro-F1 73.91 %  1 min 23 s  (best)
+    Early stopping ended the run after epoch 14/30: val/acc did not improve for 4 validations. Best epoch: 10 (val/acc 76.12 %).
+
+Epochs count from 1, in these lines and in checkpoint names (``best-epoch=03-step=375.ckpt`` is
+the model of the line ``epoch 3/30 ... (best)``). ``(best)`` marks the epoch whose model the
+checkpoint callback kept as best, so it follows ``checkpoint.monitor`` (``val/loss`` in the series
+recipe), not accuracy. An epoch without validation (``trainer.check_val_every_n_epoch`` > 1) shows
+no validation numbers; with ``data.train_as_valid`` they are named ``train-eval`` (the training
+split, evaluated in eval mode), not ``val``.
 """
 
 from __future__ import annotations
@@ -8,17 +17,17 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelSummary
+from pytorch_lightning.callbacks import EarlyStopping, ModelSummary
 from pytorch_lightning.utilities.model_summary import summarize
 from pytorch_lightning.utilities.model_summary.model_summary import _format_summary_table
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from vdcnn_res.model.flops import forward_flops
 
-__all__ = ["EpochSummary", "FlopsModelSummary", "format_duration"]
+__all__ = ["EpochSummary", "FlopsModelSummary", "format_duration", "format_metric"]
 
 
 def format_duration(seconds: float) -> str:
@@ -35,34 +44,97 @@ def _percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.2f} %"
 
 
-class EpochSummary(pl.Callback):
-    """Prints one line per training epoch: steps, mean training loss and accuracy, validation
-    accuracy and macro-F1 (of the epoch's last validation), time since the start of fit.
+def format_metric(name: str, value: float) -> str:
+    """A logged metric as a person reads it: accuracies and F1 in %, losses with 4 decimals."""
+    if math.isnan(value):
+        return "-"
+    last = name.rsplit("/", 1)[-1]
+    return _percent(value) if last.startswith(("acc", "f1")) else f"{value:.4f}"
 
-    The line goes through the progress bar when there is one (so it does not break the bar),
-    else to stdout; under DDP only rank 0 prints.
+
+def _say(trainer: pl.Trainer, line: str) -> None:
+    """One line on stdout, through the progress bar when there is one (so it does not break the bar)."""
+    bar = trainer.progress_bar_callback
+    if bar is not None and bar.is_enabled:
+        bar.print(line)
+    else:
+        print(line, flush=True)
+
+
+class EpochSummary(pl.Callback):
+    """Prints one line per training epoch: steps, mean training loss and accuracy, the numbers of
+    the epoch's validation (none when the epoch did not validate), time since the start of fit;
+    and one line when early stopping ends the run. Under DDP only rank 0 prints.
+
+    Args:
+        monitor: the metric ``(best)`` follows; None (default) follows the checkpoint callback,
+            so ``(best)`` marks the epoch saved as the best checkpoint (without one: ``val/acc``).
+        mode: ``max`` or ``min`` for an explicit ``monitor`` (default ``max``).
+        chance_warning_after: share of the budget after which a training loss still at chance
+            is warned about once; 0 or more than 1: never.
+
+    It also logs ``epoch`` (counted from 1) at every training step, not to the loggers: checkpoint
+    names read it (Lightning's ModelCheckpoint takes a logged ``epoch``), so they number epochs as
+    these lines do.
     """
 
-    def __init__(self, monitor: str = "val/acc", chance_warning_after: float = 0.25) -> None:
+    def __init__(self, monitor: str | None = None, mode: Literal["max", "min"] = "max", chance_warning_after: float = 0.25) -> None:
         self.monitor = monitor
+        self.mode = mode
         self.chance_warning_after = chance_warning_after  # share of the budget; 0 or more than 1: never
         self._losses: list[float] = []
         self._start = 0.0
-        self._best = -math.inf
         self._warned = False
+        self._validated = False
+        self._best = math.nan
+        self._best_path = ""
+        self.best_epoch: int | None = None  # counted from 1, as in the lines
+        self.best_value = math.nan
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
-        self._best = -math.inf
         self._warned = False
+        self._best = math.nan
+        self.best_epoch, self.best_value = None, math.nan
+        callback = trainer.checkpoint_callback
+        self._best_path = getattr(callback, "best_model_path", "") or ""  # a resumed run's best so far
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._losses = []
+        self._validated = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
         loss = outputs.get("model_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._losses.append(float(loss.detach()))
+        # ModelCheckpoint names files with a logged "epoch" when there is one: count from 1 there too.
+        pl_module.log("epoch", float(trainer.current_epoch + 1), on_step=True, on_epoch=False, logger=False)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def _watched(self, trainer: pl.Trainer) -> tuple[str, str, Any]:
+        """(metric, mode, checkpoint callback or None) that ``(best)`` follows."""
+        callback = trainer.checkpoint_callback
+        if self.monitor is None and callback is not None and getattr(callback, "monitor", None):
+            return callback.monitor, callback.mode, callback
+        return self.monitor or "val/acc", self.mode if self.monitor else "max", None
+
+    def _improved(self, trainer: pl.Trainer, score: float) -> bool:
+        monitor, mode, callback = self._watched(trainer)
+        if callback is not None:  # the epoch whose model the checkpoint callback just kept as best
+            path = getattr(callback, "best_model_path", "") or ""
+            if path and path != self._best_path:
+                self._best_path = path
+                return True
+            return False
+        if math.isnan(score):
+            return False
+        if math.isnan(self._best) or (score > self._best if mode == "max" else score < self._best):
+            self._best = score
+            return True
+        return False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -73,25 +145,39 @@ class EpochSummary(pl.Callback):
             return float(metrics[name]) if name in metrics else math.nan
 
         loss = sum(self._losses) / len(self._losses) if self._losses else math.nan
-        val_acc = metric("val/acc")
-        score = metric(self.monitor)
-        improved = not math.isnan(score) and score > self._best
+        monitor = self._watched(trainer)[0]
+        improved = self._validated and self._improved(trainer, metric(monitor))
         if improved:
-            self._best = score
+            self.best_epoch, self.best_value = trainer.current_epoch + 1, metric(monitor)
         cap = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         line = (
             f"epoch {trainer.current_epoch + 1}{cap}  steps {trainer.global_step}  "
             f"train loss {loss:.4f} acc {_percent(metric('train/acc'))}  "
-            f"val acc {_percent(val_acc)} macro-F1 {_percent(metric('val/f1_macro'))}  "
-            f"{format_duration(time.perf_counter() - self._start)}"
-            + ("  (best)" if improved else "")
         )
-        bar = trainer.progress_bar_callback
-        if bar is not None and bar.is_enabled:
-            bar.print(line)
-        else:
-            print(line, flush=True)
+        if self._validated:
+            name = "train-eval" if _train_as_valid(trainer) else "val"
+            shown_loss = f"loss {metric('val/loss'):.4f} " if monitor == "val/loss" else ""
+            line += f"{name} {shown_loss}acc {_percent(metric('val/acc'))} macro-F1 {_percent(metric('val/f1_macro'))}  "
+        line += format_duration(time.perf_counter() - self._start) + ("  (best)" if improved else "")
+        _say(trainer, line)
         self._warn_if_at_chance(trainer, pl_module, loss)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One line when early stopping ended the run: after which epoch, why, and the best epoch."""
+        if not trainer.is_global_zero:
+            return
+        stopper = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping) and _stopped(cb)), None)
+        if stopper is None:
+            return
+        cap = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        why = getattr(stopper, "stopping_reason_message", None) or ""
+        if getattr(getattr(stopper, "stopping_reason", None), "name", "") == "PATIENCE_EXHAUSTED" or not why:
+            why = f"{stopper.monitor} did not improve for {stopper.patience} validations"
+        line = f"Early stopping ended the run after epoch {stopper.stopped_epoch + 1}{cap}: {why.rstrip('.')}."
+        if self.best_epoch is not None:
+            monitor = self._watched(trainer)[0]
+            line += f" Best epoch: {self.best_epoch} ({monitor} {format_metric(monitor, self.best_value)})."
+        _say(trainer, line)
 
     def _warn_if_at_chance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: float) -> None:
         """One warning when the training loss is still at chance (ln C, the loss of a uniform guess
@@ -118,6 +204,20 @@ class EpochSummary(pl.Callback):
                 + ("try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch, or a lower --model.optim.lr"),
                 stacklevel=2,
             )
+
+
+def _train_as_valid(trainer: pl.Trainer) -> bool:
+    """Whether the run validates on its own training split (the series recipe's data.train_as_valid)."""
+    hparams = getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}
+    return bool(hparams.get("train_as_valid"))
+
+
+def _stopped(callback: EarlyStopping) -> bool:
+    """Whether this early-stopping callback ended the run."""
+    reason = getattr(callback, "stopping_reason", None)
+    if reason is not None:
+        return getattr(reason, "name", "") != "NOT_STOPPED"
+    return callback.stopped_epoch > 0
 
 
 class FlopsModelSummary(ModelSummary):

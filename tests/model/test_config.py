@@ -123,3 +123,13 @@ def test_invalid_configs_raise_clear_value_errors(kwargs, match):
 def test_unknown_depth_is_fine_with_a_custom_layout():
     # depth is only a key into VARIANTS; a custom layout makes it irrelevant.
     assert ModelConfig(depth=11, blocks_per_stage=(1, 1, 1, 1)).layout == (1, 1, 1, 1)
+
+
+def test_masked_norm_is_the_default_and_files_without_it_load_plain_batchnorm():
+    from dataclasses import asdict
+
+    assert ModelConfig().masked_norm is True
+    old = asdict(ModelConfig())
+    del old["masked_norm"]  # a checkpoint or config.json written before the field existed
+    assert ModelConfig.from_dict(old).masked_norm is False  # what that model was trained with
+    assert ModelConfig.from_dict(asdict(ModelConfig())).masked_norm is True

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from vdcnn_res.model.layers import (
     KMaxDownsample,
     KMaxPool1d,
+    MaskedBatchNorm1d,
     MaskedMaxPool1d,
     halve_lengths,
     kmax_pool1d,
@@ -153,3 +154,69 @@ def test_pooling_in_bfloat16():
     y = kmax_pool1d(x, 4, pad)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y[:1], reference_kmax(x[:1], 4), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- masked BatchNorm
+
+
+def valid_columns(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(B, C, L) -> (C, sum of lengths): every valid position of every row, side by side."""
+    return torch.cat([x[i, :, :n] for i, n in enumerate(lengths)], dim=1)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_masked_batchnorm_is_batchnorm_over_valid_positions(momentum):
+    torch.manual_seed(0)
+    lengths = [11, 4, 7]
+    x = torch.randn(3, 5, 11) * 3 + 2
+    x[1, :, 4:] = 50.0  # padding content must not matter
+    keep = ~padding_mask(torch.tensor(lengths), 11)
+    masked = MaskedBatchNorm1d(5, momentum=momentum)
+    plain = torch.nn.BatchNorm1d(5, momentum=momentum)
+    with torch.no_grad():
+        for bn in (masked, plain):
+            bn.weight.copy_(torch.linspace(0.5, 2.0, 5))
+            bn.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    xm = x.clone().requires_grad_()
+    xr = valid_columns(x, lengths)[None].clone().requires_grad_()  # (1, C, N): plain BN sees only valid positions
+    for _ in range(2):  # running statistics after two steps, plain momentum and cumulative average
+        out = masked(xm, keep)
+        ref = plain(xr)
+    torch.testing.assert_close(valid_columns(out, lengths), ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked.running_mean, plain.running_mean)
+    torch.testing.assert_close(masked.running_var, plain.running_var)
+    assert int(masked.num_batches_tracked) == 2
+    # Gradients: the same loss on valid positions gives the same input and affine gradients.
+    w = torch.randn(5, sum(lengths))
+    (valid_columns(out, lengths) * w).sum().backward()
+    (ref[0] * w).sum().backward()
+    torch.testing.assert_close(valid_columns(xm.grad, lengths), xr.grad[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(masked.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-5)
+    assert xm.grad[1, :, 4:].abs().max() == 0  # padding gets no gradient through the statistics
+
+
+def test_masked_batchnorm_without_padding_in_eval_or_unmasked_is_torchs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9)
+    full = torch.ones(2, 1, 9, dtype=torch.bool)
+    some = ~padding_mask(torch.tensor([9, 3]), 9)
+    for keep, masked in ((full, True), (some, False), (None, True)):
+        ours, torchs = MaskedBatchNorm1d(4, masked=masked), torch.nn.BatchNorm1d(4)
+        torch.testing.assert_close(ours(x, keep), torchs(x))
+        torch.testing.assert_close(ours.running_var, torchs.running_var)
+        ours.eval(), torchs.eval()
+        torch.testing.assert_close(ours(x, some), torchs(x))  # eval: running statistics, no mask needed
+    assert "masked=False" in repr(MaskedBatchNorm1d(4, masked=False))
+    assert MaskedBatchNorm1d(4).state_dict().keys() == torch.nn.BatchNorm1d(4).state_dict().keys()
+
+
+def test_masked_batchnorm_statistics_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    lengths = [16, 5]
+    x = (torch.randn(2, 3, 16) + 100.0).bfloat16()  # a large mean: bf16 moments would lose the variance
+    keep = ~padding_mask(torch.tensor(lengths), 16)
+    bn = MaskedBatchNorm1d(3, momentum=1.0)
+    out = bn(x, keep)
+    assert out.dtype == torch.bfloat16
+    expected = valid_columns(x.float(), lengths).var(dim=1)  # unbiased, as running_var keeps it
+    torch.testing.assert_close(bn.running_var, expected, rtol=1e-3, atol=1e-3)

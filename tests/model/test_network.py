@@ -379,6 +379,28 @@ def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("name,shortcut,downsampling,block", EVERY)
+def test_training_mode_ignores_the_batch_mates_padding(name, shortcut, downsampling, block):
+    """Masked BatchNorm: a batch of one short and one long text gives the same training-mode
+    logits however far the batch is padded (statistics over valid positions only). In float64:
+    train-mode BN in a deep plain stack amplifies fp32 rounding (sums of other lengths) past any
+    useful tolerance, while a leak stays a leak."""
+    torch.manual_seed(0)
+    model = small(name, shortcut=shortcut, downsampling=downsampling, block=block).train().double()
+    texts = random_texts([70, 300])
+    tight, wide = (model(pad_batch(texts, n)) for n in (300, 500))
+    torch.testing.assert_close(wide, tight, rtol=0, atol=1e-6 * tight.abs().max().item())
+
+
+def test_unmasked_batchnorm_depends_on_padding_in_training():
+    """The old behaviour, kept behind masked_norm=False: what the test above guards against."""
+    torch.manual_seed(0)
+    model = small("vdcnn9", masked_norm=False).train().double()
+    texts = random_texts([70, 300])
+    tight, wide = (model(pad_batch(texts, n)) for n in (300, 500))
+    assert (wide - tight).abs().max() > 0.01 * tight.abs().max()
+
+
+@pytest.mark.parametrize("name,shortcut,downsampling,block", EVERY)
 def test_padding_invariance(name, shortcut, downsampling, block):
     torch.manual_seed(0)
     model = small(name, shortcut=shortcut, downsampling=downsampling, block=block)

@@ -72,6 +72,22 @@ def test_every_variant_trains_and_is_padding_invariant(head, downsampling, hidde
             torch.testing.assert_close(model(padded(items, 64, fill=7.0), lengths_t), alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("head,downsampling,hidden,channels", VARIANTS)
+def test_training_mode_ignores_the_batch_mates_padding(head, downsampling, hidden, channels):
+    """A short and a long input: the same training-mode logits however far the batch is padded,
+    and evaluation (running statistics of valid positions) agrees with itself alone."""
+    torch.manual_seed(0)
+    model = tiny(head, downsampling, hidden, channels).train()
+    items = inputs(model, [9, 40])
+    lengths = torch.tensor([9, 40])
+    tight = model(padded(items, 40), lengths)
+    torch.testing.assert_close(model(padded(items, 90, fill=3.0), lengths), tight, rtol=1e-4, atol=1e-5)
+    model.eval()
+    with torch.no_grad():
+        alone = torch.cat([model(x[None], torch.tensor([x.shape[-1]])) for x in items])
+        torch.testing.assert_close(model(padded(items, 90), lengths), alone, rtol=1e-4, atol=1e-5)
+
+
 def test_published_resnet_layout_module_names_and_sizes():
     config = ModelConfig(
         num_classes=3, input_channels=2, blocks_per_stage=(1, 1, 1), channels=(64, 128, 128),

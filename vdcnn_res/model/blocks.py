@@ -9,12 +9,20 @@ no addition and no module at all, so parameter counts are honest and DDP sees no
 parameters), ``nn.Identity()``, or a projection (1x1 conv + BN with the block's stride).
 Blocks never re-decide it; they only say which input the shortcut reads and which layer
 ``zero_init_last`` zeros.
+
+Every BatchNorm is a :class:`~.layers.MaskedBatchNorm1d` built by ``norm_layer`` (torchvision's
+pattern) and called with the keep mask of its input, so training statistics count valid
+positions only (``norm_layer=partial(MaskedBatchNorm1d, masked=False)``: torch's plain BN).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import MaskedBatchNorm1d
 
 __all__ = [
     "BLOCKS",
@@ -26,8 +34,12 @@ __all__ = [
     "conv3",
     "conv_k",
     "EvenSameConv1d",
+    "NormLayer",
+    "Projection",
     "projection",
 ]
+
+NormLayer = Callable[[int], MaskedBatchNorm1d]  # channels -> a BatchNorm called as norm(x, keep)
 
 
 def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:
@@ -63,9 +75,19 @@ def conv1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv1d:
     return nn.Conv1d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
-def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+class Projection(nn.Sequential):
+    """Projection shortcut: 1x1 conv with the block's stride, then BatchNorm; ``forward(x, keep)``
+    with keep (B, 1, L_out) the valid positions of the output. (A Sequential: its state-dict
+    keys ``0.weight``, ``1.*`` are those of files written before it was a class.)"""
+
+    def forward(self, x: Tensor, keep: Tensor) -> Tensor:  # type: ignore[override]
+        conv, norm = self
+        return norm(conv(x), keep).mul(keep)  # (B, C_out, L_out)
+
+
+def projection(in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer = MaskedBatchNorm1d) -> Projection:
     """Projection shortcut: 1x1 conv with the block's stride + BatchNorm."""
-    return nn.Sequential(conv1(in_channels, out_channels, stride), nn.BatchNorm1d(out_channels))
+    return Projection(conv1(in_channels, out_channels, stride), norm_layer(out_channels))
 
 
 class ResidualBlock(nn.Module):
@@ -77,8 +99,16 @@ class ResidualBlock(nn.Module):
 
     relu_after_add = True
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        shortcut: nn.Module | None = None,
+        norm_layer: NormLayer = MaskedBatchNorm1d,
+    ) -> None:
         super().__init__()
+        self.norm_layer = norm_layer  # used by build() only
         self.build(in_channels, out_channels, stride)
         self.shortcut = shortcut  # registered last: parameter order (and so seeded init) as in vdcnn-res 0.1.0
 
@@ -98,7 +128,7 @@ class ResidualBlock(nn.Module):
         if isinstance(self.shortcut, nn.Identity):
             out = out + x
         elif self.shortcut is not None:
-            out = out + self.shortcut(projected_input).mul(keep)
+            out = out + self.shortcut(projected_input, keep)
         return F.relu(out) if self.relu_after_add else out
 
 
@@ -115,23 +145,24 @@ class BasicConvResBlock(ResidualBlock):
         out_channels: int,
         stride: int = 1,
         shortcut: nn.Module | None = None,
+        norm_layer: NormLayer = MaskedBatchNorm1d,
         kernel_sizes: tuple[int, ...] = (3, 3),
     ) -> None:
         self.kernel_sizes = tuple(kernel_sizes)
-        super().__init__(in_channels, out_channels, stride, shortcut)
+        super().__init__(in_channels, out_channels, stride, shortcut, norm_layer)
 
     def build(self, in_channels: int, out_channels: int, stride: int) -> None:
         for i, kernel in enumerate(self.kernel_sizes, start=1):
             cin = in_channels if i == 1 else out_channels
             setattr(self, f"conv{i}", conv_k(cin, out_channels, kernel, stride if i == 1 else 1))
-            setattr(self, f"bn{i}", nn.BatchNorm1d(out_channels))
+            setattr(self, f"bn{i}", self.norm_layer(out_channels))
 
     def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
         out = x
         last = len(self.kernel_sizes)
         for i in range(1, last):
-            out = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out)).mul(keep))
-        return getattr(self, f"bn{last}")(getattr(self, f"conv{last}")(out)).mul(keep), x
+            out = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out), keep).mul(keep))
+        return getattr(self, f"bn{last}")(getattr(self, f"conv{last}")(out), keep).mul(keep), x
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(getattr(self, f"bn{len(self.kernel_sizes)}").weight)
@@ -147,14 +178,15 @@ class PreActConvResBlock(ResidualBlock):
     relu_after_add = False
 
     def build(self, in_channels: int, out_channels: int, stride: int) -> None:
-        self.bn1 = nn.BatchNorm1d(in_channels)
+        self.bn1 = self.norm_layer(in_channels)
         self.conv1 = conv3(in_channels, out_channels, stride)
-        self.bn2 = nn.BatchNorm1d(out_channels)
+        self.bn2 = self.norm_layer(out_channels)
         self.conv2 = conv3(out_channels, out_channels)
 
     def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        pre = F.relu(self.bn1(x).mul(~pad_in))  # (B, C_in, L_in)
-        out = F.relu(self.bn2(self.conv1(pre)).mul(keep))
+        keep_in = ~pad_in
+        pre = F.relu(self.bn1(x, keep_in).mul(keep_in))  # (B, C_in, L_in)
+        out = F.relu(self.bn2(self.conv1(pre), keep).mul(keep))
         return self.conv2(out).mul(keep), pre
 
     def zero_init_last(self) -> None:
@@ -174,16 +206,17 @@ class BottleneckConvResBlock(ResidualBlock):
     def build(self, in_channels: int, out_channels: int, stride: int) -> None:
         mid = max(1, out_channels // 4)
         self.conv1 = conv1(in_channels, mid)
-        self.bn1 = nn.BatchNorm1d(mid)
+        self.bn1 = self.norm_layer(mid)
         self.conv2 = conv3(mid, mid, stride)
-        self.bn2 = nn.BatchNorm1d(mid)
+        self.bn2 = self.norm_layer(mid)
         self.conv3 = conv1(mid, out_channels)
-        self.bn3 = nn.BatchNorm1d(out_channels)
+        self.bn3 = self.norm_layer(out_channels)
 
     def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        out = F.relu(self.bn1(self.conv1(x)).mul(~pad_in))  # (B, C/4, L_in)
-        out = F.relu(self.bn2(self.conv2(out)).mul(keep))  # (B, C/4, L_out)
-        return self.bn3(self.conv3(out)).mul(keep), x  # (B, C, L_out)
+        keep_in = ~pad_in
+        out = F.relu(self.bn1(self.conv1(x), keep_in).mul(keep_in))  # (B, C/4, L_in)
+        out = F.relu(self.bn2(self.conv2(out), keep).mul(keep))  # (B, C/4, L_out)
+        return self.bn3(self.conv3(out), keep).mul(keep), x  # (B, C, L_out)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)

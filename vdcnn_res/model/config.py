@@ -89,6 +89,11 @@ class ModelConfig:
     ngram_buckets: int = 262144  # rows of the n-gram embedding table (hash collisions share a row)
     ngram_dim: int = 64  # width of the n-gram embedding
     ngram_dropout: float = 0.5  # dropout on the mean n-gram embedding (fastText-style bags memorise without it)
+    # BatchNorm statistics in training over valid positions only (layers.MaskedBatchNorm1d), so
+    # an input's output does not depend on its batch-mates' padding and eval-mode statistics
+    # match training's; False = torch's BatchNorm over every position, padding included (files
+    # written before the field existed load with False: what they were trained with).
+    masked_norm: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
@@ -165,7 +170,8 @@ class ModelConfig:
         """The one way a dict (YAML, checkpoint hparams, an exported config.json) becomes a config.
 
         Missing keys take their defaults (files written before a field existed keep loading),
-        except ``head_norm``: files from before it had no norm, so a missing one is ``"none"``.
+        except where the default changed what a model computes: files from before ``head_norm``
+        had no head norm (``"none"``), files from before ``masked_norm`` plain BatchNorm (False).
         ``strict`` refuses unknown keys and values of the wrong JSON type (lists stand for
         tuples); the dataclass then checks the values themselves. Errors are UserErrors.
         """
@@ -184,7 +190,8 @@ class ModelConfig:
                     raise UserError(
                         f"architecture.{key} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
                     )
-        return cls(**{"head_norm": "none", **{k: v for k, v in data.items() if k in known}})
+        old_defaults = {"head_norm": "none", "masked_norm": False}
+        return cls(**{**old_defaults, **{k: v for k, v in data.items() if k in known}})
 
     def resolved(self) -> ModelConfig:
         """This config with every "auto" made concrete (``head_norm``: "batch" with the n-gram bag,

@@ -20,6 +20,7 @@ __all__ = [
     "MaskedMaxPool1d",
     "KMaxDownsample",
     "MaskedAvgPool1d",
+    "MaskedBatchNorm1d",
 ]
 
 
@@ -145,3 +146,50 @@ class MaskedAvgPool1d(nn.Module):
         keep = ~pad  # (B, 1, L)
         count = keep.sum(dim=-1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1, 1)
         return x.mul(keep).sum(dim=-1, keepdim=True) / count
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics count a batch's valid positions only.
+
+    ``forward(x, keep)``: x (B, C, L), keep (B, 1, L) bool, True at valid positions. In training
+    mode the batch mean and variance (and so the running estimates) are taken over the valid
+    positions, so a text's or series' output does not depend on how much padding its
+    batch-mates add, and evaluation (running statistics, torch's own kernel) normalises with
+    statistics of the same kind the model was trained with. Plain BatchNorm averages the padded
+    zeros in: with unequal lengths the training-mode and eval-mode outputs disagree.
+
+    ``masked=False`` ignores ``keep`` (torch's BatchNorm over every position, as in vdcnn-res
+    before masked statistics existed); a batch without padding takes torch's kernel either way
+    (the same statistics). Parameters and buffers are BatchNorm1d's, so state dicts are unchanged.
+    """
+
+    def __init__(self, num_features: int, masked: bool = True, **kwargs: object) -> None:
+        super().__init__(num_features, **kwargs)  # type: ignore[arg-type]
+        self.masked = masked
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        if not (self.masked and self.training and keep is not None) or bool(keep.all()):
+            return super().forward(x)
+        # Two passes (mean, then the variance of centred values) in at least fp32: one-pass
+        # moments cancel badly in deep plain stacks, whose train-mode outputs amplify the error.
+        xs = x.to(torch.promote_types(x.dtype, torch.float32))
+        n = keep.sum().clamp(min=1).to(xs.dtype)  # valid positions in the batch
+        share = keep.numel() / n  # (B * L) / valid: turns a mean over all positions into one over valid ones
+        mean = xs.mul(keep).mean(dim=(0, 2)) * share  # (C,)
+        var = (xs - mean[:, None]).mul(keep).square().mean(dim=(0, 2)) * share  # (C,), biased
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                unbiased = var * (n / (n - 1).clamp(min=1))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        scale = torch.rsqrt(var + self.eps)  # (C,)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        return torch.addcmul(shift.to(x.dtype)[:, None], x, scale.to(x.dtype)[:, None])  # (B, C, L)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.masked else ", masked=False")

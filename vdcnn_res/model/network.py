@@ -11,9 +11,11 @@ stream, so a conv sees zeros past a text's end exactly as zero padding at a sequ
 Max pooling fills padding with the dtype's lowest value first; k-max pooling only ever
 selects valid positions. Texts shorter than `min_length` are right-padded to it and the
 padded part counts as real (zero-embedding) content, so the head always has `kmax`
-positions to choose from. In training mode BatchNorm's batch statistics still include the
-padded zeros (and a one-position conv spill past each text's end, zeroed right after the
-BN): accepted, the alternative is a masked BatchNorm that torch does not provide.
+positions to choose from. In training mode too, with ``masked_norm`` (the default), every
+BatchNorm takes its batch statistics over valid positions only (``MaskedBatchNorm1d``), so a
+text's outputs depend on its batch-mates only through those statistics, never through their
+padding; ``masked_norm=False`` is torch's BatchNorm, whose statistics average the padded zeros
+(and a one-position conv spill past each text's end) in.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from torch import Tensor, nn
 from ..errors import UserError
 from .blocks import BLOCKS, ResidualBlock, projection
 from .config import VARIANTS, ModelConfig
-from .layers import KMaxDownsample, KMaxPool1d, MaskedAvgPool1d, MaskedMaxPool1d, halve_lengths, padding_mask
+from .layers import (
+    KMaxDownsample,
+    KMaxPool1d,
+    MaskedAvgPool1d,
+    MaskedBatchNorm1d,
+    MaskedMaxPool1d,
+    halve_lengths,
+    padding_mask,
+)
 from .ngrams import HashedNGramBag
 
 __all__ = [
@@ -92,12 +102,15 @@ def make_stage(
     downsampling: str,
     shortcut: bool,
     kernel_sizes: tuple[int, ...] = (3, 3),
+    masked_norm: bool = True,
 ) -> Stage:
     """Build one stage; decides every block's shortcut (a projection only for the first block).
 
-    ``kernel_sizes`` other than (3, 3) are for basic blocks only (the config checks it).
+    ``kernel_sizes`` other than (3, 3) are for basic blocks only (the config checks it);
+    ``masked_norm`` makes every BatchNorm's training statistics count valid positions only.
     """
     block_cls = BLOCKS[block]
+    norm_layer = functools.partial(MaskedBatchNorm1d, masked=masked_norm)
     halves = halves and downsampling != "none"
     stride = 2 if halves and downsampling == "conv" else 1
     kernels = {} if tuple(kernel_sizes) == (3, 3) else {"kernel_sizes": tuple(kernel_sizes)}
@@ -106,12 +119,13 @@ def make_stage(
         if not shortcut:
             return None
         if s != 1 or cin != out_channels:
-            return projection(cin, out_channels, s)
+            return projection(cin, out_channels, s, norm_layer)
         return nn.Identity()
 
-    blocks = [block_cls(in_channels, out_channels, stride, make_shortcut(in_channels, stride), **kernels)]
+    blocks = [block_cls(in_channels, out_channels, stride, make_shortcut(in_channels, stride), norm_layer, **kernels)]
     blocks += [
-        block_cls(out_channels, out_channels, 1, make_shortcut(out_channels, 1), **kernels) for _ in range(num_blocks - 1)
+        block_cls(out_channels, out_channels, 1, make_shortcut(out_channels, 1), norm_layer, **kernels)
+        for _ in range(num_blocks - 1)
     ]
     downsample: nn.Module | None = None
     if halves and downsampling == "maxpool":
@@ -152,13 +166,21 @@ class VDCNN(nn.Module):
         for i, (out_channels, num_blocks) in enumerate(zip(c.channels, c.layout)):
             stages.append(
                 make_stage(
-                    c.block, in_channels, out_channels, num_blocks, i > 0, c.downsampling, c.shortcut, c.kernel_sizes
+                    c.block,
+                    in_channels,
+                    out_channels,
+                    num_blocks,
+                    i > 0,
+                    c.downsampling,
+                    c.shortcut,
+                    c.kernel_sizes,
+                    c.masked_norm,
                 )
             )
             in_channels = out_channels
         self.stages = nn.ModuleList(stages)
         # Pre-activation blocks end without BN-ReLU; the network adds it once before the head.
-        self.final_norm = nn.BatchNorm1d(in_channels) if c.block == "preact" else None
+        self.final_norm = MaskedBatchNorm1d(in_channels, masked=c.masked_norm) if c.block == "preact" else None
         self.pool = KMaxPool1d(c.kmax) if c.head == "kmax_mlp" else MaskedAvgPool1d()
         head_norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(c.head_norm)
         hidden: dict[str, nn.Module] = (
@@ -299,7 +321,7 @@ class VDCNN(nn.Module):
         for stage in self.stages:
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))
         if self.final_norm is not None:
-            x = F.relu(self.final_norm(x))  # padding left as is: the k-max skips it
+            x = F.relu(self.final_norm(x, ~pad))  # padding left as is: the pooling skips it
         x = self.pool(x, pad)  # (B, C, kmax) or (B, C, 1)
         return x.flatten(1)  # (B, C * kmax) or (B, C)
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SETS = ("ArrowHead", "BasicMotions", "GunPoint", "ItalyPowerDemand", "JapaneseVowels")
+SETS = ("ArrowHead", "BasicMotions", "Coffee", "GunPoint", "ItalyPowerDemand", "JapaneseVowels", "PLAID")
 VDCNN_RES = [sys.executable, "-m", "vdcnn_res.cli"]
 _ACCURACY = re.compile(r"accuracy ([0-9.]+) % on (\d+)")
 

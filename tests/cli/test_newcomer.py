@@ -201,7 +201,7 @@ def test_exported_files_share_the_normal_mode(ckpt, tmp_path):
     os.umask(umask)
     main(["export", "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path / "model")])
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()}
-    assert set(modes) == {"model.safetensors", "config.json", "tokenizer.json"}
+    assert set(modes) == {"model.safetensors", "config.json", "tokenizer.json", "README.md"}
     assert set(modes.values()) == {0o666 & ~umask}, modes
 
 

@@ -18,6 +18,7 @@ from vdcnn_res.data.batching import texts_to_batches
 from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.inference.model_files import (
     CALIBRATED_FORMAT_VERSION,
+    CARD_FILE,
     CONFIG_FILE,
     ONNX_FILE,
     TEXT_FORMAT_VERSION,
@@ -51,7 +52,7 @@ def edit_config(folder, change) -> None:
 
 
 def test_export_writes_safetensors_config_and_tokenizer(exported, ckpt):
-    assert sorted(p.name for p in exported.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, ONNX_FILE])
+    assert sorted(p.name for p in exported.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, CARD_FILE, ONNX_FILE])
     config = json.loads((exported / CONFIG_FILE).read_text())
     # format_version 1 stays readable by older versions; a calibrated model's export is version 3
     # (both are tested with explicit temperatures in tests/inference/test_calibrated_files.py)
@@ -182,6 +183,16 @@ def test_export_refuses_to_overwrite_unless_asked(ckpt, exported, capsys):
     assert "--overwrite" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_a_readme_in_the_target_folder_is_not_replaced_unless_asked(ckpt, tmp_path, capsys):
+    """The model card is README.md: a folder that has one (a user's notes) is refused like the model files."""
+    (tmp_path / CARD_FILE).write_text("my notes")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "already holds ['README.md']; choose another --out_dir or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / CARD_FILE).read_text() == "my notes" and not (tmp_path / WEIGHTS_FILE).exists()
+
+
 def test_export_command_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--out_dir", str(tmp_path / "out")])
@@ -272,6 +283,7 @@ def test_series_export_is_version_2_with_its_preprocessing_and_no_tokenizer(tmp_
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
     assert config["format_version"] == 2 and config["series"] == {"normalize": "zscore", "missing": "zero", "max_length": 50}
     assert "max_length" not in config and not (tmp_path / TOKENIZER_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE, CARD_FILE])
     loaded = read_pretrained(tmp_path)
     assert loaded.tokenizer == prep and loaded.max_length == 50 and loaded.model.config.input_channels == 2
     with pytest.raises(UserError, match="saved with its SeriesPreprocessing"):

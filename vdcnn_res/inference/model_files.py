@@ -6,6 +6,7 @@ An exported model is a directory that loads without unpickling anything:
     config.json         {"format_version", "architecture" (= asdict(ModelConfig)),
                          "label_names", "max_length"}, validated strictly on load
     tokenizer.json      the `tokenizers` tokenizer used in training
+    README.md           the model card with the Hub's YAML metadata (model_card.py); not read to load
     model.onnx          optional, written by `vdcnn-res export --onnx` (see onnx.py)
 
 A series model (``architecture.input_channels > 0``) has no tokenizer.json: its config.json
@@ -31,12 +32,16 @@ The loaders attach the thresholds to the loaded VDCNN (:func:`model_thresholds`)
 writes that model again (an export, ``save_pretrained``, the ONNX graph) carries them.
 
 Lightning checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data
-only, so a checkpoint cannot run code while it is read.
+only, so a checkpoint cannot run code while it is read. They are the user's own files (written by
+`vdcnn-res fit`); a model folder, possibly downloaded (inference/hub.py), is read from
+safetensors and JSON only: pickle files in it (``.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.pkl``,
+...) are never opened, ignored beside model.safetensors and refused without it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -53,6 +58,7 @@ from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.model import VDCNN, ModelConfig, build_model, upgrade_state_dict
 
 __all__ = [
+    "CARD_FILE",
     "CONFIG_FILE",
     "BRANCH_WEIGHTS_FORMAT_VERSION",
     "CALIBRATED_FORMAT_VERSION",
@@ -82,10 +88,12 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
+CARD_FILE = "README.md"  # the model card (model_card.py): documentation, never read to load the model
 _CONFIG_KEYS = ("format_version", "architecture", "label_names", "max_length")
 _SERIES_CONFIG_KEYS = ("format_version", "architecture", "label_names", "series")
 _MULTILABEL_KEYS = ("task", "thresholds")
 _THRESHOLDS_ATTR = "vdcnn_res_thresholds"  # where a loaded multi-label VDCNN keeps its thresholds
+_log = logging.getLogger(__name__)
 _DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state_dict() in a checkpoint
 _SERIES_STATE_KEY = "SeriesDataModule"  # ... and SeriesDataModule.state_dict()
 
@@ -248,9 +256,11 @@ def load_checkpoint_safely(path: str | os.PathLike[str]) -> dict[str, Any]:
     return checkpoint
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
-    """Model, tokenizer, label names and max_length from a checkpoint written by `vdcnn-res fit`."""
-    checkpoint = load_checkpoint_safely(path)
+def read_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any] | None = None) -> LoadedModel:
+    """Model, tokenizer, label names and max_length from a checkpoint written by `vdcnn-res fit`
+    (full, or a slim best checkpoint); ``checkpoint``: its contents, when already loaded safely."""
+    if checkpoint is None:
+        checkpoint = load_checkpoint_safely(path)
     where = f"checkpoint {str(path)!r}"
     hparams = checkpoint.get("hyper_parameters")
     if isinstance(checkpoint.get(_SERIES_STATE_KEY), dict) and isinstance(hparams, dict) and "arch" in hparams:
@@ -307,11 +317,15 @@ def write_pretrained(
     label_names: list[str],
     max_length: int | None,
     overwrite: bool = False,
+    card: Any = None,
 ) -> list[Path]:
-    """Write model.safetensors, config.json and tokenizer.json into ``out_dir``; returns the paths.
+    """Write model.safetensors, config.json, tokenizer.json and the model card README.md into
+    ``out_dir``; returns the paths.
 
     A series model (``tokenizer`` is its SeriesPreprocessing) gets no tokenizer.json; its
     config.json holds the preprocessing (``max_length`` is then the preprocessing's).
+    ``card``: a ``huggingface_hub.ModelCard`` (model_card.py); None writes the card the model
+    alone gives (no training data or test results).
     """
     from safetensors.torch import save
 
@@ -324,7 +338,7 @@ def write_pretrained(
     if series and thresholds is not None:
         raise UserError("multi-label series models are not supported; a series model has one label per series")
     out = Path(out_dir)
-    paths = [out / WEIGHTS_FILE, out / CONFIG_FILE] + ([] if series else [out / TOKENIZER_FILE])
+    paths = [out / WEIGHTS_FILE, out / CONFIG_FILE] + ([] if series else [out / TOKENIZER_FILE]) + [out / CARD_FILE]
     existing = [p.name for p in paths if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{str(out)!r} already holds {existing}; choose another --out_dir or pass --overwrite")
@@ -363,6 +377,11 @@ def write_pretrained(
     paths[1].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if not series:
         tokenizer.save(str(paths[2]))
+    if card is None:
+        from vdcnn_res.inference.model_card import build_model_card
+
+        card = build_model_card(LoadedModel(model, tokenizer, list(label_names), max_length), name=out.name)
+    paths[-1].write_text(str(card), encoding="utf-8")
     return paths
 
 
@@ -372,6 +391,7 @@ def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
     if not d.is_dir():
         hint = " (a .ckpt file loads with Predictor.from_checkpoint)" if d.is_file() else ""
         raise MissingFileError(f"{str(d)!r} is not a folder{hint}; give the --out_dir of `vdcnn-res export`")
+    _refuse_pickles(d)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (d / name).is_file():
             raise MissingFileError(f"{str(d)!r} has no {name}; export the model again with `vdcnn-res export`")
@@ -420,6 +440,22 @@ def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
             )
         set_model_thresholds(model, raw["thresholds"], where)
     return LoadedModel(model, _tokenizer(tokenizer, config, str(d / TOKENIZER_FILE)), labels, max_length)
+
+
+def _refuse_pickles(d: Path) -> None:
+    """Pickle files in a model folder are never opened: with model.safetensors beside them they are
+    ignored (one warning line), without it the folder is refused in one line."""
+    from vdcnn_res.inference.hub import pickle_files
+
+    pickles = pickle_files([p.name for p in d.iterdir() if p.is_file()])
+    if not pickles:
+        return
+    if not (d / WEIGHTS_FILE).is_file():
+        raise UserError(
+            f"{str(d)!r} holds its weights only as pickle files {pickles[:5]}, which vdcnn-res never unpickles (they can "
+            f"run code); load a folder with {WEIGHTS_FILE} (`vdcnn-res export`), or your own .ckpt with Predictor.from_checkpoint"
+        )
+    _log.warning("%s: ignoring %s (pickle files are never opened); reading %s and JSON only", d, pickles, WEIGHTS_FILE)
 
 
 def _safetensors(d: Path) -> dict[str, Tensor]:

@@ -6,6 +6,7 @@
     # {"label": "Business", "probability": 0.91, "top_k": [("Business", 0.91), ("World", 0.05)]}
     predictor.save_pretrained("exports/agnews")     # safetensors + JSON, no pickle
     Predictor.from_pretrained("exports/agnews").predict_proba(["...", "..."])  # (2, n_classes)
+    Predictor.from_pretrained("org/agnews-vdcnn")   # a Hugging Face Hub repository (docs/sharing.md)
 
 A multi-label model (trained with ``data.task: multilabel``) gives the label set, each label's
 sigmoid probability and (when asked) the top-k labels:
@@ -213,17 +214,30 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", bf16: bool | None = None, int8: bool = False
+        cls,
+        directory: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        bf16: bool | None = None,
+        int8: bool = False,
+        revision: str | None = None,
     ) -> Predictor:
-        """Load a folder written by `vdcnn-res export` or `save_pretrained`: safetensors + JSON, no pickle.
+        """Load a folder written by `vdcnn-res export` or `save_pretrained`, or a Hugging Face Hub
+        repository of one (``"org/name"``): safetensors + JSON, no pickle.
 
+        A local folder wins when it exists; otherwise ``org/name`` is downloaded into (or, with
+        ``HF_HUB_OFFLINE=1``, read from) the Hugging Face cache, at ``revision`` (a branch, tag
+        or commit; ``"org/name@rev"`` says the same). Only the model's files are fetched: pickle
+        files in a repository are never downloaded (inference/hub.py).
         ``int8=True`` predicts with the folder's model.int8.onnx (`vdcnn-res export --int8`) instead.
         """
-        predictor = cls._from_loaded(read_pretrained(directory), device, bf16)
+        from vdcnn_res.inference.hub import resolve_model_source
+
+        folder = resolve_model_source(directory, revision=revision, int8=int8)
+        predictor = cls._from_loaded(read_pretrained(folder), device, bf16)
         if int8:
             from vdcnn_res.inference.quantize import INT8_ONNX_FILE
 
-            predictor.use_int8(Path(directory) / INT8_ONNX_FILE)
+            predictor.use_int8(folder / INT8_ONNX_FILE)
         return predictor
 
     def use_int8(self, source: str | os.PathLike[str] | Sequence[str]) -> Predictor:

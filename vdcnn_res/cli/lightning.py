@@ -37,7 +37,7 @@ import torch
 import yaml
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary, RichModelSummary
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -534,7 +534,7 @@ class VDCNNCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for i, callback in enumerate(trainer.callbacks):  # Lightning's default summary, with real FLOPs
-            if type(callback) is ModelSummary:
+            if type(callback) in (ModelSummary, RichModelSummary):  # Lightning picks the rich one where rich is installed
                 trainer.callbacks[i] = FlopsModelSummary(max_depth=callback._max_depth)
         return trainer
 

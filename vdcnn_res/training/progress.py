@@ -123,12 +123,21 @@ class EpochSummary(pl.Callback):
 
     def _improved(self, trainer: pl.Trainer, score: float) -> bool:
         monitor, mode, callback = self._watched(trainer)
-        if callback is not None:  # the epoch whose model the checkpoint callback just kept as best
+        if callback is not None:  # the epoch whose model the checkpoint callback keeps as best
             path = getattr(callback, "best_model_path", "") or ""
-            if path and path != self._best_path:
-                self._best_path = path
+            # Saved at this step already (at the end of this epoch's validation)? Then it says.
+            if getattr(callback, "_last_global_step_saved", None) == trainer.global_step:
+                improved, self._best_path = bool(path) and path != self._best_path, path
+                return improved
+            # Else it saves at the end of this training epoch, after this callback (Lightning runs
+            # checkpoint callbacks last): a new best if the score beats its best so far.
+            self._best_path = path
+            best = getattr(callback, "best_model_score", None)
+            if math.isnan(score) or getattr(callback, "save_top_k", 1) == 0:
+                return False
+            if best is None:
                 return True
-            return False
+            return score > float(best) if mode == "max" else score < float(best)
         if math.isnan(score):
             return False
         if math.isnan(self._best) or (score > self._best if mode == "max" else score < self._best):
@@ -167,13 +176,15 @@ class EpochSummary(pl.Callback):
         if not trainer.is_global_zero:
             return
         stopper = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping) and _stopped(cb)), None)
-        if stopper is None:
-            return
-        cap = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        capped = bool(trainer.max_epochs and trainer.max_epochs > 0)
+        if stopper is None or (capped and stopper.stopped_epoch + 1 >= trainer.max_epochs):
+            return  # the run ended at its cap anyway (Lightning says so)
+        cap = f"/{trainer.max_epochs}" if capped else ""
         why = getattr(stopper, "stopping_reason_message", None) or ""
         if getattr(getattr(stopper, "stopping_reason", None), "name", "") == "PATIENCE_EXHAUSTED" or not why:
             why = f"{stopper.monitor} did not improve for {stopper.patience} validations"
-        line = f"Early stopping ended the run after epoch {stopper.stopped_epoch + 1}{cap}: {why.rstrip('.')}."
+        why = why.replace(" Signaling Trainer to stop.", "").rstrip(". ")
+        line = f"Early stopping ended the run after epoch {stopper.stopped_epoch + 1}{cap}: {why}."
         if self.best_epoch is not None:
             monitor = self._watched(trainer)[0]
             line += f" Best epoch: {self.best_epoch} ({monitor} {format_metric(monitor, self.best_value)})."

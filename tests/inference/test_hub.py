@@ -369,7 +369,7 @@ def test_hub_errors_are_one_line(exported, hub, tmp_path, monkeypatch, ckpt, cap
     closed = hub.url
     hub.shutdown()
     hub.server_close()
-    with pytest.raises(UserError, match="cannot reach the Hub to download 'acme/elsewhere'") as err:
+    with pytest.raises(UserError, match="'acme/elsewhere' is not a folder here, and the Hub cannot be reached to download it") as err:
         Predictor.from_pretrained("acme/elsewhere")
     assert closed and "\n" not in str(err.value)
 

@@ -41,3 +41,16 @@ def test_old_checkpoint_weights_are_renamed_on_load():
     loaded = read_checkpoint(LEGACY / "tiny.ckpt").model
     for name, value in module.model.state_dict().items():
         torch.testing.assert_close(value, loaded.state_dict()[name])
+
+
+def test_an_old_checkpoint_exports_with_a_model_card_and_predicts_identically(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from vdcnn_res.cli import main
+
+    main(["export", "--ckpt_path", str(LEGACY / "tiny.ckpt"), "--out_dir", str(tmp_path / "m")])
+    predictor = Predictor.from_pretrained(tmp_path / "m", bf16=False)
+    np.testing.assert_allclose(predictor.predict_proba(EXPECTED["texts"]), EXPECTED["probs"], rtol=0, atol=1e-6)
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    assert card.data.label_names == ["World", "Sports", "Business", "Sci/Tech"] and card.data.library_name == "vdcnn-res"
+    assert "Trained on the file `data/ag_news_sample/train.csv`" in card.text  # 0.1.0 recorded its training file too

@@ -2,7 +2,7 @@
 optionally ONNX and int8 ONNX, optionally pushed to a Hugging Face Hub repository.
 
     vdcnn-res export --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt --out_dir exports/agnews [--onnx] [--int8]
-    vdcnn-res export --ckpt_path best --out_dir exports/agnews --push_to_hub org/agnews-vdcnn [--private]
+    vdcnn-res export --ckpt_path CKPT --out_dir exports/agnews --push_to_hub org/agnews-vdcnn [--private] [--language en]
 """
 
 from __future__ import annotations

@@ -125,8 +125,8 @@ def resolve_model_source(source: str | os.PathLike[str], revision: str | None = 
             ) from None
         cause = err.__cause__ or err
         raise UserError(
-            f"cannot reach the Hub to download {named!r} ({type(cause).__name__}) and it is not in the cache ({cache}); "
-            "check the network (or HF_ENDPOINT) and try again"
+            f"{named!r} is not a folder here, and the Hub cannot be reached to download it ({type(cause).__name__}; "
+            f"not in the cache {cache}); check the path, or the network (or HF_ENDPOINT) and try again"
         ) from None
     except HfHubHTTPError as err:
         raise UserError(f"the Hub refused to send {named!r} ({str(err).splitlines()[0][:200]}); try again later") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import re
 import signal
 import subprocess
@@ -43,10 +44,12 @@ def client() -> httpx.Client:
 
 
 class ServerProcess:
-    """`vdcnn-res serve ... --port 0` in a subprocess; its log lines are collected by a thread."""
+    """`vdcnn-res serve ... --port 0` in a subprocess (`env`: extra environment variables); its log
+    lines are collected by a thread."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = args
+        self.env = env or {}
         self.lines: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.url = ""
@@ -55,7 +58,7 @@ class ServerProcess:
         self.lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vdcnn_res.cli", "serve", "--port", "0", "--threads", "1", *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**os.environ, **self.env},
         )
         threading.Thread(target=self._read, daemon=True).start()
         return self
@@ -180,6 +183,35 @@ def test_predict_matches_the_in_process_predictor(server, predictor):
     # top_k defaults to 1.
     one = post(server.url, {"texts": texts[:2]}).json()["predictions"]
     assert [len(p["top_k"]) for p in one] == [1, 1] and one[0]["label"] == expected[0]["label"]
+
+
+def test_top_k_written_as_a_whole_float_is_accepted_as_the_schema_says(server):
+    schema = client().get(f"{server.url}/openapi.json").json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    top_k = body["properties"]["top_k"]
+    assert (top_k["type"], top_k["minimum"], top_k["maximum"], top_k["default"]) == ("integer", 1, 4, 1)
+    assert body["properties"]["texts"]["maxItems"] == 256  # what the server accepts, published
+    response = post(server.url, {"texts": ["Stocks rallied."], "top_k": 4.0})  # JSON Schema: 4.0 is an integer
+    assert response.status_code == 200 and len(response.json()["predictions"][0]["top_k"]) == 4
+
+
+def test_explain_answers_what_the_in_process_explanation_says(server, predictor):
+    pytest.importorskip("captum")
+    text = "Stocks rallied after the Fed decision. " * 4  # 160 characters: the model reads 128
+    response = client().post(f"{server.url}/explain", json={"text": text, "label": "Sports"})
+    assert response.status_code == 200, response.text
+    got = response.json()
+    expected = predictor.explain(text, "Sports")
+    assert got["label"] == "Sports" and got["predicted"] == expected.predicted
+    assert got["text"] == text[:128] and got["n_cut"] == expected.n_cut == len(text) - 128
+    np.testing.assert_allclose(got["attributions"], expected.attributions[:128], rtol=1e-5, atol=1e-7)
+    assert [r["label"] for r in got["probabilities"]] == [label for label, _ in expected.top_k(4)]
+    assert got["delta"] == pytest.approx(expected.delta, abs=1e-5) and got["n_steps"] == 50
+    assert client().get(f"{server.url}/metadata").json()["explain"] is True
+    for bad in ({"text": ""}, {"text": "a", "label": "Weather"}, {"text": "a", "n_steps": 5}, {"texts": ["a"]}):
+        refused = client().post(f"{server.url}/explain", json=bad)
+        assert refused.status_code == 422 and "\n" not in refused.json()["detail"], refused.text
+    assert client().post(f"{server.url}/explain", content=b'{"text": "a"').status_code == 400
 
 
 def test_concurrent_requests_each_get_their_own_answers(server, predictor):

@@ -3,8 +3,16 @@
     POST /predict   {"texts": ["...", ...], "top_k": 3} -> {"predictions": [{"label", "probability", "top_k"}]}
                     (multi-label models: [{"labels", "probabilities", "top_k" if asked}]; "threshold" overrides)
     GET  /health    {"status": "ok", "pending_texts": queued, "batches_run": model calls, "texts_run": texts}
+    POST /explain   {"text": "...", "label": optional} -> per-character integrated-gradients attributions
+                    (single-label text models with Captum installed; else 501)
     GET  /metadata  label names, max_length, task, architecture, package version, server limits
+    GET  /          the demo page: a text box, the top labels as bars, the explanation as a heatmap
     GET  /docs      the OpenAPI page FastAPI generates (/openapi.json)
+
+With an API key (``--api-key`` or the ``VDCNN_API_KEY`` environment variable), /predict,
+/explain and /metadata answer 401 unless the request carries ``Authorization: Bearer KEY``
+(compared in constant time); /health, the demo page (static, no model data) and the API
+description stay open. A server bound beyond loopback without a key logs a warning at start.
 
 Only exported folders are served (safetensors + JSON, never a pickle). Concurrent requests are
 queued and run together: the batcher waits at most ``batch_timeout_ms`` after the oldest queued
@@ -25,7 +33,13 @@ connections, let in-flight requests finish (up to ``graceful_timeout_s``), then 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request,
 # the request model), which are local to create_app, at run time.
 import asyncio
+import hashlib
+import hmac
+import importlib.resources
+import importlib.util
+import ipaddress
 import json
+import math
 import logging
 import os
 import sys
@@ -34,16 +48,22 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from vdcnn_res.errors import UserError
 
-__all__ = ["ServeSettings", "create_app", "length_groups", "load_predictor", "require_serve", "serve"]
+__all__ = [
+    "API_KEY_ENV", "ServeSettings", "check_api_key", "create_app", "demo_page", "explain_problem", "is_loopback",
+    "length_groups", "load_predictor", "require_serve", "serve",
+]
 
 logger = logging.getLogger("vdcnn_res.serve")
 _SETTINGS_ENV = "VDCNN_RES_SERVE_SETTINGS"  # settings for the worker processes of --workers K > 1
+API_KEY_ENV = "VDCNN_API_KEY"  # the API key, when --api-key is not given
+_MIN_KEY_CHARS = 16
+_MAX_EXPLAIN_PENDING = 8  # /explain requests queued or running before new ones get 503
 _PRECISIONS = {"auto": None, "bf16": True, "fp32": False}
 
 
@@ -74,6 +94,7 @@ class ServeSettings:
     device: str = "cpu"
     threads: int | None = None  # torch threads per worker process; None keeps torch's default
     graceful_timeout_s: float = 30.0
+    api_key: str | None = field(default=None, repr=False)  # None: no key asked (warned about beyond loopback)
 
     def validate(self) -> None:
         positive_ints = ("max_batch_size", "max_gather", "workers", "max_texts", "max_body_bytes", "max_queue_texts")
@@ -95,12 +116,33 @@ class ServeSettings:
             raise UserError(f"--max-gather ({self.max_gather}) must be at least --max-batch-size ({self.max_batch_size})")
         if self.max_queue_texts < self.max_texts:
             raise UserError(f"--max-queue-texts ({self.max_queue_texts}) must be at least --max-texts ({self.max_texts})")
+        if self.api_key is not None:
+            check_api_key(self.api_key)
         path = Path(self.model)
         if path.is_file() or path.suffix == ".ckpt":
             raise UserError(
                 f"--model {self.model!r} is a checkpoint; the server loads only exported folders (safetensors + JSON, "
                 f"no pickle): run `vdcnn-res export --ckpt_path {self.model} --out_dir exports/NAME` and serve exports/NAME"
             )
+
+
+def check_api_key(key: str) -> None:
+    """Refuse, in one line, an API key that is too short to guess slowly or cannot travel in a header."""
+    make = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    if len(key) < _MIN_KEY_CHARS:
+        raise UserError(f"the API key has {len(key)} characters; use at least {_MIN_KEY_CHARS}, e.g. from {make}")
+    if not all("!" <= ch <= "~" for ch in key):
+        raise UserError(f"the API key must be printable ASCII without spaces (it travels in an HTTP header); make one with {make}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or name to listen on) reaches this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to any interface
+        return False
 
 
 def load_predictor(settings: ServeSettings):  # -> Predictor (imported lazily: torch is heavy)
@@ -351,12 +393,59 @@ def _one_line(err: Any) -> str:
     return f"{where + ': ' if where else ''}{first['msg']}{f' (and {more} more problems)' if more else ''}"
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 4.0 as the integer 4: a float without a fraction becomes that int (all else stays strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _finite(x: float) -> float | None:
+    """x, or None (JSON null) where it is NaN or infinite: JSON has no such numbers."""
+    return float(x) if math.isfinite(x) else None
+
+
+def explain_problem(predictor: Any) -> str | None:
+    """Why POST /explain cannot explain this predictor's predictions, in one line (None: it can)."""
+    if getattr(predictor, "thresholds", None) is not None:
+        return "explanations are for single-label models (they attribute a softmax probability); this model is multi-label"
+    if getattr(predictor, "is_series", False):
+        return "explanations attribute a prediction to the characters of a text; this is a series model"
+    if getattr(predictor, "members", None):
+        return "an ensemble is explained member by member; serve one member's folder to explain it"
+    if importlib.util.find_spec("captum") is None:
+        return "explanations need Captum on the server: pip install 'vdcnn-res[explain]'"
+    return None
+
+
+def demo_page() -> tuple[str, str]:
+    """The demo page (inference/demo.html) and its Content-Security-Policy.
+
+    The policy allows the page's own inline script and style by their SHA-256 only, requests
+    to this server only, and nothing else: no external assets, and no script that might be
+    injected into the page would run.
+    """
+    page = importlib.resources.files("vdcnn_res.inference").joinpath("demo.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        import base64
+        import re
+
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+              "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return page, policy
+
+
 def create_app(predictor: Any, settings: ServeSettings) -> Any:
-    """The ASGI app serving `predictor` (a Predictor) with `settings`' limits and batching."""
-    from fastapi import FastAPI, Request
+    """The ASGI app serving `predictor` (a Predictor) with `settings`' limits, batching and API key."""
+    from fastapi import Depends, FastAPI, HTTPException, Request, Security
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
     from vdcnn_res import __version__
 
@@ -365,16 +454,29 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
 
     multilabel = getattr(predictor, "thresholds", None) is not None
     task = "multilabel" if multilabel else "multiclass"  # the vocabulary of data.task and config.json
+    cannot_explain = explain_problem(predictor)
+    # JSON Schema's integer includes 4.0, so the server takes it (and 4.5, "4" or true stay refused). The
+    # bounds come before the validator: after it, pydantic publishes them as "ge"/"le", which JSON Schema ignores.
+    TopK = Annotated[int, Field(ge=1, le=n_classes), BeforeValidator(_whole_number)]  # noqa: N806 - a type
+    Probability = Annotated[float, Field(ge=0.0, le=1.0)]  # noqa: N806 - a type
+    LabelName = Literal[tuple(predictor.label_names)]  # type: ignore[valid-type]  # noqa: N806 - a type
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
-        texts: list[str] = Field(min_length=1, description=f"1 to {settings.max_texts} texts; longer than max_length are cut")
-        top_k: int = Field(1, ge=1, le=n_classes, description="how many (label, probability) pairs per text")
+        # maxItems is published; the limit itself is checked after parsing, with a message that says what to do.
+        texts: list[str] = Field(min_length=1, json_schema_extra={"maxItems": settings.max_texts},
+                                 description=f"1 to {settings.max_texts} texts; longer than max_length are cut")
+        top_k: TopK = Field(1, description="how many (label, probability) pairs per text")
 
     class MultiLabelRequest(PredictRequest):
-        top_k: int | None = Field(None, ge=1, le=n_classes, description="also rank the k most probable labels")
-        threshold: float | list[float] | None = Field(
+        top_k: TopK | None = Field(None, description="also rank the k most probable labels")
+        threshold: Probability | Annotated[list[Probability], Field(min_length=n_classes, max_length=n_classes)] | None = Field(
             None, description="replaces the model's per-label thresholds: one in [0, 1], or one per label")
+
+    class ExplainRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        text: str = Field(min_length=1, description="the text to explain; characters beyond max_length are not read")
+        label: LabelName | None = Field(None, description="explain this label (default: the predicted one)")
 
     class Ranked(BaseModel):
         label: str
@@ -393,11 +495,29 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
     class PredictResponse(BaseModel):
         predictions: list[LabelSet] if multilabel else list[Prediction]  # type: ignore[valid-type]
 
+    class ExplainResponse(BaseModel):
+        text: str = Field(description="the characters the model read (the first max_length)")
+        label: str = Field(description="the label explained")
+        predicted: str
+        probabilities: list[Ranked] = Field(description="every label, most probable first")
+        attributions: list[float | None] = Field(
+            description="one per character of text: + for the label, - against (log-probability units); null: not scored")
+        unknown: list[int] = Field(description="positions of characters outside the vocabulary (read as <unk>)")
+        n_cut: int = Field(description="characters beyond max_length, not read")
+        delta: float | None = Field(description="integrated gradients' completeness error")
+        n_steps: int
+        ngram_attribution: float | None = Field(description="the part of the attributions that came through the n-gram bag")
+
+    class Problem(BaseModel):
+        detail: str = Field(description="what is wrong and what to do, in one line")
+
     RequestBody = MultiLabelRequest if multilabel else PredictRequest  # noqa: N806 - a class
     usage = f'{{"texts": ["..."], "top_k": 1..{n_classes}' + (', "threshold": 0.5}' if multilabel else "}")
 
     batcher = Batcher(predictor, settings.max_batch_size, settings.batch_timeout_ms / 1e3, settings.max_queue_texts,
                       settings.max_gather)
+    explaining = 0  # /explain requests queued or running
+    page, page_policy = demo_page()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -419,6 +539,28 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
+    key = settings.api_key.encode() if settings.api_key else None
+    bearer = HTTPBearer(auto_error=False, description=f"the server's API key (--api-key or {API_KEY_ENV})")
+
+    async def require_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        # Starlette decodes headers as latin-1: encoding back gives the bytes the client sent.
+        given = credentials.credentials.encode("latin-1") if credentials is not None else b""
+        if not hmac.compare_digest(given, key):
+            what = "a wrong API key" if given else "no API key"
+            raise HTTPException(401, f"{what}; send the header 'Authorization: Bearer KEY' with the server's key",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    protected = [Depends(require_key)] if key is not None else []
+    failures: dict[int | str, dict[str, Any]] = {
+        400: {"model": Problem, "description": "not UTF-8 or not JSON"},
+        413: {"model": Problem, "description": "body too large"},
+        422: {"model": Problem, "description": "wrong fields or values"},
+        503: {"model": Problem, "description": "queue full, retry", "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+    }
+    if key is not None:
+        failures[401] = {"model": Problem, "description": "no or wrong API key",
+                         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}}
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error(422, "; ".join(str(e.get("msg")) for e in exc.errors()[:1]) or "invalid request")
@@ -428,16 +570,8 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error(500, "internal server error; the server log has the details")
 
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        response_model_exclude_none=True,
-        summary="Label (multi-label: label set), probabilities and the top_k labels of each text, in input order",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": RequestBody.model_json_schema()}}}},
-        responses={400: {"description": "not UTF-8 or not JSON"}, 413: {"description": "body too large"},
-                   422: {"description": "wrong fields or values"}, 503: {"description": "queue full, retry"}},
-    )
-    async def predict(request: Request) -> Any:
+    async def read_json(request: Request, model: type[BaseModel], usage_: str) -> Any:
+        """The request body parsed into `model`, or the JSONResponse (4xx, one line) saying why not."""
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
             return error(413, f"request body over {settings.max_body_bytes} bytes; send fewer or shorter texts per request")
@@ -451,12 +585,29 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
         except UnicodeDecodeError as err:
             return error(400, f"request body is not valid UTF-8 (byte {err.start}); send JSON encoded as UTF-8")
         try:
-            parsed = RequestBody.model_validate_json(bytes(body))
+            return model.model_validate_json(bytes(body))
         except ValidationError as err:
             kind = err.errors(include_url=False)[0]["type"]
             if kind == "json_invalid":
                 return error(400, f"request body is not valid JSON ({_one_line(err).removeprefix('Invalid JSON: ')})")
-            return error(422, f"{_one_line(err)}; send {usage}")
+            return error(422, f"{_one_line(err)}; send {usage_}")
+
+    def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        summary="Label (multi-label: label set), probabilities and the top_k labels of each text, in input order",
+        openapi_extra=body_schema(RequestBody),
+        responses=failures,
+        dependencies=protected,
+    )
+    async def predict(request: Request) -> Any:
+        parsed = await read_json(request, RequestBody, usage)
+        if isinstance(parsed, JSONResponse):
+            return parsed
         if len(parsed.texts) > settings.max_texts:
             return error(422, f"{len(parsed.texts)} texts in one request; at most {settings.max_texts} (split the request)")
         thresholds = None
@@ -472,12 +623,54 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
             return error(503, "the server is busy (too many queued texts); retry shortly", {"Retry-After": "1"})
         return {"predictions": predictions}
 
-    @app.get("/health", summary="Liveness: ok while the server accepts requests")
+    @app.post(
+        "/explain",
+        response_model=ExplainResponse,
+        summary="Per-character integrated-gradients attributions of one text for a label (default: the predicted one)",
+        openapi_extra=body_schema(ExplainRequest),
+        responses=failures,
+        dependencies=protected,
+        include_in_schema=cannot_explain is None,  # else it only answers 501 with the reason (also in /metadata)
+    )
+    async def explain(request: Request) -> Any:
+        nonlocal explaining
+        if cannot_explain is not None:
+            return error(501, cannot_explain)
+        parsed = await read_json(request, ExplainRequest, '{"text": "...", "label": "<a label name>" (optional)}')
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        if explaining >= _MAX_EXPLAIN_PENDING:
+            return error(503, "the server is busy (too many explanations queued); retry shortly", {"Retry-After": "1"})
+        request.scope.setdefault("state", {})["texts"] = 1
+        explaining += 1
+        try:  # in the model's thread: one model call at a time, between the batcher's passes
+            e = await asyncio.get_running_loop().run_in_executor(
+                batcher._executor, lambda: predictor.explain(parsed.text, parsed.label))
+        except UserError as err:
+            return error(422, str(err))
+        finally:
+            explaining -= 1
+        n_read = len(e.text) - e.n_cut
+        return {
+            "text": e.text[:n_read],
+            "label": e.label,
+            "predicted": e.predicted,
+            "probabilities": [{"label": name, "probability": p} for name, p in e.top_k(n_classes)],
+            "attributions": [_finite(a) for a in e.attributions[:n_read].tolist()],
+            "unknown": [int(i) for i in e.unknown[:n_read].nonzero()[0]],
+            "n_cut": e.n_cut,
+            "delta": _finite(e.delta),
+            "n_steps": e.n_steps,
+            "ngram_attribution": None if e.ngram_attribution is None else _finite(e.ngram_attribution),
+        }
+
+    @app.get("/health", summary="Liveness: ok while the server accepts requests (open even with an API key)")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "pending_texts": batcher.pending_texts, "batches_run": batcher.batches_run,
                 "texts_run": batcher.texts_run}
 
-    @app.get("/metadata", summary="What the model predicts and how the server is set up")
+    @app.get("/metadata", summary="What the model predicts and how the server is set up", dependencies=protected,
+             responses={401: failures[401]} if key is not None else None)
     async def metadata() -> dict[str, Any]:
         return {
             "task": task,
@@ -489,6 +682,8 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
             "version": __version__,
             "precision": "bf16" if predictor.bf16 else "fp32",
             "device": str(predictor.device),
+            "explain": cannot_explain is None,
+            "explain_problem": cannot_explain,
             "limits": {
                 "max_texts": settings.max_texts,
                 "max_body_bytes": settings.max_body_bytes,
@@ -498,6 +693,11 @@ def create_app(predictor: Any, settings: ServeSettings) -> Any:
                 "max_queue_texts": settings.max_queue_texts,
             },
         }
+
+    @app.get("/", response_class=HTMLResponse, summary="The demo page (static; it calls /metadata, /predict and /explain)")
+    async def demo() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_policy, "X-Content-Type-Options": "nosniff",
+                                           "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
     return _AccessLog(app)
 
@@ -547,8 +747,11 @@ def serve(settings: ServeSettings) -> None:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}; pick another --port or --host") from None
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    logger.info("serving %s on http://%s:%d (%d worker%s; docs at /docs)", settings.model, shown, port,
-                settings.workers, "s" if settings.workers > 1 else "")
+    logger.info("serving %s on http://%s:%d (%d worker%s; demo page at /, docs at /docs%s)", settings.model, shown, port,
+                settings.workers, "s" if settings.workers > 1 else "", "; API key required" if settings.api_key else "")
+    if settings.api_key is None and not is_loopback(settings.host):
+        logger.warning("listening on %s without an API key: anyone who can reach port %d can use the model; "
+                       "set %s (or --api-key) to require one", settings.host, port, API_KEY_ENV)
     server = uvicorn.Server(config)
     if settings.workers == 1:
         server.run(sockets=[sock])

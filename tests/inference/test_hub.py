@@ -11,8 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from fixtures.tiny import REPO, sample_texts
+from fixtures.tiny import sample_texts
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.errors import MissingFileError, UserError
@@ -291,12 +289,6 @@ def hub(tmp_path, monkeypatch):
     yield server
     server.shutdown()
     server.server_close()
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`vdcnn-res ...` in its own process, as a user runs it (the environment decides endpoint, cache, offline)."""
-    return subprocess.run([sys.executable, "-m", "vdcnn_res.cli", *args], cwd=REPO, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=240)
 
 
 def _pickle_payload(tmp_path: Path) -> tuple[bytes, Path]:

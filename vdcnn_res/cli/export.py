@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from vdcnn_res.errors import UserError
-from vdcnn_res.inference.model_files import CARD_FILE, ONNX_FILE, load_checkpoint_safely, read_checkpoint, write_pretrained
+from vdcnn_res.inference.model_files import ONNX_FILE, load_checkpoint_safely, read_checkpoint, write_pretrained
 from vdcnn_res.inference.onnx import export_onnx, require_onnx
 from vdcnn_res.inference.quantize import CALIBRATION_TEXTS, INT8_ONNX_FILE, Int8Session, agreement, quantize_model, require_onnxruntime
 

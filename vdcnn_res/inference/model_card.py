@@ -92,7 +92,6 @@ def build_model_card(
     model, labels = loaded.model, loaded.label_names
     series = isinstance(loaded.tokenizer, SeriesPreprocessing)
     multilabel = loaded.thresholds is not None
-    config = model.config
     checkpoint = checkpoint or {}
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     trained_on, hub_datasets = _training_data(data)

@@ -65,7 +65,9 @@ def classify(browser, url: str, text: str, key: str | None = None) -> None:
     # The page asks /metadata at once: it either shows the model or, refused, the key field.
     wait.until(lambda d: d.execute_script(
         "return !document.getElementById('keyrow').hidden || document.getElementById('model').textContent.includes('labels')"))
-    if key is not None:
+    if key is None:
+        assert not browser.find_element(By.ID, "key").is_displayed(), "the page asks for a key the server does not want"
+    else:
         assert browser.find_element(By.ID, "key").is_displayed(), "the page did not ask for the server's API key"
         assert "no API key" in browser.find_element(By.ID, "status").text
         browser.find_element(By.ID, "key").send_keys(key)

@@ -15,6 +15,34 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "shared(*paths): needs these paths in the shared folder beside the checkout (tests/fixtures/shared.py); "
+        "skipped with a reason where absent, selected alone with -m shared",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked `shared` in one line when the shared folder lacks a path it names."""
+    from fixtures.shared import missing
+
+    for marker in item.iter_markers("shared"):
+        reason = missing(*marker.args)
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.fixture
+def shared_dir(request: pytest.FixtureRequest):
+    """The shared folder (tests/fixtures/shared.py); only for tests marked `shared`, which skip without it."""
+    from fixtures.shared import shared_dir as folder
+
+    if request.node.get_closest_marker("shared") is None:
+        pytest.fail(f"{request.node.nodeid} uses shared_dir: mark it @pytest.mark.shared(<paths>)", pytrace=False)
+    return folder()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""

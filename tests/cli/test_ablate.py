@@ -66,12 +66,23 @@ def test_bad_grids_name_the_option(args, words):
         build_cells(depths, layouts, [True], kinds, [42], stages=4)
 
 
-def test_the_grid_keeps_the_configs_downsampling_unless_asked():
+@pytest.fixture
+def series(tmp_path: Path) -> list[str]:
+    """The series recipe with GunPoint's config, on a small file of its kind (1 channel, classes 1
+    and 2) instead of ../shared's GunPoint: a user's clone has no ../shared."""
+    rows = "".join(json.dumps({"series": [(i % 2) - 0.5 + t / 20 for t in range(20)], "label": 1 + i % 2}) + "\n"
+                   for i in range(8))  # fmt: skip
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text(rows, encoding="utf-8")
+    return ["--config", "configs/series/recipe.yaml", "--config", "configs/series/GunPoint.yaml",
+            f"--data.train={tmp_path / 'train.jsonl'}", f"--data.test={tmp_path / 'test.jsonl'}"]  # fmt: skip
+
+
+def test_the_grid_keeps_the_configs_downsampling_unless_asked(series):
     """Without --downsampling the cells keep their configuration's choice (a series recipe's `none`),
     not the model's default; flags after `--` count as configuration."""
     from vdcnn_res.cli.ablate.run import PURE_CNN, configured_arch
 
-    series = ["--config", "configs/series/recipe.yaml", "--config", "configs/series/GunPoint.yaml"]
     assert configured_arch(PURE_CNN + series).downsampling == "none"
     # The documented series ablation: 4-stage widths that the recipe's own 3-stage layout cannot build
     # alone; read with the grid's first architecture, as `ablate` does.
@@ -82,11 +93,10 @@ def test_the_grid_keeps_the_configs_downsampling_unless_asked():
     assert configured_arch(PURE_CNN + ["--config", "configs/quickstart.yaml", "--model.arch.downsampling=conv"]).downsampling == "conv"
 
 
-def test_the_series_recipe_ablates_with_its_own_stages_and_blocks():
+def test_the_series_recipe_ablates_with_its_own_stages_and_blocks(series):
     """Layouts of the configuration's own stage count; its blocks' convolutions count in `layers`."""
     from vdcnn_res.cli.ablate.run import PURE_CNN, configured_arch
 
-    series = ["--config", "configs/series/recipe.yaml", "--config", "configs/series/GunPoint.yaml"]
     first = build_cells([], ["1,1,1"], [True], ["maxpool"], [1])[0]
     arch = configured_arch(PURE_CNN + series + first.arch_args())
     assert (arch.num_stages, arch.convs_per_block) == (3, 3)

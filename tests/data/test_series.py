@@ -15,8 +15,6 @@ from vdcnn_res.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "series"
-
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -254,9 +252,10 @@ def test_checkpoint_state_serves_test_and_predict_without_training_data(tmp_path
         data.setup("test")
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="no ../shared/data/series beside the checkout")
+@pytest.mark.shared("data/series")
 @pytest.mark.parametrize("name, channels, classes", [("JapaneseVowels", 12, 9), ("BasicMotions", 6, 4)])
-def test_shared_sets_load(name, channels, classes):
+def test_shared_sets_load(name, channels, classes, shared_dir):
     offset = 1 if name == "JapaneseVowels" else 0
-    data = SeriesDataModule(train=str(SHARED / name / "train.jsonl"), label_offset=offset, valid_fraction=0.2)
+    data = SeriesDataModule(train=str(shared_dir / "data" / "series" / name / "train.jsonl"), label_offset=offset,
+                            valid_fraction=0.2)  # fmt: skip
     assert data.input_channels == channels and data.num_classes == classes

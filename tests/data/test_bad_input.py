@@ -186,6 +186,30 @@ def test_json_parse_errors_say_what_is_wrong_on_one_line(tmp_path):
     assert "\n" not in str(err.value) and "An error occurred while generating" not in str(err.value)
 
 
+@pytest.mark.parametrize("second", [["a", "b"], 1])
+def test_a_column_that_turns_into_lists_far_into_a_file_is_one_line_not_a_crash(tmp_path, second):
+    """pyarrow 26's JSON reader crashes the process (SIGSEGV) when a column is a string in one
+    320 kB block and a list in the next (or the reverse): the nightly Hypothesis run's segfault.
+    Each file is read in one block (vdcnn_res/data/files.py), so it is refused in one line; a
+    child process, so that a crash fails this test instead of ending the run."""
+    import subprocess
+    import sys
+
+    row = json.dumps({"text": "w" * 9950, "label": "a"}) + "\n"
+    first = (320 << 10) // len(row)  # the rows of the first 320 kB block of `datasets`' reader
+    label = ["a", "b"] if isinstance(second, list) else 1
+    turned = jsonl([{"text": "w" * 9950, "label": label}] * first)
+    path = write(tmp_path, "train.jsonl", row * first + turned if isinstance(second, list) else turned + row * first)
+    code = ("from vdcnn_res.data import TextDataModule\nfrom vdcnn_res.errors import UserError\n"
+            f"try:\n    TextDataModule(train={path!r}, valid_fraction=0.0).num_classes\n"
+            "except UserError as err:\n    print(err)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kinds = ("string", "array") if isinstance(second, list) else ("number", "string")
+    assert done.stdout.strip().startswith("data.train: could not read json file(s)")
+    assert f"Column(/label) changed from {kinds[0]} to {kinds[1]} in row {first}" in done.stdout, done.stdout
+
+
 # ----------------------------------------------------------------------------- strings no file can hold
 
 

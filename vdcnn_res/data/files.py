@@ -8,14 +8,22 @@ caller can name the split.
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import glob
+import gzip
+import io
+import json
+import lzma
 import os
 import warnings
 from typing import Any
 
 import datasets
+import datasets.table
 import pandas as pd
 import pyarrow as pa
+import pyarrow.json as paj
 
 from vdcnn_res.errors import MissingFileError, UserError
 
@@ -137,12 +145,10 @@ def load_files(
         builder = "csv"
     elif column_names:
         raise UserError(f"{arg}: data.column_names names the columns of header-less CSV/TSV files, not {fmt}")
+    elif fmt == "json":
+        return _load_json(files, arg)
     else:
         builder = fmt
-        if fmt == "json":
-            # A column whose values change type ("a" then 1) is an error naming the column: the
-            # `datasets` fallback for it (re-parsing lines with ujson) crashed the process at times.
-            kwargs["on_mixed_types"] = None
     try:
         with warnings.catch_warnings():
             # pandas only warns when a row has more fields than the header, and drops them.
@@ -161,12 +167,76 @@ def load_files(
                 f"{arg}: a row of {named} has more fields than its header; quote fields that contain the separator"
             ) from err
         raise UserError(f"{arg}: could not read {fmt} file(s) {named}: {_first_line(err)}") from err
-    if builder == "json":  # pyarrow's JSON reader keeps bytes that are not UTF-8 in string columns
-        try:
-            ds.data.table.validate(full=True)
-        except Exception as err:
-            raise UserError(f"{arg}: {_not_utf8(shown, err)}") from None
     return ds
+
+
+# pyarrow's JSON reader takes one block of at most 2**31 - 1 bytes.
+MAX_JSON_BYTES = 2**31 - 2
+
+
+def _load_json(files: list[str], arg: str) -> datasets.Dataset:
+    """JSON Lines or JSON array files read by pyarrow, each file in ONE block on one thread.
+
+    `datasets`' JSON builder reads blocks of 320 kB, and pyarrow (26.0.1) crashes the process
+    (SIGSEGV) when a column inferred in one block as a scalar or an object is a list in a later one,
+    or the reverse: ``{"a": 1}`` then ``{"a": [null]}`` across a block boundary; e.g. a label column
+    of strings that turns into lists ~320 kB into the file. Read in one block, the same file is
+    refused in one line naming the column ("Column(/label) changed from string to array"). The
+    tables are held in memory, not in the `datasets` cache.
+    """
+    tables = [_read_json_file(file, arg) for file in files]
+    try:
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise UserError(f"{arg}: the files {files!r} give their columns different types: {_first_line(err)}") from None
+    if table.num_rows == 0:
+        raise NoRows
+    return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+
+def _read_json_file(file: str, arg: str) -> pa.Table:
+    """One JSON Lines or JSON array file (optionally compressed) as a table; a bad file is a one-line UserError."""
+    data = _read_bytes(file, arg)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    if data.lstrip()[:1] == b"[":  # a JSON array: of objects, or of strings (the texts), as `datasets` reads it
+        try:
+            items = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{arg}: {_not_utf8(file, err)}") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{arg}: could not read json file(s) {file!r}: {err}") from None
+        items = [item if isinstance(item, dict) else {"text": item} for item in items]
+        data = "".join(json.dumps(item) + "\n" for item in items).encode("utf-8")
+    if not data.strip():
+        return pa.table({})
+    if len(data) > MAX_JSON_BYTES:
+        raise UserError(f"{arg}: {file!r} holds more than 2 GiB of JSON; split it into several files (a glob) or use Parquet")
+    options = paj.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
+    try:
+        table = paj.read_json(io.BytesIO(data), read_options=options)
+        table.validate(full=True)  # pyarrow keeps bytes that are not UTF-8 in string columns
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise UserError(f"{arg}: {_not_utf8(file, bad)}") from None
+        raise UserError(f"{arg}: could not read json file(s) {file!r}: {_first_line(err)}") from None
+    return table
+
+
+def _read_bytes(file: str, arg: str) -> bytes:
+    """The file's bytes, decompressed by its suffix (.gz, .bz2, .xz, .zst)."""
+    name = file.lower()
+    try:
+        if name.endswith(".zst"):
+            with pa.input_stream(file, compression="zstd") as stream:
+                return stream.read()
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(name)[1], open)
+        with opener(file, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, lzma.LZMAError, pa.ArrowException) as err:
+        raise UserError(f"{arg}: could not read {file!r}: {_first_line(err)}") from None
 
 
 def locate_row(files: list[str], fmt: str, column_names: list[str] | None, cache_dir: str | None, row: int) -> str:

@@ -122,6 +122,9 @@ HELP: dict[str, str] = {
     "early_stopping.patience validations; null turns it off (--early_stopping.help EarlyStopping lists its options)",
     "epoch_summary": "the epoch lines; --epoch_summary.monitor follows another metric than checkpoint.monitor, "
     "null turns them off",
+    "eval_mode_gap": "after fit, the training accuracy against the same network in eval mode on up to "
+    "eval_mode_gap.max_batches training batches: one warning when eval mode is over eval_mode_gap.threshold points "
+    "lower (normalisation statistics that differ); null turns it off",
     "prediction_writer.output_path": "file to write, or a folder for predictions.<format> (null: beside the run's logs)",
     "prediction_writer.output_format": "jsonl or csv (null: from the file name, else jsonl)",
     "prediction_writer.top_k": "how many (label, probability) pairs per row, most likely first",
@@ -201,7 +204,7 @@ _TRAINER_SHOWN = (
     "default_root_dir", "log_every_n_steps", "deterministic",
 )  # fmt: skip
 _CHECKPOINT_SHOWN = ("dirpath", "filename", "monitor", "mode", "save_top_k", "save_last", "slim_best")
-_FIT_ONLY = ("checkpoint", "early_stopping", "epoch_summary", "lr_finder")
+_FIT_ONLY = ("checkpoint", "early_stopping", "epoch_summary", "eval_mode_gap", "lr_finder")
 
 
 def help_text(key: str, kind: str = "text", subcommand: str = "fit") -> str | None:
@@ -272,6 +275,7 @@ def _titles(kind: str, subcommand: str, trainer_options: int) -> dict[str, str]:
         "checkpoint": "Checkpoints (checkpoint.*): best-epoch=NN-step=N.ckpt and last.ckpt in <run>/checkpoints",
         "early_stopping": "Early stopping (the adaptive budget)",
         "epoch_summary": "Epoch lines",
+        "eval_mode_gap": "Training mode against eval mode (the check after fit)",
         "prediction_writer": "Prediction file (prediction_writer.*)",
         "lr_finder": "Learning-rate range test for model.optim.lr=auto (lr_finder.*)",
         "trainer": (f"Lightning Trainer (all {trainer_options} options with Lightning's own descriptions: {full})"
@@ -287,9 +291,9 @@ def _titles(kind: str, subcommand: str, trainer_options: int) -> dict[str, str]:
 def _order(subcommand: str) -> tuple[str, ...]:
     if subcommand == "fit":
         return ("data", "model", "model.arch", "model.optim", "checkpoint", "early_stopping", "epoch_summary",
-                "lr_finder", subcommand, "trainer", "prediction_writer", "linked")  # fmt: skip
+                "eval_mode_gap", "lr_finder", subcommand, "trainer", "prediction_writer", "linked")  # fmt: skip
     return (subcommand, "data", "prediction_writer", "trainer", "model", "model.arch", "model.optim", "linked",
-            "checkpoint", "early_stopping", "epoch_summary", "lr_finder")  # fmt: skip
+            "checkpoint", "early_stopping", "epoch_summary", "eval_mode_gap", "lr_finder")  # fmt: skip
 
 
 @contextlib.contextmanager

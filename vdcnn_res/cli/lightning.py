@@ -51,6 +51,7 @@ from vdcnn_res.model.config import ModelConfig
 from vdcnn_res.training.checkpointing import AtomicCheckpointIO, ModelCheckpointWithLast, require_resumable
 from vdcnn_res.training.lr_finder import LRRangeTest
 from vdcnn_res.training.module import VDCNNClassifier
+from vdcnn_res.training.mode_gap import EvalModeGap
 from vdcnn_res.training.progress import EpochSummary, FlopsModelSummary
 
 __all__ = ["VDCNNCLI", "build_cli", "default_precision", "silence_foreign_noise"]
@@ -314,6 +315,7 @@ class VDCNNCLI(LightningCLI):
         # Optional callbacks (`--early_stopping=null` turns one off; `--early_stopping.patience=8` tunes it).
         parser.add_lightning_class_args(EarlyStopping, "early_stopping", subclass_mode=True, required=False)
         parser.add_lightning_class_args(EpochSummary, "epoch_summary", subclass_mode=True, required=False)
+        parser.add_lightning_class_args(EvalModeGap, "eval_mode_gap", subclass_mode=True, required=False)
         parser.set_defaults(
             {
                 "early_stopping": {
@@ -321,6 +323,7 @@ class VDCNNCLI(LightningCLI):
                     "init_args": {"monitor": "val/acc", "mode": "max", "patience": PATIENCE, "strict": False},  # no crash when max_steps ends fit before any validation
                 },
                 "epoch_summary": {"class_path": "vdcnn_res.training.progress.EpochSummary"},
+                "eval_mode_gap": {"class_path": "vdcnn_res.training.mode_gap.EvalModeGap"},
             }
         )
         if self.data_kind == "text":
@@ -511,7 +514,7 @@ class VDCNNCLI(LightningCLI):
         callbacks = [cb for cb in callbacks if cb is not None]
         evaluating = self.subcommand in _EVAL_SUBCOMMANDS
         if evaluating:
-            callbacks = [cb for cb in callbacks if not isinstance(cb, (ModelCheckpoint, EarlyStopping, EpochSummary))]
+            callbacks = [cb for cb in callbacks if not isinstance(cb, (ModelCheckpoint, EarlyStopping, EpochSummary, EvalModeGap))]
             # ... whose saved states evaluation does not need; Lightning asks for them all the same
             warnings.filterwarnings(
                 "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"

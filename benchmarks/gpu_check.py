@@ -83,8 +83,11 @@ class TrainThroughput(_Callback):
 
 
 def find_shared(explicit: str | None) -> Path | None:
-    """The folder holding ag_news_7600/: --shared-data, $VDCNN_SHARED_DATA, ../shared/data or shared/data."""
-    candidates = [explicit] if explicit else [os.environ.get("VDCNN_SHARED_DATA"), REPO.parent / "shared" / "data", REPO / "shared" / "data"]
+    """The folder holding ag_news_7600/: --shared-data, $VDCNN_SHARED_DATA, then $VDCNN_SHARED_DIR/data
+    when that is set (the tests' name for the shared folder), else ../shared/data or shared/data."""
+    shared_dir = os.environ.get("VDCNN_SHARED_DIR")
+    beside = [Path(shared_dir) / "data"] if shared_dir else [REPO.parent / "shared" / "data", REPO / "shared" / "data"]
+    candidates = [explicit] if explicit else [os.environ.get("VDCNN_SHARED_DATA"), *beside]
     for c in candidates:
         if c and (Path(c) / "ag_news_7600" / "train.csv").is_file():
             return Path(c).resolve()

@@ -25,12 +25,16 @@ def _load_gpu_check():
 
 @pytest.mark.slow
 def test_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable}
+    out, nothing = tmp_path / "out", tmp_path / "no_shared"
+    nothing.mkdir()
+    # As on a user's clone, whatever lies beside this checkout: no shared split, no reference script.
+    env = {**os.environ, "PYTHON": sys.executable, "VDCNN_BENCH_DATA": str(nothing),
+           "VDCNN_BENCH_REFERENCE": str(nothing / "paper_style_vdcnn.py")}
     proc = subprocess.run(
-        ["bash", str(SCRIPT), "--dry-run", "--no-install", "--out", str(out), "--", "--work", str(tmp_path / "work")],
+        ["bash", str(SCRIPT), "--dry-run", "--no-install", "--out", str(out), "--",
+         "--work", str(tmp_path / "work"), "--shared-data", str(nothing)],
         capture_output=True, text=True, env=env, timeout=280,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "gpu_check.json").read_text())
     assert results["dry_run"] is True
@@ -43,10 +47,8 @@ def test_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     fits = {(r["data"], r["precision"]): r for r in results["fits"]}
     assert {("ag_news_sample", "bf16-mixed"), ("ag_news_sample", "32-true")} <= fits.keys()
     shared = status["fit+test ag_news_7600 32-true"]
-    if results["shared_data"] == "None":  # the split is optional; its absence is said, not hidden
-        assert shared["status"] == "skipped" and "ag_news_7600" in shared["note"]
-    else:
-        assert shared["status"] == "ok" and ("ag_news_7600", "32-true") in fits
+    assert results["shared_data"] == "None"  # the split is optional; its absence is said, not hidden
+    assert shared["status"] == "skipped" and "ag_news_7600" in shared["note"]
     for row in results["fits"]:
         assert row["epochs"] == 2 and row["train_samples_per_s"] > 0
         assert 0 <= row["test_acc"] <= 100 and Path(row["checkpoint"]).is_file()
@@ -55,7 +57,10 @@ def test_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert "| 9 | inference |" in results["bench"]
     table = (out / "gpu_check.md").read_text()
     assert table.startswith("GPU check (DRY RUN")
-    assert table.count("| ag_news_sample |") == 2 and "| fit+test ag_news_sample 16-mixed | skipped |" in table
+    rows = [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| ag_news_sample | ")]
+    # two fits, then the Predictor on the sample's bf16 fit (there is no shared split) in fp32 and the default
+    assert sorted(rows) == ["32-true", "bf16-mixed", "cpu", "cpu"] and len(results["predictor"]) == 2
+    assert "| fit+test ag_news_sample 16-mixed | skipped |" in table
     assert (out / "gpu_check.log").read_text().count("gpu_check: ") >= len(results["steps"])
 
 

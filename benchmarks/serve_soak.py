@@ -76,7 +76,8 @@ def build(kind: str, pool: list[str], labels: list[str], rng: random.Random) -> 
     if kind == "predict":
         return "POST", "/predict", valid, AUTH | JSON, len(texts)
     if kind == "predict, top_k as a whole float":
-        return "POST", "/predict", json.dumps({"texts": texts, "top_k": float(rng.randint(1, len(labels)))}).encode(), AUTH | JSON, len(texts)
+        whole = json.dumps({"texts": texts, "top_k": float(rng.randint(1, len(labels)))}).encode()
+        return "POST", "/predict", whole, AUTH | JSON, len(texts)
     if kind == "explain":
         return "POST", "/explain", json.dumps({"text": texts[0], "label": rng.choice([None, *labels])}).encode(), AUTH | JSON, 0
     if kind == "GET /health":
@@ -121,7 +122,8 @@ def build(kind: str, pool: list[str], labels: list[str], rng: random.Random) -> 
     elif kind == "JSON nested 100,000 deep":
         body = b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     elif kind == "unknown path":
-        return rng.choice(["GET", "POST"]), rng.choice(["/predictions", "/admin", "/../etc/passwd", "/predict/1", "/%00"]), valid, AUTH | JSON, 0
+        path = rng.choice(["/predictions", "/admin", "/../etc/passwd", "/predict/1", "/%00"])
+        return rng.choice(["GET", "POST"]), path, valid, AUTH | JSON, 0
     elif kind == "wrong method":
         return rng.choice([("GET", "/predict"), ("PUT", "/predict"), ("DELETE", "/health"), ("PATCH", "/explain")]) + (None, AUTH, 0)
     else:
@@ -225,8 +227,15 @@ def main(argv: list[str] | None = None) -> str:
         model = args.model or small_model(Path(tmp) / "model")
         labels = json.loads((model / "config.json").read_text())["label_names"]
         plan = [(kind, build(kind, pool, labels, rng)) for kind in rng.choices(names, weights, k=args.requests)]
+        before = os.environ.get("VDCNN_API_KEY")
         os.environ["VDCNN_API_KEY"] = KEY  # the server started next reads its key here
-        proc, url = start_server(model, args.threads, "auto", [])
+        try:
+            proc, url = start_server(model, args.threads, "auto", [])
+        finally:
+            if before is None:
+                del os.environ["VDCNN_API_KEY"]
+            else:
+                os.environ["VDCNN_API_KEY"] = before
         try:
             with httpx.Client(base_url=url, trust_env=False, timeout=120) as http:
                 docs = documented(http.get("/openapi.json").json())

@@ -10,6 +10,8 @@ in the server log, and /health still answers afterwards.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -170,7 +172,12 @@ def test_health_the_page_and_the_api_description_stay_open(servers):
     assert http.get(f"{url}/health").json()["status"] == "ok"
     page = http.get(f"{url}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "default-src 'none'" in page.headers["content-security-policy"]
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "unsafe-inline" not in policy
+    scripts = re.findall(r"<script>(.*?)</script>", page.text, flags=re.S)
+    assert len(scripts) == 1 and "loadMetadata" in scripts[0]  # the whole script: nothing in it closes the element
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy  # the browser runs it (and only it)
     schema = http.get(f"{url}/openapi.json").json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert schema["paths"]["/predict"]["post"]["security"] == [{"HTTPBearer": []}]
@@ -221,3 +228,27 @@ def test_a_server_bound_beyond_loopback_without_a_key_warns_at_start(fuzz_export
     assert len(warnings) == int(warned), warnings
     if warned:
         assert "without an API key" in warnings[0] and "VDCNN_API_KEY" in warnings[0] and "\n" not in warnings[0]
+
+
+# ----------------------------------------------------------------------------- the soak benchmark
+
+
+def test_soak_benchmark_smoke(fuzz_export, tmp_path):
+    """benchmarks/serve_soak.py, a few dozen requests of every kind: its checks find nothing wrong."""
+    import importlib.util
+
+    from fixtures.tiny import REPO
+
+    spec = importlib.util.spec_from_file_location("serve_soak", REPO / "benchmarks" / "serve_soak.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "soak.md"
+    report = module.main(["--model", str(fuzz_export), "--requests", "120", "--threads", "1", "--output", str(out)])
+    assert out.read_text() == report and "VDCNN_API_KEY" not in os.environ
+    first = report.splitlines()[0]
+    assert "120 requests" in first and "5xx: 0;" in first and "transport errors: 0;" in first, first
+    assert "must get: 0;" in first and "path: 0;" in first and "/health after: ok" in first, first
+    assert re.search(r"200: \d+, 400: \d+, 401: \d+", first), first
+    memory = [line for line in report.splitlines() if re.match(r"\| [\d,]+ \|", line)]
+    assert len(memory) == 10 and all(float(line.split("|")[2]) > 0 for line in memory)

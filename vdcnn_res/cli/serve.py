@@ -25,7 +25,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="vdcnn-res serve",
         description="Serve an exported model (the --out_dir of `vdcnn-res export`) over HTTP: POST /predict, "
-        "POST /explain, GET /health, GET /metadata, a demo page at /, OpenAPI page at /docs. Concurrent requests are batched together.",
+        "POST /explain, GET /health, GET /metadata, a demo page at /, OpenAPI page at /docs. "
+        "Concurrent requests are batched together.",
     )
     parser.add_argument("--model", required=True, help="exported folder (model.safetensors, config.json, tokenizer.json)")
     parser.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}; 0.0.0.0 for every interface)")

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
@@ -30,7 +30,7 @@ from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.training.callbacks import CurveRecorder
 
 __all__ = [
-    "EXECUTION_OPTIONS", "FitRun", "GridCommand", "Job", "add_grid_options", "budget_args", "build_fit",
+    "EXECUTION_OPTIONS", "FitRun", "Grid", "GridCommand", "Job", "add_grid_options", "budget_args", "build_fit",
     "check_command", "config_args", "dispatch", "finished", "fit_cell", "fit_command", "grid_command",
     "parse_command", "run_jobs", "run_workers", "save_result", "without_execution_options", "write_report",
 ]  # fmt: skip
@@ -395,3 +395,29 @@ def dispatch(
     if todo:
         run_workers(subcommand, command.grid_argv, command.extra, min(args.workers, len(todo)), args.threads)
     return report()
+
+
+@dataclass(frozen=True)
+class Grid(Generic[R]):
+    """A grid of cells and what it does with them: the one runner of `vdcnn-res ablate` and `sweep`.
+
+    `train(job, cell_dir, label)` fits a cell and returns its row, `load` reads a saved row,
+    `headline(row)` is what progress lines show of it, `report()` rewrites the tables from every
+    finished cell (write_report) and returns their rows.
+    """
+
+    subcommand: str
+    jobs: list[Job]
+    out_dir: Path
+    train: Callable[[Job, Path, str], R]
+    load: Callable[[Path], R]
+    headline: Callable[[R], str]
+    report: Callable[[], list[R]]
+
+    def run(self, worker: str = "") -> list[R]:
+        """This process's loop over the cells (run_jobs); `worker` tags a --workers process's lines."""
+        return run_jobs(self.jobs, self.out_dir, self.train, self.load, self.headline, self.report, worker)
+
+    def dispatch(self, command: GridCommand, header: str) -> list[R] | None:
+        """Run the grid here, as one --workers process, or with --workers processes (dispatch)."""
+        return dispatch(self.subcommand, self.jobs, self.out_dir, command, header, self.run, self.report)

@@ -25,18 +25,8 @@ from pathlib import Path
 
 import torch
 
-from vdcnn_res.cli.ablate.cells import (
-    Job,
-    add_grid_options,
-    budget_args,
-    build_fit,
-    dispatch,
-    fit_cell,
-    fit_command,
-    parse_command,
-    run_jobs,
-    write_report,
-)
+from vdcnn_res.cli.ablate.cells import Grid, Job, add_grid_options, budget_args, build_fit, fit_cell, fit_command
+from vdcnn_res.cli.ablate.cells import parse_command, write_report
 from vdcnn_res.cli.ablate.grid import Cell, CellResult, build_cells, grid_depths, load_result
 from vdcnn_res.cli.ablate.report import md_cell, plot_results, write_tables
 from vdcnn_res.errors import UserError
@@ -104,14 +94,19 @@ def _tested(result: CellResult) -> str:
     return f"test error {md_cell('test_err', result.test_err)} %" if not math.isnan(result.test_err) else "not tested"
 
 
-def _report(jobs: list[Job], out: Path, command: str) -> list[CellResult]:
-    """Rewrite the tables and the figure from every finished cell; returns their rows."""
+def _grid(base_args: list[str], out: Path, cells: list[Cell], budget: list[str], command: str) -> Grid[CellResult]:
+    """The ablation as a Grid: its report rewrites the tables and the figure from every finished cell."""
+    jobs = _jobs(base_args, out, cells, budget)
+    by_name = {cell.name: cell for cell in cells}
+
+    def train(job: Job, cell_dir: Path, label: str) -> CellResult:
+        return train_cell(by_name[job.name], list(job.fit_args), cell_dir, label)
 
     def write(results: list[CellResult]) -> None:
         write_tables(results, out, command)
         plot_results(results, out)
 
-    return write_report(jobs, out, load_result, write)
+    return Grid("ablate", jobs, out, train, load_result, _tested, lambda: write_report(jobs, out, load_result, write))
 
 
 def run_ablation(
@@ -128,14 +123,7 @@ def run_ablation(
     Workers (processes, or machines sharing `out_dir`) run this same loop: a cell's claim file lets one
     of them train it; the others skip it. `worker` tags the progress lines of a worker process.
     """
-    out = Path(out_dir)
-    jobs = _jobs(base_args, out, cells, budget)
-    by_name = {cell.name: cell for cell in cells}
-
-    def train(job: Job, cell_dir: Path, label: str) -> CellResult:
-        return train_cell(by_name[job.name], list(job.fit_args), cell_dir, label)
-
-    return run_jobs(jobs, out, train, load_result, _tested, lambda: _report(jobs, out, command), worker)
+    return _grid(base_args, Path(out_dir), cells, budget, command).run(worker)
 
 
 def _bool(text: str) -> bool:
@@ -200,12 +188,6 @@ def main(argv: list[str]) -> None:
     kinds = args.downsampling or [arch.downsampling]
     cells = build_cells(depths, args.layouts, args.shortcut, kinds, args.seeds, arch.num_stages, arch.convs_per_block)
     out = Path(args.out_dir)
-    jobs = _jobs(base, out, cells, limit)
-    results = dispatch(
-        "ablate", jobs, out, parsed,
-        header=f"Ablation: {len(cells)} cells -> {out}",
-        run=lambda worker: run_ablation(base, out, cells, limit, command, worker),
-        report=lambda: _report(jobs, out, command),
-    )  # fmt: skip
+    results = _grid(base, out, cells, limit, command).dispatch(parsed, header=f"Ablation: {len(cells)} cells -> {out}")
     if results is not None:
         print(f"Wrote {out / 'results.md'}, results.csv, summary.csv and ablation.png ({len(results)} of {len(cells)} cells)")

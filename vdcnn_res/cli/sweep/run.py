@@ -27,19 +27,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from vdcnn_res.cli.ablate.cells import (
-    Job,
-    add_grid_options,
-    budget_args,
-    build_fit,
-    dispatch,
-    fit_cell,
-    fit_command,
-    parse_command,
-    run_jobs,
-    write_report,
-)
-from vdcnn_res.cli.sweep.grid import Axis, Point, SweepResult, baseline_point, build_points, load_result, parse_grid
+from vdcnn_res.cli.ablate.cells import Grid, Job, add_grid_options, budget_args, build_fit, fit_cell, fit_command
+from vdcnn_res.cli.ablate.cells import parse_command, write_report
+from vdcnn_res.cli.sweep.grid import Point, SweepResult, baseline_point, build_points, load_result, parse_grid
 from vdcnn_res.cli.sweep.report import write_tables
 from vdcnn_res.errors import MissingFileError, UserError
 from vdcnn_res.training.callbacks import CurveRecorder
@@ -182,8 +172,6 @@ def check_points(base: list[str], points: list[Point]) -> None:
             raise UserError("the sweep needs a validation split: give data.valid, or data.valid_fraction > 0")
 
 
-def _report(jobs: list[Job], out: Path, axes: list[Axis], baseline: Point, command: str) -> list[SweepResult]:
-    return write_report(jobs, out, load_result, lambda results: write_tables(results, axes, baseline, out, command))
 
 
 def _headline(result: SweepResult) -> str:
@@ -203,12 +191,17 @@ def run_sweep(
     worker: str = "",
 ) -> list[SweepResult]:
     """Train every cell neither finished nor claimed by another worker, rewriting the tables after each."""
+    return _grid(jobs, cells, out_dir, report).run(worker)
 
+
+def _grid(
+    jobs: list[Job], cells: dict[str, tuple[Point, int]], out: Path, report: Callable[[], list[SweepResult]]
+) -> Grid[SweepResult]:
     def train(job: Job, cell_dir: Path, label: str) -> SweepResult:
         point, seed = cells[job.name]
         return train_cell(point, seed, list(job.fit_args), cell_dir, label)
 
-    return run_jobs(jobs, out_dir, train, load_result, _headline, report, worker)
+    return Grid("sweep", jobs, out, train, load_result, _headline, report)
 
 
 def main(argv: list[str]) -> None:
@@ -252,13 +245,9 @@ def main(argv: list[str]) -> None:
         check_points([*base, *budget], points)
 
     def report() -> list[SweepResult]:
-        return _report(jobs, out, axes, baseline, command)
+        return write_report(jobs, out, load_result, lambda results: write_tables(results, axes, baseline, out, command))
 
-    results = dispatch(
-        "sweep", jobs, out, parsed,
-        header=f"Sweep: {len(points)} point(s) x {len(args.seeds)} seed(s) = {len(jobs)} cells -> {out}",
-        run=lambda worker: run_sweep(jobs, cells, out, report, worker),
-        report=report,
-    )  # fmt: skip
+    results = _grid(jobs, cells, out, report).dispatch(
+        parsed, header=f"Sweep: {len(points)} point(s) x {len(args.seeds)} seed(s) = {len(jobs)} cells -> {out}")
     if results is not None:
         print(f"Wrote {out / 'summary.md'}, summary.csv and results.csv ({len(results)} of {len(jobs)} cells)")

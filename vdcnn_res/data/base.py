@@ -14,6 +14,7 @@ import numpy as np
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from vdcnn_res.data.files import FORMATS
 from vdcnn_res.data.labels import LabelTable, read_classes
 from vdcnn_res.data.sampler import LengthBucketBatchSampler, ResumableDataLoader, SortedSampler
 from vdcnn_res.data.sources import DEFAULT_HUB_SPLITS, SPLITS, SplitSources
@@ -32,23 +33,39 @@ class BucketedDataModule(LightningDataModule):
     _labels: Any = None  # LabelTable, built on first use
     _trained_ids: Any = None
 
-    @staticmethod
-    def split_sources(
-        *,
-        train: str | None,
-        valid: str | None,
-        test: str | None,
-        predict: str | None,
-        hub_splits: dict[str, str] | None,
-        **settings: Any,
-    ) -> SplitSources:
-        """Where each split comes from, with the checks every data module's arguments share."""
-        unknown_splits = set(hub_splits or {}) - set(SPLITS)
+    def check_shared_settings(self) -> None:
+        """The checks of the settings every data module has (``self.hparams``: save_hyperparameters first)."""
+        h = self.hparams
+        if not 0.0 <= h.valid_fraction < 1.0:
+            raise UserError(f"data.valid_fraction must be in [0, 1), got {h.valid_fraction}")
+        if h.missing_labels not in ("error", "drop"):
+            raise UserError(f"data.missing_labels must be 'error' or 'drop', got {h.missing_labels!r}")
+        if h.batching not in ("bucket", "fixed"):
+            raise UserError(f"data.batching must be 'bucket' or 'fixed', got {h.batching!r}")
+
+    def check_file_format(self) -> None:
+        """data.file_format is one of :data:`~vdcnn_res.data.files.FORMATS` or None (inferred)."""
+        if self.hparams.file_format is not None and self.hparams.file_format not in FORMATS:
+            raise UserError(f"data.file_format must be one of {', '.join(FORMATS)}, got {self.hparams.file_format!r}")
+
+    def split_sources(self, **settings: Any) -> SplitSources:
+        """Where each split comes from: the paths, hub and reading settings every data module has
+        (from ``self.hparams``) and the subclass's own ``settings`` (its columns and the like)."""
+        h = self.hparams
+        unknown_splits = set(h.hub_splits or {}) - set(SPLITS)
         if unknown_splits:
             raise UserError(f"data.hub_splits: unknown keys {sorted(unknown_splits)}; use {', '.join(SPLITS)}")
         return SplitSources(
-            paths={"train": train, "valid": valid, "test": test, "predict": predict},
-            hub_splits={**DEFAULT_HUB_SPLITS, **(hub_splits or {})},
+            paths={split: h[split] for split in ("train", "valid", "test", "predict")},
+            hub_splits={**DEFAULT_HUB_SPLITS, **(h.hub_splits or {})},
+            hub_dataset=h.hub_dataset,
+            hub_config=h.hub_config,
+            file_format=h.file_format,
+            label_column=h.label_column,
+            valid_fraction=h.valid_fraction,
+            seed=h.seed,
+            cache_dir=h.cache_dir,
+            missing_labels=h.missing_labels,
             **settings,
         )
 

@@ -145,12 +145,7 @@ class TextDataModule(BucketedDataModule):
             text_columns = [text_columns]
         if not text_columns:
             raise UserError("data.text_columns is empty; name at least one text column")
-        if not 0.0 <= valid_fraction < 1.0:
-            raise UserError(f"data.valid_fraction must be in [0, 1), got {valid_fraction}")
-        if missing_labels not in ("error", "drop"):
-            raise UserError(f"data.missing_labels must be 'error' or 'drop', got {missing_labels!r}")
-        if batching not in ("bucket", "fixed"):
-            raise UserError(f"data.batching must be 'bucket' or 'fixed', got {batching!r}")
+        self.check_shared_settings()
         if sampling not in ("natural", "balanced"):
             raise UserError(f"data.sampling must be 'natural' or 'balanced', got {sampling!r}")
         if task not in TASKS:
@@ -162,26 +157,12 @@ class TextDataModule(BucketedDataModule):
         if task == "multilabel" and sampling == "balanced":
             raise UserError("data.sampling=balanced draws classes of single-label data; for multi-label data use "
                             "data.sampling=natural (and model.class_weights for rare labels)")
-        if file_format is not None and file_format not in FORMATS:
-            raise UserError(f"data.file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+        self.check_file_format()
         if max_length < 1 or batch_size < 1 or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError("data.max_length, data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1")
         self._sources = self.split_sources(
-            train=train,
-            valid=valid,
-            test=test,
-            predict=predict,
-            hub_splits=hub_splits,
-            hub_dataset=hub_dataset,
-            hub_config=hub_config,
-            file_format=file_format,
             column_names=list(column_names) if column_names else None,
             text_columns=list(text_columns),
-            label_column=label_column,
-            valid_fraction=valid_fraction,
-            seed=seed,
-            cache_dir=cache_dir,
-            missing_labels=missing_labels,
             multilabel=task == "multilabel",
             label_separator=label_separator,
         )

@@ -25,7 +25,6 @@ import numpy as np
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from vdcnn_res.data.base import BucketedDataModule
-from vdcnn_res.data.files import FORMATS
 from vdcnn_res.data.labels import LabelTable, label_ids
 from vdcnn_res.data.series import (
     MISSING_KINDS,
@@ -100,16 +99,10 @@ class SeriesDataModule(BucketedDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if not 0.0 <= valid_fraction < 1.0:
-            raise UserError(f"data.valid_fraction must be in [0, 1), got {valid_fraction}")
-        if missing_labels not in ("error", "drop"):
-            raise UserError(f"data.missing_labels must be 'error' or 'drop', got {missing_labels!r}")
-        if batching not in ("bucket", "fixed"):
-            raise UserError(f"data.batching must be 'bucket' or 'fixed', got {batching!r}")
+        self.check_shared_settings()
         if batching == "fixed" and max_length is None:
             raise UserError("data.batching=fixed pads every batch to data.max_length; set data.max_length")
-        if file_format is not None and file_format not in FORMATS:
-            raise UserError(f"data.file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+        self.check_file_format()
         if normalize not in NORMALIZE_KINDS:
             raise UserError(f"data.normalize must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}")
         if missing not in MISSING_KINDS:
@@ -124,24 +117,7 @@ class SeriesDataModule(BucketedDataModule):
         if (batch_size != AUTO_BATCH and batch_size < 1) or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError("data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1 (batch_size: or 'auto')")
         self.preprocessing = SeriesPreprocessing(normalize, missing, max_length)
-        self._sources = self.split_sources(
-            train=train,
-            valid=valid,
-            test=test,
-            predict=predict,
-            hub_splits=hub_splits,
-            hub_dataset=hub_dataset,
-            hub_config=hub_config,
-            file_format=file_format,
-            column_names=None,
-            text_columns=[series_column],
-            label_column=label_column,
-            valid_fraction=valid_fraction,
-            seed=seed,
-            cache_dir=cache_dir,
-            missing_labels=missing_labels,
-            column_arg="data.series_column",
-        )
+        self._sources = self.split_sources(column_names=None, text_columns=[series_column], column_arg="data.series_column")
         self._channels: int | None = None
         self._splits: dict[str, SeriesSplit] = {}
 

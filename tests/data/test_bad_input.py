@@ -210,6 +210,30 @@ def test_a_column_that_turns_into_lists_far_into_a_file_is_one_line_not_a_crash(
     assert f"Column(/label) changed from {kinds[0]} to {kinds[1]} in row {first}" in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("suffix", ["", ".gz", ".bz2", ".xz", ".zst"])
+def test_json_lines_read_the_same_compressed_or_not(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    import pyarrow as pa
+
+    content = jsonl([{"text": "x", "label": "a"}, {"text": "y", "label": "b"}])
+    path = tmp_path / f"train.jsonl{suffix}"
+    if suffix == ".zst":
+        with pa.output_stream(str(path), compression="zstd") as out:
+            out.write(content.encode())
+    else:
+        opener = {"": open, ".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+        with opener(path, "wb") as f:
+            f.write(content.encode())
+    dm = TextDataModule(train=str(path), tokenizer="byte", valid_fraction=0.0)
+    assert fit_rows(dm) == [("x", "a"), ("y", "b")]
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(UserError, match=r"^data.train: could not read '.*bad\.jsonl\.gz': "):
+        TextDataModule(train=str(tmp_path / "bad.jsonl.gz")).num_classes
+
+
 # ----------------------------------------------------------------------------- strings no file can hold
 
 

@@ -1,4 +1,5 @@
-"""Local data files: resolve paths and globs, infer the format, read them with `datasets`.
+"""Local data files: resolve paths and globs, infer the format, read them (CSV, TSV and Parquet
+with `datasets`; JSON and JSON Lines with pyarrow, one block per file: see `_load_json`).
 
 Every user mistake (no such file, a folder, an unknown extension, text that is not UTF-8, a
 file `datasets` cannot parse) becomes a one-line :class:`~vdcnn_res.errors.UserError` that

@@ -98,6 +98,7 @@ def test_default_fit_rows_build_what_the_cli_builds() -> None:
     assert module.arch.ngram_buckets == TEXT_NGRAMS["model.arch.ngram_buckets"]
     assert module.branch_loss == TEXT_BRANCH_LOSS and module.arch.depth == 9
     assert bench.default_classifier(29, 72, ngrams=False).model.ngrams is None
+    assert module.arch.masked_norm and not bench.default_classifier(9, 72, masked_norm=False).arch.masked_norm
     assert bench.data_defaults() == {"max_length": 512, "batch_size": 32, "pad_multiple": 8}
 
 
@@ -196,3 +197,12 @@ def test_cost_grid_quick_run_has_one_row_per_depth_and_length(quick_report: Path
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "depth" not in line]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [("9", "64"), ("9", "128")]
     assert all(float(c) > 0 for r in rows for c in r[2:])
+
+
+def test_masked_norm_cost_quick_run_compares_each_pair(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/masked_norm_cost.py --quick: one row per configuration, a ratio per pair."""
+    module = _load_script(BENCH.parent / "masked_norm_cost.py", "vdcnn_masked_norm_cost")
+    table = module.main(["--quick"])
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "samples/s" not in line]
+    assert len(rows) == 4 and all(float(r[1]) > 0 for r in rows)
+    assert [bool(r[2].strip()) for r in rows] == [True, False, True, False]

@@ -161,6 +161,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     ``masked=False`` ignores ``keep`` (torch's BatchNorm over every position, as in vdcnn-res
     before masked statistics existed); a batch without padding takes torch's kernel either way
     (the same statistics). Parameters and buffers are BatchNorm1d's, so state dicts are unchanged.
+    In training mode with padding, the output is zero at padded positions.
     """
 
     def __init__(self, num_features: int, masked: bool = True, **kwargs: object) -> None:
@@ -170,26 +171,13 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
         if not (self.masked and self.training and keep is not None) or bool(keep.all()):
             return super().forward(x)
-        # Two passes (mean, then the variance of centred values) in at least fp32: one-pass
-        # moments cancel badly in deep plain stacks, whose train-mode outputs amplify the error.
-        xs = x.to(torch.promote_types(x.dtype, torch.float32))
-        n = keep.sum().clamp(min=1).to(xs.dtype)  # valid positions in the batch
-        share = keep.numel() / n  # (B * L) / valid: turns a mean over all positions into one over valid ones
-        mean = xs.mul(keep).mean(dim=(0, 2)) * share  # (C,)
-        var = (xs - mean[:, None]).mul(keep).square().mean(dim=(0, 2)) * share  # (C,), biased
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-                unbiased = var * (n / (n - 1).clamp(min=1))
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        scale = torch.rsqrt(var + self.eps)  # (C,)
-        shift = -mean * scale
-        if self.affine:
-            scale = scale * self.weight
-            shift = shift * self.weight + self.bias
-        return torch.addcmul(shift.to(x.dtype)[:, None], x, scale.to(x.dtype)[:, None])  # (B, C, L)
+        # The valid positions as rows (n, C), normalised by torch's own kernel (which also keeps
+        # the running statistics), scattered back; padding comes out zero. Twice as fast as
+        # masked moments written with elementwise ops (benchmarks/bench.py has the model's cost).
+        valid = keep.squeeze(1)  # (B, L)
+        rows = super().forward(x.transpose(1, 2)[valid])  # (n, C)
+        out = x.new_zeros(x.shape[0], x.shape[2], x.shape[1]).index_put((valid,), rows.to(x.dtype))  # (B, L, C)
+        return out.transpose(1, 2)  # (B, C, L)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.masked else ", masked=False")

@@ -43,7 +43,7 @@ class _BreakRunningStatistics(pl.Callback):
                 m.running_mean.fill_(50.0)
 
 
-def _fit(tmp_path, broken: bool) -> tuple[EvalModeGap, list[str]]:
+def _fit(tmp_path, broken: bool, masked_norm: bool = True) -> tuple[EvalModeGap, list[str]]:
     pl.seed_everything(0)
     gap = EvalModeGap(threshold=10.0)
     callbacks = [_BreakRunningStatistics(), gap] if broken else [gap]
@@ -51,7 +51,7 @@ def _fit(tmp_path, broken: bool) -> tuple[EvalModeGap, list[str]]:
                          enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
                          limit_val_batches=0)  # fmt: skip
     module = VDCNNClassifier(
-        arch=ModelConfig(num_classes=3, vocab_size=8, channels=(8, 8, 16, 16), hidden_size=16),
+        arch=ModelConfig(num_classes=3, vocab_size=8, channels=(8, 8, 16, 16), hidden_size=16, masked_norm=masked_norm),
         optim=OptimConfig(name="adamw", lr=3e-3, schedule="constant"),
         label_smoothing=0.0,
     )
@@ -65,7 +65,12 @@ def test_warns_when_eval_mode_is_far_below_training_mode(tmp_path):
     gap, messages = _fit(tmp_path, broken=True)
     train_pct, eval_pct = gap.last
     assert train_pct > eval_pct + 10
-    assert len(messages) == 1 and "masked_norm" in messages[0] and f"{eval_pct:.1f} % in eval mode" in messages[0]
+    assert len(messages) == 1 and "data.normalize zscore" in messages[0] and f"{eval_pct:.1f} % in eval mode" in messages[0]
+
+
+def test_the_warning_names_masked_norm_when_it_is_off(tmp_path):
+    _, messages = _fit(tmp_path, broken=True, masked_norm=False)
+    assert len(messages) == 1 and "set model.arch.masked_norm true" in messages[0]
 
 
 def test_silent_when_the_modes_agree(tmp_path):

@@ -62,10 +62,16 @@ class EvalModeGap(pl.Callback):
         self.last = (100.0 * float(train_acc), eval_acc)
         gap = self.last[0] - eval_acc
         if gap > self.threshold and trainer.is_global_zero:
+            masked = getattr(getattr(pl_module, "arch", None), "masked_norm", True)
+            fix = (
+                "set model.arch.masked_norm true (inputs of unequal length)"
+                if not masked
+                else "inputs of very different scales make each batch's statistics differ (for series: "
+                "data.normalize zscore), as do small batches"
+            )
             warnings.warn(
                 f"on {n} training examples the model scores {eval_acc:.1f} % in eval mode against "
-                f"{self.last[0]:.1f} % in training mode (last epoch): normalisation statistics differ "
-                "between training and evaluation, so test accuracy will be low too; keep "
-                "model.arch.masked_norm true for inputs of unequal length, or use larger batches",
-                stacklevel=2,
+                f"{self.last[0]:.1f} % in training mode (last epoch): BatchNorm's running statistics "
+                f"do not match its batch statistics, so test accuracy will be low too; {fix}",
+                stacklevel=1,  # attributed to this file: the CLI prints the toolkit's warnings as one line
             )

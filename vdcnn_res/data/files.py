@@ -220,8 +220,8 @@ def _read_json_file(file: str, arg: str) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
         try:
             data.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            raise UserError(f"{arg}: {_not_utf8(file, bad)}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{arg}: {_not_utf8(file, err)}") from None
         raise UserError(f"{arg}: could not read json file(s) {file!r}: {_first_line(err)}") from None
     return table
 

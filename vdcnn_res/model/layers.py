@@ -173,7 +173,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         # The valid positions as rows (n, C), normalised by torch's own kernel (which also keeps
         # the running statistics), scattered back; padding comes out zero. Twice as fast as
-        # masked moments written with elementwise ops (benchmarks/bench.py has the model's cost).
+        # masked moments written with elementwise ops (benchmarks/masked_norm_cost.py times the step).
         valid = keep.squeeze(1)  # (B, L)
         rows = super().forward(x.transpose(1, 2)[valid])  # (n, C)
         out = x.new_zeros(x.shape[0], x.shape[2], x.shape[1]).index_put((valid,), rows.to(x.dtype))  # (B, L, C)

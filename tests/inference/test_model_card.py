@@ -14,7 +14,7 @@ from fixtures.tiny import LABELS, QUIET, REPO, sample_texts
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.inference.model_card import build_model_card, read_test_run
-from vdcnn_res.inference.model_files import CARD_FILE, write_pretrained
+from vdcnn_res.inference.model_files import CARD_FILE, LoadedModel, write_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -97,7 +97,9 @@ def test_save_pretrained_and_series_models_get_a_card_from_the_model_alone(ckpt,
 
     config = ModelConfig(num_classes=2, input_channels=1, blocks_per_stage=(1, 1), channels=(8, 16), kernel_sizes=(8, 5, 3),
                          downsampling="none", head="global_avg", hidden_size=0)
-    write_pretrained(tmp_path / "series", build_model(config), SeriesPreprocessing("zscore", "zero", 40), ["up", "down"], None)
+    model, prep = build_model(config), SeriesPreprocessing("zscore", "zero", 40)
+    card = build_model_card(LoadedModel(model, prep, ["up", "down"], 40), name="series")
+    write_pretrained(tmp_path / "series", model, prep, ["up", "down"], None, card=card)
     series = ModelCard.load(tmp_path / "series" / CARD_FILE)
     assert series.data.pipeline_tag is None and "time-series-classification" in series.data.tags
     assert "series_array" in series.text and "tokenizer.json" not in series.text

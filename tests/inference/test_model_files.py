@@ -283,7 +283,7 @@ def test_series_export_is_version_2_with_its_preprocessing_and_no_tokenizer(tmp_
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
     assert config["format_version"] == 2 and config["series"] == {"normalize": "zscore", "missing": "zero", "max_length": 50}
     assert "max_length" not in config and not (tmp_path / TOKENIZER_FILE).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE, CARD_FILE])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE])  # no card given, none written
     loaded = read_pretrained(tmp_path)
     assert loaded.tokenizer == prep and loaded.max_length == 50 and loaded.model.config.input_channels == 2
     with pytest.raises(UserError, match="saved with its SeriesPreprocessing"):

@@ -314,7 +314,7 @@ def test_series_save_pretrained_round_trips(series_predictor, tmp_path):
     from vdcnn_res.inference.model_files import TOKENIZER_FILE
 
     paths = series_predictor.save_pretrained(tmp_path / "s")
-    assert not (tmp_path / "s" / TOKENIZER_FILE).exists() and len(paths) == 2
+    assert not (tmp_path / "s" / TOKENIZER_FILE).exists() and len(paths) == 3  # weights, config, model card
     loaded = Predictor.from_pretrained(tmp_path / "s", bf16=False)
     assert loaded.is_series and loaded.tokenizer == series_predictor.tokenizer
     items = _series(4, 12, seed=3)

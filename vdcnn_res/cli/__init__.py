@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from vdcnn_res.cli.help import COMMANDS
 from vdcnn_res.errors import UserError
 
 __all__ = ["COMMANDS", "SUBCOMMANDS", "main", "overview"]
@@ -29,21 +30,6 @@ SUBCOMMANDS = {
 }
 
 
-# Every subcommand with one line of what it does: `vdcnn-res --help` lists them, and the first four
-# (the LightningCLI's) use their line as their own --help description.
-COMMANDS = {
-    "fit": "train a text or time-series classifier; writes best and last checkpoints and logs",
-    "validate": "score a checkpoint on the validation split",
-    "test": "score a checkpoint on the test split: accuracy, macro-F1, calibration, per-class table",
-    "predict": "write a checkpoint's predictions for new texts or series to a JSONL or CSV file",
-    "export": "write a checkpoint as safe model files (safetensors + JSON), optionally ONNX; no Trainer",
-    "ablate": "fit a depth x shortcut (x downsampling x seed) grid and report the ablation table",
-    "sweep": "fit a grid of any config keys x seeds, judged on the validation split",
-    "tune": "search the recipe's hyperparameters within a time budget (Optuna, validation split)",
-    "serve": "serve an exported model over HTTP with dynamic batching",
-    "explain": "an HTML page of per-character attributions for a model's predictions",
-    "calibrate": "fit a checkpoint's temperature on a validation split and store it in the checkpoint",
-}
 _LIGHTNING = ("fit", "validate", "test", "predict")
 
 

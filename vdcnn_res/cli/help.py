@@ -22,7 +22,23 @@ from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
 
-__all__ = ["HELP", "HelpFormatter", "full_help", "help_text", "short_help"]
+# Every subcommand with one line of what it does: `vdcnn-res --help` lists them, and the first four
+# (the LightningCLI's) use their line as their own --help description.
+COMMANDS = {
+    "fit": "train a text or time-series classifier; writes best and last checkpoints and logs",
+    "validate": "score a checkpoint on the validation split",
+    "test": "score a checkpoint on the test split: accuracy, macro-F1, calibration, per-class table",
+    "predict": "write a checkpoint's predictions for new texts or series to a JSONL or CSV file",
+    "export": "write a checkpoint as safe model files (safetensors + JSON + model card), optionally ONNX; --push_to_hub uploads them",
+    "ablate": "fit a depth x shortcut (x downsampling x seed) grid and report the ablation table",
+    "sweep": "fit a grid of any config keys x seeds, judged on the validation split",
+    "tune": "search the recipe's hyperparameters within a time budget (Optuna, validation split)",
+    "serve": "serve an exported model over HTTP with dynamic batching, an optional API key and a demo page",
+    "explain": "an HTML page of per-character attributions for a model's predictions",
+    "calibrate": "fit a checkpoint's temperature on a validation split and store it in the checkpoint",
+}
+
+__all__ = ["COMMANDS", "HELP", "HelpFormatter", "full_help", "help_text", "short_help"]
 
 _FULL = contextvars.ContextVar("vdcnn_res_full_help", default=False)
 

@@ -674,7 +674,7 @@ def _eval_logger(ckpt_path: Path, subcommand: str, trainer_config: dict[str, Any
 
 def _describe(subcommand: str, kind: str) -> str:
     """A subcommand's --help description: its line of `vdcnn-res --help` and where the rest is."""
-    from vdcnn_res.cli import COMMANDS
+    from vdcnn_res.cli.help import COMMANDS
 
     other = "text" if kind == "series" else "series"
     return (f"vdcnn-res {subcommand}: {COMMANDS[subcommand]}. Options for {kind} data; "

@@ -29,9 +29,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from vdcnn_res.data.series import SeriesPreprocessing
-from vdcnn_res.inference.model_files import CARD_FILE, LoadedModel
+from vdcnn_res.inference.model_files import LoadedModel
 
-__all__ = ["CARD_FILE", "build_model_card", "read_test_run"]
+__all__ = ["build_model_card", "read_test_run"]
 
 _MULTICLASS_METRICS = {"test/acc": "accuracy", "test/f1_macro": "f1"}
 _MULTILABEL_METRICS = {"test/subset_acc": "accuracy", "test/f1_micro": "f1", "test/f1_macro": "f1"}

@@ -324,8 +324,8 @@ def write_pretrained(
 
     A series model (``tokenizer`` is its SeriesPreprocessing) gets no tokenizer.json; its
     config.json holds the preprocessing (``max_length`` is then the preprocessing's).
-    ``card``: a ``huggingface_hub.ModelCard`` (model_card.py); None writes the card the model
-    alone gives (no training data or test results).
+    ``card``: a ``huggingface_hub.ModelCard`` (model_card.py) written as README.md; None writes
+    none (callers build it: this module stays below model_card.py, which reads LoadedModel).
     """
     from safetensors.torch import save
 
@@ -378,9 +378,7 @@ def write_pretrained(
     if not series:
         tokenizer.save(str(paths[2]))
     if card is None:
-        from vdcnn_res.inference.model_card import build_model_card
-
-        card = build_model_card(LoadedModel(model, tokenizer, list(label_names), max_length), name=out.name)
+        return paths[:-1]
     paths[-1].write_text(str(card), encoding="utf-8")
     return paths
 

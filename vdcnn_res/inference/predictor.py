@@ -264,9 +264,14 @@ class Predictor:
         return self
 
     def save_pretrained(self, directory: str | os.PathLike[str], overwrite: bool = False) -> list[Path]:
-        """Write model.safetensors, config.json and tokenizer.json (series: no tokenizer.json), what `from_pretrained` reads."""
+        """Write model.safetensors, config.json and tokenizer.json (series: no tokenizer.json), what `from_pretrained` reads,
+        and the model card README.md."""
+        from vdcnn_res.inference.model_card import build_model_card
+
         self._single("is not one model file: save each member (predictor.members[i].save_pretrained(...))")
-        return write_pretrained(directory, self.model, self.tokenizer, self.label_names, self.max_length, overwrite)
+        loaded = LoadedModel(self.model, self.tokenizer, list(self.label_names), self.max_length)
+        card = build_model_card(loaded, name=Path(directory).name)  # what the model alone tells: no data, no test results
+        return write_pretrained(directory, self.model, self.tokenizer, self.label_names, self.max_length, overwrite, card)
 
     def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
         """Softmax over the classes, or (multi-label) each label's sigmoid."""

@@ -119,7 +119,7 @@ _TRAINING_STATE = {"optimizer_states", "lr_schedulers", "callbacks"}
 def _fit_once(tmp_path, **callback_args):
     callback = ModelCheckpointWithLast(**{"dirpath": tmp_path, "monitor": "epoch", "mode": "max", "save_last": True, **callback_args})
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[callback], plugins=[AtomicCheckpointIO()])
+                         callbacks=[callback], plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path)  # test's files too
     trainer.fit(_module(label_names=["x", "y", "z"]), datamodule=_Batches())
     return trainer, callback
 

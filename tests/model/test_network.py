@@ -5,6 +5,7 @@ the defaults (parameter counts, head size).
 """
 
 import ast
+import copy
 import itertools
 import math
 import sys
@@ -527,3 +528,18 @@ def test_model_files_import_only_torch_and_stdlib():
                 continue
             for top in tops:
                 assert top in allowed, f"{fname} imports {top}"
+
+
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+def test_sync_batchnorm_conversion_keeps_the_statistics_masked(block):
+    """Lightning's trainer.sync_batchnorm swaps every BatchNorm for torch's SyncBatchNorm (one
+    argument, no mask): the network still normalises over valid positions only (here without a
+    process group, where SyncBatchNorm computes like BatchNorm)."""
+    torch.manual_seed(0)
+    model = small("vdcnn17", block=block, downsampling="conv").train().double()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
+    assert not any(type(m).__name__ == "MaskedBatchNorm1d" for m in synced.modules())
+    texts = random_texts([70, 300])
+    expected = model(pad_batch(texts, 300))
+    for n in (300, 500):
+        torch.testing.assert_close(synced(pad_batch(texts, n)), expected, rtol=0, atol=1e-6 * expected.abs().max().item())

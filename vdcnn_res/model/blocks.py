@@ -11,7 +11,8 @@ Blocks never re-decide it; they only say which input the shortcut reads and whic
 ``zero_init_last`` zeros.
 
 Every BatchNorm is a :class:`~.layers.MaskedBatchNorm1d` built by ``norm_layer`` (torchvision's
-pattern) and called with the keep mask of its input, so training statistics count valid
+pattern) and called through :func:`~.layers.masked_batch_norm` with the keep mask of its input
+(so a SyncBatchNorm that replaced it stays masked), so training statistics count valid
 positions only (``norm_layer=partial(MaskedBatchNorm1d, masked=False)``: torch's plain BN).
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import MaskedBatchNorm1d
+from .layers import MaskedBatchNorm1d, masked_batch_norm
 
 __all__ = [
     "BLOCKS",
@@ -82,7 +83,7 @@ class Projection(nn.Sequential):
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:  # type: ignore[override]
         conv, norm = self
-        return norm(conv(x), keep).mul(keep)  # (B, C_out, L_out)
+        return masked_batch_norm(norm, conv(x), keep).mul(keep)  # (B, C_out, L_out)
 
 
 def projection(in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer = MaskedBatchNorm1d) -> Projection:
@@ -161,8 +162,8 @@ class BasicConvResBlock(ResidualBlock):
         out = x
         last = len(self.kernel_sizes)
         for i in range(1, last):
-            out = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out), keep).mul(keep))
-        return getattr(self, f"bn{last}")(getattr(self, f"conv{last}")(out), keep).mul(keep), x
+            out = F.relu(masked_batch_norm(getattr(self, f"bn{i}"), getattr(self, f"conv{i}")(out), keep).mul(keep))
+        return masked_batch_norm(getattr(self, f"bn{last}"), getattr(self, f"conv{last}")(out), keep).mul(keep), x
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(getattr(self, f"bn{len(self.kernel_sizes)}").weight)
@@ -185,8 +186,8 @@ class PreActConvResBlock(ResidualBlock):
 
     def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
         keep_in = ~pad_in
-        pre = F.relu(self.bn1(x, keep_in).mul(keep_in))  # (B, C_in, L_in)
-        out = F.relu(self.bn2(self.conv1(pre), keep).mul(keep))
+        pre = F.relu(masked_batch_norm(self.bn1, x, keep_in).mul(keep_in))  # (B, C_in, L_in)
+        out = F.relu(masked_batch_norm(self.bn2, self.conv1(pre), keep).mul(keep))
         return self.conv2(out).mul(keep), pre
 
     def zero_init_last(self) -> None:
@@ -214,9 +215,9 @@ class BottleneckConvResBlock(ResidualBlock):
 
     def branch(self, x: Tensor, pad_in: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
         keep_in = ~pad_in
-        out = F.relu(self.bn1(self.conv1(x), keep_in).mul(keep_in))  # (B, C/4, L_in)
-        out = F.relu(self.bn2(self.conv2(out), keep).mul(keep))  # (B, C/4, L_out)
-        return self.bn3(self.conv3(out), keep).mul(keep), x  # (B, C, L_out)
+        out = F.relu(masked_batch_norm(self.bn1, self.conv1(x), keep_in).mul(keep_in))  # (B, C/4, L_in)
+        out = F.relu(masked_batch_norm(self.bn2, self.conv2(out), keep).mul(keep))  # (B, C/4, L_out)
+        return masked_batch_norm(self.bn3, self.conv3(out), keep).mul(keep), x  # (B, C, L_out)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)

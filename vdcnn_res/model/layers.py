@@ -8,6 +8,8 @@ right-padded, so a text's valid positions are 0 .. length - 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,6 +23,7 @@ __all__ = [
     "KMaxDownsample",
     "MaskedAvgPool1d",
     "MaskedBatchNorm1d",
+    "masked_batch_norm",
 ]
 
 
@@ -171,13 +174,33 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
         if not (self.masked and self.training and keep is not None) or bool(keep.all()):
             return super().forward(x)
-        # The valid positions as rows (n, C), normalised by torch's own kernel (which also keeps
-        # the running statistics), scattered back; padding comes out zero. Twice as fast as
-        # masked moments written with elementwise ops (benchmarks/masked_norm_cost.py times the step).
-        valid = keep.squeeze(1)  # (B, L)
-        rows = super().forward(x.transpose(1, 2)[valid])  # (n, C)
-        out = x.new_zeros(x.shape[0], x.shape[2], x.shape[1]).index_put((valid,), rows.to(x.dtype))  # (B, L, C)
-        return out.transpose(1, 2)  # (B, C, L)
+        return _on_valid_rows(super().forward, x, keep)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.masked else ", masked=False")
+
+
+def _on_valid_rows(norm: Callable[[Tensor], Tensor], x: Tensor, keep: Tensor) -> Tensor:
+    """A BatchNorm's forward applied to the valid positions of x (B, C, L) as rows (n, C): torch's
+    own kernel keeps the statistics (and running estimates) of those rows; scattered back, padding
+    zero. Twice as fast as masked moments written with elementwise ops (benchmarks/masked_norm_cost.py)."""
+    valid = keep.squeeze(1)  # (B, L)
+    rows = norm(x.transpose(1, 2)[valid])  # (n, C)
+    out = x.new_zeros(x.shape[0], x.shape[2], x.shape[1]).index_put((valid,), rows.to(x.dtype))  # (B, L, C)
+    return out.transpose(1, 2)  # (B, C, L)
+
+
+def masked_batch_norm(norm: nn.Module, x: Tensor, keep: Tensor) -> Tensor:
+    """``norm`` on x (B, C, L) with training statistics over the valid positions ``keep`` (B, 1, L).
+
+    A :class:`MaskedBatchNorm1d` masks as configured. Any other BatchNorm stands where Lightning's
+    ``trainer.sync_batchnorm`` replaced one by ``torch.nn.SyncBatchNorm`` (which takes one
+    argument): it is applied to the valid positions as rows the same way, so the statistics stay
+    masked, and synced over the processes (SyncBatchNorm takes (N, C) input and counts each
+    process's rows).
+    """
+    if isinstance(norm, MaskedBatchNorm1d):
+        return norm(x, keep)
+    if not norm.training or bool(keep.all()):
+        return norm(x)
+    return _on_valid_rows(norm, x, keep)

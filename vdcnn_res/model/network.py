@@ -41,6 +41,7 @@ from .layers import (
     MaskedBatchNorm1d,
     MaskedMaxPool1d,
     halve_lengths,
+    masked_batch_norm,
     padding_mask,
 )
 from .ngrams import HashedNGramBag
@@ -321,7 +322,7 @@ class VDCNN(nn.Module):
         for stage in self.stages:
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))
         if self.final_norm is not None:
-            x = F.relu(self.final_norm(x, ~pad))  # padding left as is: the pooling skips it
+            x = F.relu(masked_batch_norm(self.final_norm, x, ~pad))  # padding left as is: the pooling skips it
         x = self.pool(x, pad)  # (B, C, kmax) or (B, C, 1)
         return x.flatten(1)  # (B, C * kmax) or (B, C)
 

@@ -29,19 +29,10 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("schemathesis", reason="the API fuzzer is in the `test` extra: pip install 'vdcnn-res[test]'")
 
-from test_server import ServerProcess, client  # noqa: E402 - after the skips (tests/inference is on sys.path)
+from test_server import ServerProcess, client, export_dir  # noqa: E402, F401 - after the skips (tests/inference is on sys.path); export_dir is a fixture
 
 KEY = "test-key-0123456789abcdef"  # what a user would put in VDCNN_API_KEY
 EXAMPLES = {"keyed": 40, "multilabel": 25}  # per operation: ~15 s and ~8 s of fuzzing on a 2-core machine
-
-
-@pytest.fixture(scope="module")
-def fuzz_export(ckpt, tmp_path_factory) -> Path:
-    from vdcnn_res.cli.export import export_checkpoint
-
-    out = tmp_path_factory.mktemp("fuzz_export")
-    export_checkpoint(ckpt, out, overwrite=True)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +55,8 @@ def multilabel_export(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(fuzz_export, multilabel_export):
-    keyed = ServerProcess("--model", str(fuzz_export), "--precision", "fp32", env={"VDCNN_API_KEY": KEY})
+def servers(export_dir, multilabel_export):
+    keyed = ServerProcess("--model", str(export_dir), "--precision", "fp32", env={"VDCNN_API_KEY": KEY})
     multilabel = ServerProcess("--model", str(multilabel_export), "--precision", "fp32")
     try:
         keyed.start(), multilabel.start()
@@ -186,11 +177,11 @@ def test_health_the_page_and_the_api_description_stay_open(servers):
 
 
 @pytest.mark.parametrize(("key", "problem"), [("short", "at least 16"), ("sixteen chars with spaces", "printable ASCII")])
-def test_a_weak_or_unsendable_key_is_refused_with_one_line(fuzz_export, capsys, key, problem):
+def test_a_weak_or_unsendable_key_is_refused_with_one_line(export_dir, capsys, key, problem):
     from vdcnn_res.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "--model", str(fuzz_export), "--api-key", key])
+        main(["serve", "--model", str(export_dir), "--api-key", key])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vdcnn-res: error: ") and "\n" not in err and problem in err and key not in err
@@ -198,7 +189,7 @@ def test_a_weak_or_unsendable_key_is_refused_with_one_line(fuzz_export, capsys, 
 
 @pytest.mark.parametrize(("host", "key", "warned"), [("0.0.0.0", None, True), ("::", None, True), ("0.0.0.0", KEY, False),
                                                      ("127.0.0.1", None, False), ("localhost", None, False)])
-def test_a_server_bound_beyond_loopback_without_a_key_warns_at_start(fuzz_export, monkeypatch, host, key, warned):
+def test_a_server_bound_beyond_loopback_without_a_key_warns_at_start(export_dir, monkeypatch, host, key, warned):
     """serve() as it starts, with the socket bound on 127.0.0.1 whatever the host (nothing listens beyond it)."""
     import logging
     import socket
@@ -221,7 +212,7 @@ def test_a_server_bound_beyond_loopback_without_a_key_warns_at_start(fuzz_export
     monkeypatch.setattr(server_module, "create_app", lambda predictor, settings: None)
     server_module.logger.addHandler(handler)
     try:
-        server_module.serve(server_module.ServeSettings(model=str(fuzz_export), host=host, port=0, api_key=key))
+        server_module.serve(server_module.ServeSettings(model=str(export_dir), host=host, port=0, api_key=key))
     finally:
         server_module.logger.removeHandler(handler)
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
@@ -233,7 +224,7 @@ def test_a_server_bound_beyond_loopback_without_a_key_warns_at_start(fuzz_export
 # ----------------------------------------------------------------------------- the soak benchmark
 
 
-def test_soak_benchmark_smoke(fuzz_export, tmp_path):
+def test_soak_benchmark_smoke(export_dir, tmp_path):
     """benchmarks/serve_soak.py, a few dozen requests of every kind: its checks find nothing wrong."""
     import importlib.util
 
@@ -244,7 +235,7 @@ def test_soak_benchmark_smoke(fuzz_export, tmp_path):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     out = tmp_path / "soak.md"
-    report = module.main(["--model", str(fuzz_export), "--requests", "120", "--threads", "1", "--output", str(out)])
+    report = module.main(["--model", str(export_dir), "--requests", "120", "--threads", "1", "--output", str(out)])
     assert out.read_text() == report and "VDCNN_API_KEY" not in os.environ
     first = report.splitlines()[0]
     assert "120 requests" in first and "5xx: 0;" in first and "transport errors: 0;" in first, first

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vdcnn_res.data.series import SeriesCollator, SeriesPreprocessing, SeriesSplit, as_series
+from vdcnn_res.data.series import SCALE_SPREAD_LIMIT, SeriesCollator, SeriesPreprocessing, SeriesSplit, as_series, scale_spread
 from vdcnn_res.data.series_module import SeriesDataModule, auto_batch_size
 from vdcnn_res.errors import UserError
 
@@ -259,3 +259,64 @@ def test_shared_sets_load(name, channels, classes, shared_dir):
     data = SeriesDataModule(train=str(shared_dir / "data" / "series" / name / "train.jsonl"), label_offset=offset,
                             valid_fraction=0.2)  # fmt: skip
     assert data.input_channels == channels and data.num_classes == classes
+
+
+# --------------------------------------------------------------------------- normalize: auto
+
+
+def scaled_rows(scales: list[float], channels: int = 2, seed: int = 0) -> list[dict]:
+    """series_rows whose i-th series is multiplied by scales[i % len(scales)] (in its first channel)."""
+    rows = series_rows(2 * len(scales), channels, lengths=(12, 20), seed=seed)
+    for i, row in enumerate(rows):
+        values = np.array(row["series"])
+        values[0] *= scales[i % len(scales)]
+        row["series"] = values.tolist()
+    return rows
+
+
+def test_scale_spread_is_the_widest_10th_to_90th_percentile_ratio_of_series_scales():
+    rng = np.random.default_rng(0)
+    znormed = [rng.standard_normal((2, 30)) for _ in range(20)]
+    znormed = [(s - s.mean(1, keepdims=True)) / s.std(1, keepdims=True) for s in znormed]
+    assert scale_spread(znormed) == pytest.approx(1.0)
+    spread = [np.stack([s[0] * 10.0 ** (i % 6), s[1]]) for i, s in enumerate(znormed)]  # channel 0: 1 .. 1e5
+    scales = [10.0 ** (i % 6) for i in range(20)]
+    assert scale_spread(spread) == pytest.approx(np.percentile(scales, 90) / np.percentile(scales, 10))
+    flat = [np.ones((1, 5)), np.full((1, 5), 3.0), np.array([[np.nan, 1.0, 2.0]])]
+    assert scale_spread(flat) == 1.0  # constant series carry no scale; fewer than two scales: no spread
+    assert scale_spread([np.full((1, 4), np.nan), np.array([[0.0, 2.0]])]) == 1.0 and scale_spread([]) == 1.0
+
+
+@pytest.mark.parametrize("scales, chosen", [([1.0, 2.0, 0.5], "none"), ([1e-3, 1.0, 1e3], "zscore")])
+def test_normalize_auto_decides_on_the_training_split_and_records_it(tmp_path, scales, chosen, caplog):
+    train = write_jsonl(tmp_path / "train.jsonl", scaled_rows(scales))
+    test = write_jsonl(tmp_path / "test.jsonl", scaled_rows([1e3], seed=1))
+    data = SeriesDataModule(train=train, test=test, valid_fraction=0.0, normalize="auto")
+    with caplog.at_level("INFO"):
+        data.setup("test")  # the test split first: the training split decides all the same
+    assert data.hparams.normalize == chosen and data.state_dict()["preprocessing"]["normalize"] == chosen
+    assert f"data.normalize=auto: {chosen}" in caplog.text
+    first = np.array(json.loads(Path(test).read_text().splitlines()[0])["series"], dtype=np.float32)
+    expected = SeriesPreprocessing(chosen).apply(first.astype(np.float64), "x")
+    np.testing.assert_allclose(data._split("test").series[0], expected, rtol=1e-6)
+    assert (abs(data._split("test").series[0][0]).max() > 100) == (chosen == "none")
+
+
+def test_normalize_auto_threshold_is_a_thousandfold_spread():
+    assert SCALE_SPREAD_LIMIT == 1000.0
+    below = [np.array([[0.0, 1.0, 0.0, -1.0]]) * s for s in [1.0] * 10 + [900.0] * 10]
+    above = [np.array([[0.0, 1.0, 0.0, -1.0]]) * s for s in [1.0] * 10 + [1100.0] * 10]
+    assert scale_spread(below) < SCALE_SPREAD_LIMIT < scale_spread(above)
+
+
+def test_normalize_auto_without_training_data_takes_the_checkpoints_choice(tmp_path):
+    test = write_jsonl(tmp_path / "test.jsonl", scaled_rows([1e3]))
+    data = SeriesDataModule(test=test, normalize="auto")
+    with pytest.raises(UserError, match="data.normalize=auto decides from the training split"):
+        _ = data.preprocessing
+    data.set_checkpoint_state(2, ["down", "up"], {"normalize": "zscore", "missing": "interpolate", "max_length": None})
+    data.setup("test")
+    assert data.hparams.normalize == "zscore" and abs(data._split("test").series[0]).max() < 10
+    fixed = SeriesDataModule(test=test, normalize="none")  # a concrete setting is the user's, not the checkpoint's
+    fixed.set_checkpoint_state(2, ["down", "up"], {"normalize": "zscore", "missing": "interpolate", "max_length": None})
+    assert fixed.preprocessing.normalize == "none"

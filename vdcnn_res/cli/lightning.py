@@ -495,7 +495,9 @@ class VDCNNCLI(LightningCLI):
         def with_channels(class_type: type[SeriesDataModule], *args: Any, **kwargs: Any) -> SeriesDataModule:
             kwargs.pop("applied_instantiation_links", None)
             data = class_type(*args, **kwargs)
-            data.set_checkpoint_state(state["input_channels"], [str(n) for n in names] if names else None)
+            data.set_checkpoint_state(
+                state["input_channels"], [str(n) for n in names] if names else None, state.get("preprocessing")
+            )
             return data
 
         with warnings.catch_warnings():

@@ -14,7 +14,8 @@ Preprocessing (:class:`SeriesPreprocessing`), in this order, per series:
    under z-score). A channel without any valid value becomes 0; a series without any valid
    value is an error.
 3. ``normalize="zscore"``: each channel minus its mean, divided by its standard deviation
-   (a constant channel is only centred); ``none`` keeps the values.
+   (a constant channel is only centred); ``none`` keeps the values. (The data module's
+   ``normalize="auto"`` picks one of the two from the training series with :func:`scale_spread`.)
 
 A batch is ``{"input_ids": FloatTensor (B, C, L) right-padded with 0, "lengths": (B,),
 "labels": (B,) (-1 where unknown), "index": (B,)}``. The key is ``input_ids`` because the
@@ -24,6 +25,7 @@ training module feeds ``batch["input_ids"]`` to the model whatever the input kin
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -42,7 +44,9 @@ __all__ = [
     "SeriesCollator",
     "SeriesPreprocessing",
     "SeriesSplit",
+    "SCALE_SPREAD_LIMIT",
     "as_series",
+    "scale_spread",
     "series_to_batches",
 ]
 
@@ -51,6 +55,28 @@ Missing = Literal["interpolate", "zero"]
 NORMALIZE_KINDS: tuple[str, ...] = ("zscore", "none")
 MISSING_KINDS: tuple[str, ...] = ("interpolate", "zero")
 _EPS = 1e-8
+# normalize="auto" z-scores each series when, in some channel, the 90th percentile of the
+# training series' standard deviations exceeds the 10th by more than this factor: BatchNorm's
+# statistics of a batch are then set by its loudest series (docs/results.md §13).
+SCALE_SPREAD_LIMIT = 1000.0
+
+
+def scale_spread(series: Sequence[np.ndarray]) -> float:
+    """How far per-series scales differ: the largest, over channels, of the ratio between the 90th
+    and the 10th percentile of the series' standard deviations (valid values; constant and empty
+    channels left out). 1.0 for sets stored z-normalised; 1.0 when a channel has no two scales."""
+    if not series:
+        return 1.0
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: nanstd warns, gives NaN
+        sds = np.stack([np.nanstd(s, axis=1) for s in series])  # (n, C)
+    spread = 1.0
+    for channel in sds.T:
+        scales = channel[np.isfinite(channel) & (channel > _EPS)]
+        if len(scales) >= 2:
+            low, high = np.percentile(scales, [10, 90])
+            spread = max(spread, float(high / low))
+    return spread
 
 
 @dataclass(frozen=True)

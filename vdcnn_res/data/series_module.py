@@ -29,16 +29,19 @@ from vdcnn_res.data.labels import LabelTable, label_ids
 from vdcnn_res.data.series import (
     MISSING_KINDS,
     NORMALIZE_KINDS,
+    SCALE_SPREAD_LIMIT,
     SeriesCollator,
     SeriesPreprocessing,
     SeriesSplit,
     as_series,
+    scale_spread,
 )
 from vdcnn_res.errors import UserError
 
-__all__ = ["AUTO_BATCH", "SeriesDataModule", "auto_batch_size"]
+__all__ = ["AUTO_BATCH", "AUTO_NORMALIZE", "SeriesDataModule", "auto_batch_size"]
 
 AUTO_BATCH = "auto"
+AUTO_NORMALIZE = "auto"
 
 _LIST_FEATURES = tuple(
     t for t in (getattr(datasets, name, None) for name in ("List", "LargeList", "Sequence")) if isinstance(t, type)
@@ -62,7 +65,11 @@ class SeriesDataModule(BucketedDataModule):
             validation split (``valid_fraction: 0`` and no ``valid``): ``val/loss`` is then the
             training loss and ``checkpoint.monitor: val/loss`` keeps the model with the lowest
             one, the published ResNet's choice for sets too small to hold series out.
-        normalize: ``zscore`` (per series and channel) or ``none``.
+        normalize: ``zscore`` (per series and channel), ``none``, or ``auto``: ``zscore`` when the
+            training series' scales differ by more than ``SCALE_SPREAD_LIMIT`` (1,000x between the
+            10th and 90th percentile of their standard deviations, in some channel), else ``none``
+            (levels and scales can tell classes apart; z-scores would erase them). The choice is
+            logged and recorded in checkpoints and exports.
         missing: null / NaN values: ``interpolate`` (linear, per channel) or ``zero`` (0 after
             normalisation).
         max_length: keep the first ``max_length`` values of a series (None: all).
@@ -85,7 +92,7 @@ class SeriesDataModule(BucketedDataModule):
         classes_file: str | None = None,
         valid_fraction: float = 0.1,
         seed: int = 42,
-        normalize: Literal["zscore", "none"] = "zscore",
+        normalize: Literal["zscore", "none", "auto"] = "zscore",
         missing: Literal["interpolate", "zero"] = "interpolate",
         max_length: int | None = None,
         batch_size: int | Literal["auto"] = 16,
@@ -103,8 +110,8 @@ class SeriesDataModule(BucketedDataModule):
         if batching == "fixed" and max_length is None:
             raise UserError("data.batching=fixed pads every batch to data.max_length; set data.max_length")
         self.check_file_format()
-        if normalize not in NORMALIZE_KINDS:
-            raise UserError(f"data.normalize must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}")
+        if normalize not in (*NORMALIZE_KINDS, AUTO_NORMALIZE):
+            raise UserError(f"data.normalize must be one of {', '.join((*NORMALIZE_KINDS, AUTO_NORMALIZE))}, got {normalize!r}")
         if missing not in MISSING_KINDS:
             raise UserError(f"data.missing must be one of {', '.join(MISSING_KINDS)}, got {missing!r}")
         if batch_size != AUTO_BATCH and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
@@ -116,12 +123,37 @@ class SeriesDataModule(BucketedDataModule):
             )
         if (batch_size != AUTO_BATCH and batch_size < 1) or pad_multiple < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise UserError("data.batch_size, data.eval_batch_size and data.pad_multiple must be >= 1 (batch_size: or 'auto')")
-        self.preprocessing = SeriesPreprocessing(normalize, missing, max_length)
+        self._preprocessing = None if normalize == AUTO_NORMALIZE else SeriesPreprocessing(normalize, missing, max_length)
         self._sources = self.split_sources(column_names=None, text_columns=[series_column], column_arg="data.series_column")
         self._channels: int | None = None
         self._splits: dict[str, SeriesSplit] = {}
 
     # ------------------------------------------------------------------ linked attributes
+
+    @property
+    def preprocessing(self) -> SeriesPreprocessing:
+        """How raw series become inputs; ``normalize: auto`` is decided from the training split."""
+        if self._preprocessing is None:
+            if not self._sources.has("train"):
+                raise UserError(
+                    "data.normalize=auto decides from the training split; set data.train, load a checkpoint, "
+                    "or set data.normalize to zscore or none"
+                )
+            self._split("train")  # resolves it
+        assert self._preprocessing is not None
+        return self._preprocessing
+
+    def _resolve_normalize(self, raw: Sequence[np.ndarray]) -> None:
+        """``normalize: auto`` -> zscore or none from the raw training series (recorded in the hyperparameters)."""
+        hp = self.hparams
+        spread = scale_spread(raw)
+        hp.normalize = "zscore" if spread > SCALE_SPREAD_LIMIT else "none"
+        self._preprocessing = SeriesPreprocessing(hp.normalize, hp.missing, hp.max_length)
+        relation = "more than" if hp.normalize == "zscore" else "within"
+        rank_zero_info(
+            f"data.normalize=auto: {hp.normalize} (the training series' scales differ {spread:,.0f}x between "
+            f"the 10th and 90th percentile, {relation} {SCALE_SPREAD_LIMIT:,.0f}x)"
+        )
 
     @property
     def input_channels(self) -> int:
@@ -144,9 +176,16 @@ class SeriesDataModule(BucketedDataModule):
     def padding_idx(self) -> int:
         return 0
 
-    def set_checkpoint_state(self, input_channels: int, label_names: Sequence[str] | None) -> None:
-        """Use a checkpoint's channel count and label names (test / predict without training data)."""
+    def set_checkpoint_state(
+        self, input_channels: int, label_names: Sequence[str] | None, preprocessing: dict[str, Any] | None = None
+    ) -> None:
+        """Use a checkpoint's channel count, label names and (for ``normalize: auto``) its
+        preprocessing: test / predict without training data."""
         if self._channels != input_channels:
+            self._splits.clear()
+        if self.hparams.normalize == AUTO_NORMALIZE and isinstance(preprocessing, dict):
+            self._preprocessing = SeriesPreprocessing.from_dict(preprocessing, "the checkpoint")
+            self.hparams.normalize = self._preprocessing.normalize
             self._splits.clear()
         self._channels = int(input_channels)
         if label_names is not None:
@@ -159,7 +198,7 @@ class SeriesDataModule(BucketedDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if isinstance(state_dict.get("input_channels"), int):
-            self.set_checkpoint_state(state_dict["input_channels"], None)
+            self.set_checkpoint_state(state_dict["input_channels"], None, state_dict.get("preprocessing"))
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -219,16 +258,27 @@ class SeriesDataModule(BucketedDataModule):
         label_table = self._label_table() if split != "predict" or self._labels is not None else None
         column = hp.series_column
         _check_column_type(ds, column, split, self._sources.describe(split))
-        series = []
-        with_missing = 0
+        if self._preprocessing is None and split != "train":
+            _ = self.preprocessing  # normalize: auto is decided on the training split first
+        raws = []
         for row, value in enumerate(ds[column]):
             where = f"<series {row}>"  # replaced by the file and row in a message (locating rows costs)
             try:
-                raw = as_series(value, where)
+                raws.append(as_series(value, where))
+            except UserError as err:
+                raise UserError(str(err).replace(where, self._where(split, ds, row))) from None
+        if self._preprocessing is None:
+            self._resolve_normalize(raws)
+        series = []
+        with_missing = 0
+        for row, raw in enumerate(raws):
+            where = f"<series {row}>"
+            try:
                 with_missing += bool(np.isnan(raw).any())
                 series.append(self.preprocessing.apply(raw, where))
             except UserError as err:
                 raise UserError(str(err).replace(where, self._where(split, ds, row))) from None
+        del raws
         channels = {s.shape[0] for s in series}
         expected = self._channels if self._channels is not None else series[0].shape[0]
         if channels != {expected}:

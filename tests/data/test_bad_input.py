@@ -254,3 +254,18 @@ def test_integer_labels_are_ascii_digits_and_a_huge_one_is_a_quick_error(tmp_pat
         TextDataModule(train=huge, valid_fraction=0.0).num_classes  # used to build a set of 10**20 ids
     spaced = write(tmp_path, "spaced.csv", "text,label\nx, 0\ny,01\nz,1 \n")  # integers: the same class
     assert TextDataModule(train=spaced, valid_fraction=0.0).label_names == ["0", "1"]
+
+
+@pytest.mark.parametrize("content", ["text,label\n\r,a\ny,b\n", "text,label\nab\rcd,a\ny,b\n", "label,text\r\na,x\rz\r\nb,y\r\n"],
+                         ids=["a text that is only \\r", "\\r inside a text", "\\r\\n lines, a bare \\r inside"])
+def test_a_carriage_return_inside_an_unquoted_field_is_a_one_line_error(tmp_path, content):
+    """pandas takes a bare \\r for a line break: the row was split, a label lost or a cell moved, silently."""
+    with pytest.raises(UserError, match=r"line 2 of '.*train.csv' has a carriage return \(\\r\) inside an unquoted field"):
+        TextDataModule(train=write(tmp_path, "train.csv", content), valid_fraction=0.0).num_classes
+
+
+@pytest.mark.parametrize("content", ['text,label\n"x\ry",a\nz,b\n', "text,label\r\nxy,a\r\nz,b\r\n", "text,label\rxy,a\rz,b\r"],
+                         ids=["quoted \\r", "\\r\\n line endings", "\\r line endings"])
+def test_quoted_carriage_returns_and_any_line_endings_read_as_written(tmp_path, content):
+    dm = TextDataModule(train=write(tmp_path, "train.csv", content), tokenizer="byte", valid_fraction=0.0)
+    assert [t for t, _ in fit_rows(dm)] == ["x\ry" if '"' in content else "xy", "z"]

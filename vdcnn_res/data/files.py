@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import csv
 import glob
 import gzip
 import io
 import json
 import lzma
 import os
+import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -150,6 +153,9 @@ def load_files(
         return _load_json(files, arg)
     else:
         builder = fmt
+    if fmt in _SEPARATORS:
+        for file in files:
+            _check_carriage_returns(file, _SEPARATORS[fmt], arg)
     try:
         with warnings.catch_warnings():
             # pandas only warns when a row has more fields than the header, and drops them.
@@ -169,6 +175,41 @@ def load_files(
             ) from err
         raise UserError(f"{arg}: could not read {fmt} file(s) {named}: {_first_line(err)}") from err
     return ds
+
+
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _check_carriage_returns(file: str, sep: str, arg: str) -> None:
+    """Refuse a carriage return inside an unquoted field of a file whose lines end in ``\n``.
+
+    pandas (and so `datasets`) takes such a ``\r`` for a line break: the row is split in two, the
+    first part loses its label and, with some placements, a cell moves to the wrong column,
+    silently. Quoted ``\r``, ``\r\n`` line endings and files whose lines all end in ``\r`` read
+    as intended. Only files that hold a bare ``\r`` are parsed here (with Python's csv module,
+    lines split at ``\n`` only), so other files cost one byte scan.
+    """
+    newline = bare = False
+    for block in _read_blocks(file, arg, 1 << 24):
+        newline = newline or b"\n" in block
+        bare = bare or bool(_BARE_CR.search(block))  # a block ending in \r: parsed below, harmlessly
+        if newline and bare:
+            break
+    if not (newline and bare):
+        return
+    try:
+        text = _read_bytes(file, arg).decode("utf-8")
+    except UnicodeDecodeError:
+        return  # the loader names the file and the byte
+    reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=sep)
+    try:
+        for _ in reader:
+            pass
+    except csv.Error:
+        raise UserError(
+            f"{arg}: line {reader.line_num} of {file!r} has a carriage return (\\r) inside an unquoted field, "
+            "which CSV readers take for a line break; quote that field or remove the \\r"
+        ) from None
 
 
 # pyarrow's JSON reader takes one block of at most 2**31 - 1 bytes.
@@ -228,14 +269,24 @@ def _read_json_file(file: str, arg: str) -> pa.Table:
 
 def _read_bytes(file: str, arg: str) -> bytes:
     """The file's bytes, decompressed by its suffix (.gz, .bz2, .xz, .zst)."""
+    return b"".join(_read_blocks(file, arg, -1))
+
+
+def _read_blocks(file: str, arg: str, block_size: int) -> Iterator[bytes]:
+    """The file's decompressed bytes in blocks of ``block_size`` (-1: one block)."""
     name = file.lower()
     try:
         if name.endswith(".zst"):
-            with pa.input_stream(file, compression="zstd") as stream:
-                return stream.read()
-        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(name)[1], open)
-        with opener(file, "rb") as f:
-            return f.read()
+            opened: Any = pa.input_stream(file, compression="zstd")
+        else:
+            opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(name)[1], open)
+            opened = opener(file, "rb")
+        with opened as f:
+            if block_size < 0:
+                yield f.read()
+                return
+            while block := f.read(block_size):
+                yield block
     except (OSError, EOFError, lzma.LZMAError, pa.ArrowException) as err:
         raise UserError(f"{arg}: could not read {file!r}: {_first_line(err)}") from None
 

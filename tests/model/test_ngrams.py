@@ -180,3 +180,72 @@ def test_onnx_export_keeps_the_ngram_branch(tmp_path):
     torch.manual_seed(0)
     model = create_model("vdcnn9", **SMALL, **NGRAMS).eval()
     export_onnx(model, tmp_path / "model.onnx")  # verifies against PyTorch on two other shapes
+
+
+# --------------------------------------------------------------------------- n-grams in the CNN's input
+
+INPUT_NGRAMS = {"input_ngram_orders": (2, 3), "input_ngram_buckets": 1009}
+
+
+def test_positional_ngrams_sum_the_rows_of_the_ngrams_starting_at_each_position():
+    from vdcnn_res.model.ngrams import PositionalNGramEmbedding
+
+    torch.manual_seed(0)
+    layer = PositionalNGramEmbedding((2, 3), buckets=1009, dim=4)
+    ids, lengths = padded([[3, 4, 5, 6], [7, 8]], 5), torch.tensor([4, 2])
+    out = layer(ids, lengths)
+    assert out.shape == (2, 5, 4)
+    table = layer.hashing.embedding
+    for b, n in enumerate(lengths.tolist()):
+        for i in range(5):
+            expected = torch.zeros(4)
+            for (order, rows, valid) in layer.hashing.ngram_rows(ids, lengths):
+                if i < rows.shape[1] and valid[b, i]:
+                    expected = expected + table.weight[rows[b, i]]
+            torch.testing.assert_close(out[b, i], expected)
+    assert (out[1, 2:] == 0).all() and (out[0, 3] == 0).all()  # no 2-gram starts at a text's last position
+    wider = torch.cat([ids, torch.zeros(2, 6, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(layer(wider, lengths)[:, :5], out)
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("bag", [{}, NGRAMS], ids=["cnn", "cnn+bag"])
+def test_model_with_input_ngrams_is_padding_invariant_and_trains_them_at_the_bags_rate(name, bag):
+    from vdcnn_res.training.optim import parameter_groups
+
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL, **bag, **INPUT_NGRAMS).eval()
+    ids = padded([[3, 4, 5] * 30, [7, 8] * 5, [9]], 90)
+    lengths = torch.tensor([90, 10, 1])
+    logits = model(ids, lengths)
+    longer = torch.cat([ids, torch.zeros(3, 77, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(longer, lengths), logits, atol=1e-5, rtol=1e-5)
+    without = create_model(name, **SMALL, **bag)
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_ngrams.")})
+    assert not torch.allclose(without.eval()(ids, lengths), logits)  # the n-grams change what the CNN reads
+    model.train()
+    model(ids, lengths).sum().backward()
+    assert model.input_ngrams.hashing.embedding.weight.grad.abs().sum() > 0
+    table = model.input_ngrams.hashing.embedding.weight
+    scaled = [g for g in parameter_groups(model, 0.05, lr=1e-3, ngram_lr_scale=10.0) if g.get("lr") == 1e-2]
+    assert any(p is table for g in scaled for p in g["params"])
+
+
+def test_input_ngrams_are_off_by_default_and_validated():
+    assert ModelConfig().input_ngram_orders == () and create_model("vdcnn9", **SMALL).input_ngrams is None
+    with pytest.raises(UserError, match="input_ngram_orders must contain positive ints"):
+        ModelConfig(input_ngram_orders=(0, 2))
+    with pytest.raises(UserError, match="input_ngram_buckets must be >= 1"):
+        ModelConfig(input_ngram_orders=(2,), input_ngram_buckets=0)
+    with pytest.raises(UserError, match="a series model"):
+        ModelConfig(input_channels=2, input_ngram_orders=(2,))
+    assert ModelConfig.from_dict({"input_ngram_orders": [2, 3]}).input_ngram_orders == (2, 3)
+
+
+def test_onnx_export_keeps_the_input_ngrams(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vdcnn_res.inference.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("vdcnn9", **SMALL, **INPUT_NGRAMS).eval()
+    export_onnx(model, tmp_path / "model.onnx")  # verifies against PyTorch on two other shapes

@@ -77,6 +77,8 @@ HELP: dict[str, str] = {
     "model.arch.ngram_buckets": "rows of the n-gram bag's hashed embedding table",
     "model.arch.ngram_dim": "width of the n-gram bag's embedding",
     "model.arch.ngram_dropout": "dropout on the n-gram bag's mean embedding",
+    "model.arch.input_ngram_orders": "the CNN reads, at each character, hashed embeddings of the n-grams of these orders starting there ([] = characters only)",
+    "model.arch.input_ngram_buckets": "rows of the table of the CNN's input n-grams",
     "model.arch.masked_norm": "BatchNorm statistics over real positions only, not padding (false: torch's BatchNorm)",
     # model.optim.*
     "model.optim.name": "optimizer: adamw or sgd (the paper's, with momentum)",

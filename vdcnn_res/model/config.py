@@ -89,6 +89,10 @@ class ModelConfig:
     ngram_buckets: int = 262144  # rows of the n-gram embedding table (hash collisions share a row)
     ngram_dim: int = 64  # width of the n-gram embedding
     ngram_dropout: float = 0.5  # dropout on the mean n-gram embedding (fastText-style bags memorise without it)
+    # The CNN's own input (text only): at each position, the character's embedding plus hashed
+    # embeddings of the n-grams of these orders that start there (() = characters only, the paper).
+    input_ngram_orders: tuple[int, ...] = ()
+    input_ngram_buckets: int = 262144  # rows of that table (embedding_dim wide)
     # BatchNorm statistics in training over valid positions only (layers.MaskedBatchNorm1d), so
     # an input's output does not depend on its batch-mates' padding and eval-mode statistics
     # match training's; False = torch's BatchNorm over every position, padding included (files
@@ -139,6 +143,14 @@ class ModelConfig:
         if self.input_channels and self.ngram_orders:
             raise UserError("ngram_orders hash token ids; a series model (input_channels > 0) cannot use them")
         self.ngram_orders = _positive_int_tuple("ngram_orders", self.ngram_orders) if self.ngram_orders else ()
+        if self.input_channels and self.input_ngram_orders:
+            raise UserError("input_ngram_orders hash token ids; a series model (input_channels > 0) cannot use them")
+        if self.input_ngram_orders:
+            self.input_ngram_orders = _positive_int_tuple("input_ngram_orders", self.input_ngram_orders)
+            if self.input_ngram_buckets < 1:
+                raise UserError(f"input_ngram_buckets must be >= 1, got {self.input_ngram_buckets}")
+        else:
+            self.input_ngram_orders = ()
         if self.ngram_orders:
             if self.ngram_buckets < 1 or self.ngram_dim < 1:
                 raise UserError(

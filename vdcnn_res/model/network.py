@@ -44,7 +44,7 @@ from .layers import (
     masked_batch_norm,
     padding_mask,
 )
-from .ngrams import HashedNGramBag
+from .ngrams import HashedNGramBag, PositionalNGramEmbedding
 
 __all__ = [
     "Stage",
@@ -162,6 +162,11 @@ class VDCNN(nn.Module):
         else:
             self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=c.padding_idx)
             self.stem = nn.Conv1d(c.embedding_dim, c.channels[0], 3, padding=1)  # paper: first conv
+        self.input_ngrams = (
+            PositionalNGramEmbedding(c.input_ngram_orders, c.input_ngram_buckets, c.embedding_dim)
+            if c.input_ngram_orders
+            else None
+        )
         in_channels = c.channels[0]
         stages = []
         for i, (out_channels, num_blocks) in enumerate(zip(c.channels, c.layout)):
@@ -243,6 +248,8 @@ class VDCNN(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.fc.weight, std=0.01)
+        if self.input_ngrams is not None:
+            nn.init.normal_(self.input_ngrams.hashing.embedding.weight, std=0.05)
         if self.ngrams is not None:
             nn.init.normal_(self.ngrams.embedding.weight, std=0.05)
             nn.init.normal_(self.ngram_head.fc.weight, std=0.01)
@@ -317,7 +324,10 @@ class VDCNN(nn.Module):
         if self.embedding is None:
             x = input_ids.mul(keep)  # (B, C_in, L); whatever the caller padded with becomes zero
         else:
-            x = self.embedding(input_ids).transpose(1, 2).mul(keep)  # (B, E, L)
+            x = self.embedding(input_ids)  # (B, L, E)
+            if self.input_ngrams is not None:
+                x = x + self.input_ngrams(input_ids, lengths).to(x.dtype)
+            x = x.transpose(1, 2).mul(keep)  # (B, E, L)
         x = self.stem(x).mul(keep)  # (B, C0, L)
         for stage in self.stages:
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))

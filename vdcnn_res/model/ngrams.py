@@ -13,9 +13,10 @@ overflow), and order n adds its own offset, so the orders land in different rows
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HashedNGramBag"]
+__all__ = ["HashedNGramBag", "PositionalNGramEmbedding"]
 
 _P = 1_000_003  # multiplier (prime, larger than any vocabulary)
 _Q = 2_147_483_647  # modulus: 2^31 - 1 (prime); h * P stays below 2^63
@@ -64,3 +65,23 @@ class HashedNGramBag(nn.Module):
 
     def extra_repr(self) -> str:
         return f"orders={self.orders}, buckets={self.buckets}"
+
+
+class PositionalNGramEmbedding(nn.Module):
+    """Token ids (B, L) + lengths (B,) -> (B, L, dim): at each position the sum of the hashed
+    embeddings of the n-grams (of ``orders``) that start there and lie inside the text; zero
+    where none does. Added to the character embeddings, it gives the CNN's first layer the
+    n-grams' identities (the bag's view) at their places, for the convolutions to compose."""
+
+    def __init__(self, orders: tuple[int, ...], buckets: int, dim: int) -> None:
+        super().__init__()
+        self.hashing = HashedNGramBag(orders, buckets, dim)  # its hash and its table
+
+    def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
+        B, L = input_ids.shape
+        table = self.hashing.embedding
+        out = table.weight.new_zeros(B, L, table.embedding_dim)
+        for _, rows, valid in self.hashing.ngram_rows(input_ids, lengths):
+            starts = rows.shape[1]
+            out = out + F.pad(table(rows) * valid.unsqueeze(-1), (0, 0, 0, L - starts))
+        return out

@@ -63,8 +63,9 @@ class OptimConfig:
             raise UserError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
-# Where the network keeps its n-gram bag (model/network.py); these train at lr x ngram_lr_scale.
-NGRAM_PREFIXES = ("ngrams.", "ngram_head.")
+# Where the network keeps its hashed n-gram tables (model/network.py: the bag and its head, the
+# CNN's positional n-grams); these train at lr x ngram_lr_scale (sparse rows, like the bag's).
+NGRAM_PREFIXES = ("ngrams.", "ngram_head.", "input_ngrams.")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None, ngram_lr_scale: float = 1.0) -> list[dict]:

@@ -139,3 +139,17 @@ def test_fit_test_predict_export_from_the_checkpoint_alone(tmp_path, capsys):
     expected = (from_ckpt.predict_proba(series) + other.predict_proba(series)) / 2
     np.testing.assert_allclose(ensemble.predict_proba(series), expected, atol=1e-6)
     assert not np.allclose(other.predict_proba(series), from_ckpt.predict_proba(series), atol=1e-4)
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_a_normalisation_other_than_the_checkpoints_is_refused_in_one_line(tmp_path, capsys):
+    """test/predict preprocess series as the model was trained; a contradicting setting is an error, not a silent change."""
+    data = write_sets(tmp_path)
+    ckpt = tmp_path / "s.ckpt"
+    torch.save({"SeriesDataModule": {"input_channels": 2, "preprocessing": {"normalize": "zscore", "missing": "interpolate",
+                                                                            "max_length": None}},
+                "datamodule_hyper_parameters": {"normalize": "zscore"}, "hyper_parameters": {}}, ckpt)  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main(["test", "--ckpt_path", str(ckpt), "--data.test", data["test"], "--data.normalize", "none", *QUIET])
+    assert exit_.value.code == 2
+    assert "data.normalize='none' but the checkpoint was trained on series preprocessed with 'zscore'" in capsys.readouterr().err

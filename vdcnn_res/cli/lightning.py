@@ -431,6 +431,12 @@ class VDCNNCLI(LightningCLI):
                 f"data.tokenizer={tokenizer!r} but the checkpoint was trained with {saved['tokenizer']!r}; "
                 f"{subcommand} encodes texts with the checkpoint's own tokenizer: drop data.tokenizer"
             )
+        normalize = config.get("data.normalize")
+        if saved.get("normalize") in ("zscore", "none") and normalize not in (saved["normalize"], defaults.get("data.normalize"), "auto"):
+            raise UserError(
+                f"data.normalize={normalize!r} but the checkpoint was trained on series preprocessed with {saved['normalize']!r}; "
+                f"{subcommand} preprocesses series as the model was trained: drop data.normalize"
+            )
         for key, value in saved.items():
             if key in _NOT_FROM_CHECKPOINT or f"data.{key}" not in defaults:
                 continue

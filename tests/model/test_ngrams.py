@@ -173,12 +173,13 @@ def test_off_by_default_and_validated():
     assert ModelConfig.from_dict({"ngram_orders": [1, 2]}).ngram_orders == (1, 2)
 
 
-def test_onnx_export_keeps_the_ngram_branch(tmp_path):
+@pytest.mark.parametrize("ngrams", [NGRAMS, {"input_ngram_orders": (2, 3), "input_ngram_buckets": 1009}], ids=["bag", "input"])
+def test_onnx_export_keeps_the_ngrams(tmp_path, ngrams):
     pytest.importorskip("onnxruntime")
     from vdcnn_res.inference.onnx import export_onnx
 
     torch.manual_seed(0)
-    model = create_model("vdcnn9", **SMALL, **NGRAMS).eval()
+    model = create_model("vdcnn9", **SMALL, **ngrams).eval()
     export_onnx(model, tmp_path / "model.onnx")  # verifies against PyTorch on two other shapes
 
 
@@ -240,12 +241,3 @@ def test_input_ngrams_are_off_by_default_and_validated():
     with pytest.raises(UserError, match="a series model"):
         ModelConfig(input_channels=2, input_ngram_orders=(2,))
     assert ModelConfig.from_dict({"input_ngram_orders": [2, 3]}).input_ngram_orders == (2, 3)
-
-
-def test_onnx_export_keeps_the_input_ngrams(tmp_path):
-    pytest.importorskip("onnxruntime")
-    from vdcnn_res.inference.onnx import export_onnx
-
-    torch.manual_seed(0)
-    model = create_model("vdcnn9", **SMALL, **INPUT_NGRAMS).eval()
-    export_onnx(model, tmp_path / "model.onnx")  # verifies against PyTorch on two other shapes

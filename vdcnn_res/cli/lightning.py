@@ -431,8 +431,11 @@ class VDCNNCLI(LightningCLI):
                 f"data.tokenizer={tokenizer!r} but the checkpoint was trained with {saved['tokenizer']!r}; "
                 f"{subcommand} encodes texts with the checkpoint's own tokenizer: drop data.tokenizer"
             )
+        from vdcnn_res.data.series import NORMALIZE_KINDS
+        from vdcnn_res.data.series_module import AUTO_NORMALIZE
+
         normalize = config.get("data.normalize")
-        if saved.get("normalize") in ("zscore", "none") and normalize not in (saved["normalize"], defaults.get("data.normalize"), "auto"):
+        if saved.get("normalize") in NORMALIZE_KINDS and normalize not in (saved["normalize"], defaults.get("data.normalize"), AUTO_NORMALIZE):
             raise UserError(
                 f"data.normalize={normalize!r} but the checkpoint was trained on series preprocessed with {saved['normalize']!r}; "
                 f"{subcommand} preprocesses series as the model was trained: drop data.normalize"

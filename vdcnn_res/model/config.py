@@ -145,12 +145,11 @@ class ModelConfig:
         self.ngram_orders = _positive_int_tuple("ngram_orders", self.ngram_orders) if self.ngram_orders else ()
         if self.input_channels and self.input_ngram_orders:
             raise UserError("input_ngram_orders hash token ids; a series model (input_channels > 0) cannot use them")
-        if self.input_ngram_orders:
-            self.input_ngram_orders = _positive_int_tuple("input_ngram_orders", self.input_ngram_orders)
-            if self.input_ngram_buckets < 1:
-                raise UserError(f"input_ngram_buckets must be >= 1, got {self.input_ngram_buckets}")
-        else:
-            self.input_ngram_orders = ()
+        self.input_ngram_orders = (
+            _positive_int_tuple("input_ngram_orders", self.input_ngram_orders) if self.input_ngram_orders else ()
+        )
+        if self.input_ngram_orders and self.input_ngram_buckets < 1:
+            raise UserError(f"input_ngram_buckets must be >= 1, got {self.input_ngram_buckets}")
         if self.ngram_orders:
             if self.ngram_buckets < 1 or self.ngram_dim < 1:
                 raise UserError(

@@ -80,8 +80,10 @@ class PositionalNGramEmbedding(nn.Module):
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         B, L = input_ids.shape
         table = self.hashing.embedding
+        listed = self.hashing.ngram_rows(input_ids, lengths)
+        # One lookup for every order, as in the bag: the backward builds one dense table gradient.
+        looked_up = table(torch.cat([rows for _, rows, _ in listed], dim=1)).split([rows.shape[1] for _, rows, _ in listed], dim=1)
         out = table.weight.new_zeros(B, L, table.embedding_dim)
-        for _, rows, valid in self.hashing.ngram_rows(input_ids, lengths):
-            starts = rows.shape[1]
-            out = out + F.pad(table(rows) * valid.unsqueeze(-1), (0, 0, 0, L - starts))
+        for vectors, (_, rows, valid) in zip(looked_up, listed):
+            out = out + F.pad(vectors * valid.unsqueeze(-1), (0, 0, 0, L - rows.shape[1]))
         return out

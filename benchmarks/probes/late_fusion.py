@@ -10,21 +10,10 @@ accuracy, the test accuracy at every w of the grid, and how often one model is r
 other is wrong (what fusion could gain at most). It reads the test split: a probe behind
 docs/results.md §14, not a way to choose a recipe.
 """
-import argparse, json, os
-import numpy as np, pandas as pd, torch
+import argparse, json
+import numpy as np, torch
+from branch_logits import read  # the probe beside this file: TSV or Zhang et al. CSV, as labels
 from vdcnn_res.inference.predictor import Predictor
-
-
-def read(folder: str, split: str, label_offset: int) -> tuple[list[str], list[str]]:
-    """text<TAB>label TSV with a header, or a Zhang et al. CSV (label - label_offset indexes
-    classes.txt, the text columns joined by a space as data.text_separator does)."""
-    if os.path.exists(f"{folder}/{split}.tsv"):
-        df = pd.read_csv(f"{folder}/{split}.tsv", sep="\t", keep_default_na=False, dtype=str)
-        return df.text.tolist(), df.label.tolist()
-    classes = [c.strip() for c in open(f"{folder}/classes.txt", encoding="utf-8") if c.strip()]
-    df = pd.read_csv(f"{folder}/{split}.csv", header=None, keep_default_na=False, dtype=str)
-    texts = df.iloc[:, 1:].apply(lambda r: " ".join(r), axis=1).tolist()
-    return texts, [classes[int(l) - label_offset] for l in df.iloc[:, 0]]
 
 
 def main() -> None:

@@ -109,7 +109,8 @@ def test_roundtrip_asdict_and_json():
         ({"padding_idx": -1}, "vocab_size > padding_idx >= 0"),
         ({"kmax": 0}, "kmax must be >= 1"),
         ({"hidden_size": -1}, "hidden_size must be >= 0"),
-        ({"embedding_dim": 0}, "embedding_dim must be >= 1"),
+        ({"embedding_dim": 0}, "embedding_dim must be an int >= 1 or .auto."),
+        ({"embedding_dim": "wide"}, "embedding_dim must be an int >= 1 or .auto."),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
         ({"zero_init_residual": True, "shortcut": False}, "zero_init_residual=True needs shortcut=True"),
@@ -133,3 +134,23 @@ def test_masked_norm_is_the_default_and_files_without_it_load_plain_batchnorm():
     del old["masked_norm"]  # a checkpoint or config.json written before the field existed
     assert ModelConfig.from_dict(old).masked_norm is False  # what that model was trained with
     assert ModelConfig.from_dict(asdict(ModelConfig())).masked_norm is True
+
+
+@pytest.mark.parametrize(
+    "vocab_size, input_channels, width",
+    [(72, 0, 16), (256, 0, 16), (257, 0, 64), (4459, 0, 64), (72, 3, 16)],
+)
+def test_auto_embedding_dim_follows_the_vocabulary(vocab_size, input_channels, width):
+    """The paper's 16 for an alphabet (bytes included), 64 for a larger learned vocabulary."""
+    config = ModelConfig(vocab_size=vocab_size, input_channels=input_channels)
+    assert config.embedding_dim == "auto" and config.resolved().embedding_dim == width
+    assert ModelConfig(vocab_size=vocab_size, embedding_dim=32).resolved().embedding_dim == 32  # given: kept
+
+
+def test_files_without_embedding_dim_load_the_papers_width():
+    old = dataclasses.asdict(ModelConfig(vocab_size=4459).resolved())
+    assert old["embedding_dim"] == 64  # checkpoints hold the concrete width
+    assert ModelConfig.from_dict(old).embedding_dim == 64
+    del old["embedding_dim"]  # a file written without the field
+    assert ModelConfig.from_dict(old).embedding_dim == 16
+    assert ModelConfig.from_dict({**old, "embedding_dim": "auto"}).resolved().embedding_dim == 64

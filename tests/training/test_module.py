@@ -47,6 +47,13 @@ def test_hparams_are_plain_data_and_rebuild_the_module():
     assert again.arch == module.arch and again.label_names == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize("vocab_size, width", [(20, 16), (4459, 64)])
+def test_hparams_hold_the_embedding_width_auto_chose(vocab_size, width):
+    module = VDCNNClassifier(arch=ModelConfig(**{**TINY, "vocab_size": vocab_size}))
+    assert module.hparams["arch"]["embedding_dim"] == width == module.model.embedding.embedding_dim
+    assert VDCNNClassifier(**dict(module.hparams)).model.embedding.embedding_dim == width  # reloads the same
+
+
 def test_label_names_must_match_num_classes():
     with pytest.raises(ValueError, match="label names"):
         _module(label_names=["a", "b"])

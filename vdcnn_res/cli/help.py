@@ -57,8 +57,8 @@ HELP: dict[str, str] = {
     "model.sum_detach": "branches whose logits enter the summed loss without gradient, e.g. [ngrams] (each needs its "
     "own branch_loss)",
     # model.arch.*
-    "model.arch.embedding_dim": "width of the character (token) embedding (16, the paper's, suits its alphabet of "
-    "about 70 characters; a learned vocabulary of thousands of symbols, e.g. Chinese, wants more, e.g. 64); unused for series",
+    "model.arch.embedding_dim": "width of the character (token) embedding; auto: the paper's 16 for an alphabet of up "
+    "to 256 symbols, 64 for a larger learned vocabulary (e.g. Chinese characters); unused for series",
     "model.arch.depth": "convolutional layers of the paper's variants: 9, 17, 29 or 49 (ignored with blocks_per_stage)",
     "model.arch.blocks_per_stage": "residual blocks per stage, e.g. [1, 1, 1]: a custom layout that overrides depth",
     "model.arch.channels": "feature maps per stage (one entry per stage)",

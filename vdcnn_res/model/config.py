@@ -33,6 +33,11 @@ HeadNorm = Literal["auto", "none", "batch", "layer"]
 HEAD_NORM_TYPES: tuple[str, ...] = ("none", "batch", "layer")  # what "auto" resolves among
 HeadType = Literal["kmax_mlp", "global_avg"]
 HEAD_TYPES: tuple[str, ...] = get_args(HeadType)
+# embedding_dim "auto": the paper's 16 for an alphabet (up to ALPHABET_SIZE symbols, bytes
+# included), WIDE_EMBEDDING_DIM for a learned vocabulary larger than that (docs/results.md §16).
+ALPHABET_SIZE = 256
+PAPER_EMBEDDING_DIM = 16
+WIDE_EMBEDDING_DIM = 64
 
 
 def _positive_int_tuple(name: str, value: object) -> tuple[int, ...]:
@@ -63,7 +68,9 @@ class ModelConfig:
     input_channels: int = 0  # 0 = token ids (text); C > 0 = numeric series of C channels; linked by the CLI
     vocab_size: int = 72  # embedding rows; linked from the tokenizer by the CLI
     padding_idx: int = 0  # id used for right padding; its embedding is the zero vector
-    embedding_dim: int = 16  # paper: a 16-dimensional character lookup table
+    # Width of the token lookup table; "auto": the paper's 16 for an alphabet of <= 256 symbols,
+    # 64 for a larger (learned) vocabulary; resolved with ``vocab_size`` (``resolved()``).
+    embedding_dim: int | Literal["auto"] = "auto"
     depth: int = 9  # paper variant (a key of VARIANTS); ignored when blocks_per_stage is set
     blocks_per_stage: tuple[int, ...] | None = None  # custom layout; overrides depth
     channels: tuple[int, ...] = (64, 128, 256, 512)  # feature maps per stage (paper)
@@ -111,9 +118,12 @@ class ModelConfig:
                 f"need vocab_size > padding_idx >= 0, got vocab_size={self.vocab_size}, "
                 f"padding_idx={self.padding_idx}"
             )
-        for name in ("embedding_dim", "kmax"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.embedding_dim != "auto" and (
+            isinstance(self.embedding_dim, bool) or not isinstance(self.embedding_dim, int) or self.embedding_dim < 1
+        ):
+            raise UserError(f"embedding_dim must be an int >= 1 or 'auto', got {self.embedding_dim!r}")
+        if self.kmax < 1:
+            raise UserError(f"kmax must be >= 1, got {self.kmax}")
         if self.hidden_size < 0:
             raise UserError(f"hidden_size must be >= 0 (0 = no hidden layers), got {self.hidden_size}")
         if self.head not in HEAD_TYPES:
@@ -182,7 +192,8 @@ class ModelConfig:
 
         Missing keys take their defaults (files written before a field existed keep loading),
         except where the default changed what a model computes: files from before ``head_norm``
-        had no head norm (``"none"``), files from before ``masked_norm`` plain BatchNorm (False).
+        had no head norm (``"none"``), files from before ``masked_norm`` plain BatchNorm (False),
+        files without ``embedding_dim`` the paper's 16.
         ``strict`` refuses unknown keys and values of the wrong JSON type (lists stand for
         tuples); the dataclass then checks the values themselves. Errors are UserErrors.
         """
@@ -201,15 +212,20 @@ class ModelConfig:
                     raise UserError(
                         f"architecture.{key} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
                     )
-        old_defaults = {"head_norm": "none", "masked_norm": False}
+        old_defaults = {"head_norm": "none", "masked_norm": False, "embedding_dim": PAPER_EMBEDDING_DIM}
         return cls(**{**old_defaults, **{k: v for k, v in data.items() if k in known}})
 
     def resolved(self) -> ModelConfig:
         """This config with every "auto" made concrete (``head_norm``: "batch" with the n-gram bag,
-        else "none"): what a built model and a checkpoint hold."""
-        if self.head_norm != "auto":
-            return self
-        return replace(self, head_norm="batch" if self.ngram_orders else "none")
+        else "none"; ``embedding_dim``: 16 for <= 256 symbols, else 64): what a built model and a
+        checkpoint hold."""
+        concrete = {}
+        if self.head_norm == "auto":
+            concrete["head_norm"] = "batch" if self.ngram_orders else "none"
+        if self.embedding_dim == "auto":
+            wide = not self.input_channels and self.vocab_size > ALPHABET_SIZE
+            concrete["embedding_dim"] = WIDE_EMBEDDING_DIM if wide else PAPER_EMBEDDING_DIM
+        return replace(self, **concrete) if concrete else self
 
     @property
     def layout(self) -> tuple[int, ...]:

@@ -54,6 +54,18 @@ def test_hparams_hold_the_embedding_width_auto_chose(vocab_size, width):
     assert VDCNNClassifier(**dict(module.hparams)).model.embedding.embedding_dim == width  # reloads the same
 
 
+def test_a_fit_says_when_auto_widened_the_embedding(caplog):
+    wide = VDCNNClassifier(arch=ModelConfig(**{**TINY, "vocab_size": 4459}))
+    with caplog.at_level("INFO"):
+        wide.setup("fit")
+    assert "model.arch.embedding_dim=auto: 64 (a vocabulary of 4,459 symbols, more than 256" in caplog.text
+    caplog.clear()
+    for quiet in (_module(), VDCNNClassifier(**dict(wide.hparams))):  # the paper's width; a reloaded checkpoint
+        with caplog.at_level("INFO"):
+            quiet.setup("fit")
+        assert "embedding_dim=auto" not in caplog.text
+
+
 def test_label_names_must_match_num_classes():
     with pytest.raises(ValueError, match="label names"):
         _module(label_names=["a", "b"])

@@ -227,6 +227,16 @@ class ModelConfig:
             concrete["embedding_dim"] = WIDE_EMBEDDING_DIM if wide else PAPER_EMBEDDING_DIM
         return replace(self, **concrete) if concrete else self
 
+    def widened_note(self) -> str | None:
+        """The line a fit prints when ``embedding_dim: auto`` departs from the paper's width, else None."""
+        width = self.resolved().embedding_dim
+        if self.embedding_dim != "auto" or width == PAPER_EMBEDDING_DIM:
+            return None
+        return (
+            f"model.arch.embedding_dim=auto: {width} (a vocabulary of {self.vocab_size:,} symbols, more than "
+            f"{ALPHABET_SIZE}; set a number to override)"
+        )
+
     @property
     def layout(self) -> tuple[int, ...]:
         """Resolved residual blocks per stage (custom layout or the depth's variant)."""

@@ -42,7 +42,6 @@ from torchmetrics.classification import (
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import ModelConfig, build_model
-from vdcnn_res.model.config import ALPHABET_SIZE, PAPER_EMBEDDING_DIM
 from vdcnn_res.training.calibration import (
     MULTILABEL_NO_TEMPERATURE,
     N_BINS,
@@ -100,12 +99,7 @@ class VDCNNClassifier(pl.LightningModule):
         # Checkpoints hold plain dicts, never pickled classes, so they load with weights_only.
         given = ModelConfig.from_dict(arch)
         arch = given.resolved()  # hparams hold the concrete choices
-        self._auto_note = (  # said once a fit starts: a departure from the paper the user did not ask for
-            f"model.arch.embedding_dim=auto: {arch.embedding_dim} (a vocabulary of {arch.vocab_size:,} symbols, more "
-            f"than {ALPHABET_SIZE}; set a number to override)"
-            if given.embedding_dim == "auto" and arch.embedding_dim != PAPER_EMBEDDING_DIM
-            else None
-        )
+        self._auto_note = given.widened_note()  # said once a fit starts
         optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)
         if not 0.0 <= label_smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -186,9 +180,9 @@ class VDCNNClassifier(pl.LightningModule):
         return self.model(input_ids, lengths)  # (B, num_classes) logits
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self._auto_note:
-            rank_zero_info(self._auto_note)
         if stage == "fit":
+            if self._auto_note:
+                rank_zero_info(self._auto_note)
             with torch.no_grad():  # training runs uncalibrated, also for a module fitted before in this process
                 self.model.temperature.fill_(1.0)
                 self.model.branch_weights.fill_(1.0)

@@ -5,9 +5,12 @@ torch's BatchNorm, timed in the same interleaved windows (bench.py's harness), a
     .venv/bin/python benchmarks/masked_norm_cost.py --quick               # smoke test of the harness
 
 Text: `fit`'s own training step of the default model (bench.prepare_fit) on length-bucketed batches
-of AG News. Series: the series recipe's network (configs/series/recipe.yaml's architecture) on
-random batches of 16 series with unequal lengths drawn from PLAID's training lengths (100-1,344)
-when ../shared is there, else uniformly from that range; AdamW, fp32.
+of AG News. Series: the series recipe's network (configs/series/recipe.yaml's architecture), AdamW,
+fp32, on two kinds of batches: the ones a recipe fit on PLAID trains on (SeriesDataModule with the
+recipe's data settings: length-bucketed batches of 16, a third of them without padding; only when
+../shared is there), and random batches of 16 series with lengths drawn from PLAID's training
+lengths (100-1,344; uniformly from that range without ../shared), unbucketed: far more padding
+than a fit sees, the worst case for masked statistics.
 """
 
 from __future__ import annotations
@@ -68,6 +71,32 @@ def prepare_series(masked_norm: bool, batches: int, batch_size: int, max_len: in
     return step
 
 
+def prepare_series_fit(masked_norm: bool, batches: int) -> bench.Step:
+    """A training step of the series recipe's network on the batches a recipe fit on PLAID draws."""
+    from vdcnn_res.data.series_module import SeriesDataModule
+
+    torch.manual_seed(0)
+    data = SeriesDataModule(
+        train=str(PLAID), label_offset=0, normalize="auto", missing="interpolate", valid_fraction=0.0,
+        batch_size="auto", seed=0,
+    )  # fmt: skip
+    data.setup("fit")
+    model = build_model(ModelConfig(**SERIES_ARCH, masked_norm=masked_norm)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    it = bench.cycle([(b["input_ids"], b["lengths"], b["labels"]) for b in data.train_dataloader()][:batches])
+
+    def step() -> tuple[int, float]:
+        x, lengths, labels = next(it)
+        loss = F.cross_entropy(model(x, lengths), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return len(labels), 0.0
+
+    step()
+    return step
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -88,9 +117,15 @@ def main(argv: list[str] | None = None) -> str:
          bench.prepare_fit(9, texts, tokenizer, 1, flops, ngrams=True, masked_norm=False, **fit)[0]),
     ]  # fmt: skip
     series = dict(batches=2, batch_size=2, max_len=64) if args.quick else dict(batches=8, batch_size=16, max_len=None)
+    if PLAID.is_file():
+        fit_batches = 2 if args.quick else 34  # a fit on PLAID draws 34 batches per epoch
+        rows += [
+            ("series recipe, a PLAID fit's own batches, masked BatchNorm", prepare_series_fit(True, fit_batches)),
+            ("series recipe, a PLAID fit's own batches, torch's BatchNorm", prepare_series_fit(False, fit_batches)),
+        ]  # fmt: skip
     rows += [
-        ("series recipe network, PLAID-like lengths, masked BatchNorm", prepare_series(True, **series)),
-        ("series recipe network, PLAID-like lengths, torch's BatchNorm", prepare_series(False, **series)),
+        ("series recipe network, PLAID lengths unbucketed, masked BatchNorm", prepare_series(True, **series)),
+        ("series recipe network, PLAID lengths unbucketed, torch's BatchNorm", prepare_series(False, **series)),
     ]
     rates = bench.interleaved_windows([step for _, step in rows], windows, calls)
     lines = ["| training step | samples/s | masked / torch's |", "|---|---:|---:|"]

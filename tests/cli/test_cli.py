@@ -36,7 +36,7 @@ def _config_args(config: Path) -> list[Path | str]:
         return ["--config", PAPER_RECIPE, "--config", config]
     if config == SERIES_RECIPE:  # the recipe holds no data set: compose it with one
         return ["--config", config, "--config", config.parent / "GunPoint.yaml"]
-    if config.name == "gpu_ddp.yaml":
+    if config.name == "gpu_ddp.yaml" or config.parent.name == "text":  # overlays without data
         return ["--config", REPO / "configs" / "quickstart.yaml", "--config", config]
     return ["--config", config]
 
@@ -53,6 +53,22 @@ def test_every_config_parses(config, capsys):
     # The text recipe adds the n-gram bag; the paper, the ablation and series models are the CNN alone.
     pure = config.parent.name in ("paper", "ablation", "series")
     assert printed["model"]["arch"]["ngram_orders"] == ([] if pure else [1, 2, 3, 4, 5])
+
+
+def test_the_apart_overlay_trains_both_branches_on_their_own_losses_and_fuses_them(tmp_path, capsys):
+    """configs/text/apart.yaml: the sum's loss off, each branch on its own loss, the CNN reading input
+    n-grams; the checkpoint keeps the setting and test reports each branch alone."""
+    overlay = REPO / "configs" / "text" / "apart.yaml"
+    run("fit", *TINY, "--config", overlay, *SHORT, "--trainer.max_epochs=1", "--trainer.default_root_dir", tmp_path,
+        "--model.arch.input_ngram_buckets=512")  # fmt: skip
+    ckpt = next((tmp_path / "lightning_logs").rglob("best-*.ckpt"))
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["branch_loss"] == {"sum": 0.0, "cnn": 1.0, "ngrams": 1.0}
+    assert list(hparams["arch"]["input_ngram_orders"]) == [2, 3, 4, 5]
+    capsys.readouterr()
+    run("test", "--ckpt_path", ckpt, "--data.test", REPO / "data" / "ag_news_sample" / "test.csv", *SHORT)
+    out = capsys.readouterr().out
+    assert re.search(r"Each branch alone \(the other's weight 0\): CNN [\d.]+ %, n-gram bag [\d.]+ %", out), out[-800:]
 
 
 def test_configs_do_not_type_derived_values():

@@ -31,6 +31,7 @@ from vdcnn_res.data.tokenizer import build_tokenizer  # noqa: E402
 from vdcnn_res.model import ModelConfig, build_model  # noqa: E402
 
 PLAID = bench.DATA / "series" / "PLAID" / "train.jsonl"
+SeriesBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs (B, 1, L), lengths, labels
 SERIES_ARCH = dict(
     num_classes=11, input_channels=1, blocks_per_stage=(1, 1, 1), channels=(64, 128, 128),
     kernel_sizes=(8, 5, 3), downsampling="none", head="global_avg", hidden_size=0,
@@ -45,11 +46,9 @@ def series_lengths(n: int, seed: int = 0) -> np.ndarray:
     return rng.integers(100, 1345, n)
 
 
-def prepare_series(masked_norm: bool, batches: int, batch_size: int, max_len: int | None) -> bench.Step:
-    """A training step of the series recipe's network on padded batches of unequal lengths."""
+def random_series_batches(batches: int, batch_size: int, max_len: int | None) -> list[SeriesBatch]:
+    """Unbucketed padded batches of random series with PLAID's training lengths."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**SERIES_ARCH, masked_norm=masked_norm)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = []
     for b in range(batches):
         lengths = torch.as_tensor(series_lengths(batch_size, seed=b))
@@ -57,33 +56,27 @@ def prepare_series(masked_norm: bool, batches: int, batch_size: int, max_len: in
             lengths = lengths.clamp(max=max_len)
         x = torch.randn(batch_size, 1, int(lengths.max())) * (torch.arange(int(lengths.max())) < lengths[:, None])[:, None]
         data.append((x, lengths, torch.randint(0, 11, (batch_size,))))
-    it = bench.cycle(data)
-
-    def step() -> tuple[int, float]:
-        x, lengths, labels = next(it)
-        loss = F.cross_entropy(model(x, lengths), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return len(labels), 0.0
-
-    step()
-    return step
+    return data
 
 
-def prepare_series_fit(masked_norm: bool, batches: int) -> bench.Step:
-    """A training step of the series recipe's network on the batches a recipe fit on PLAID draws."""
+def plaid_fit_batches(batches: int) -> list[SeriesBatch]:
+    """The first ``batches`` batches a recipe fit on PLAID draws (SeriesDataModule, the recipe's data settings)."""
     from vdcnn_res.data.series_module import SeriesDataModule
 
-    torch.manual_seed(0)
     data = SeriesDataModule(
         train=str(PLAID), label_offset=0, normalize="auto", missing="interpolate", valid_fraction=0.0,
         batch_size="auto", seed=0,
     )  # fmt: skip
     data.setup("fit")
+    return [(b["input_ids"], b["lengths"], b["labels"]) for b in data.train_dataloader()][:batches]
+
+
+def prepare_series(masked_norm: bool, data: list[SeriesBatch]) -> bench.Step:
+    """A training step of the series recipe's network (AdamW, fp32) on ``data``, cycled."""
+    torch.manual_seed(0)
     model = build_model(ModelConfig(**SERIES_ARCH, masked_norm=masked_norm)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    it = bench.cycle([(b["input_ids"], b["lengths"], b["labels"]) for b in data.train_dataloader()][:batches])
+    it = bench.cycle(data)
 
     def step() -> tuple[int, float]:
         x, lengths, labels = next(it)
@@ -118,14 +111,15 @@ def main(argv: list[str] | None = None) -> str:
     ]  # fmt: skip
     series = dict(batches=2, batch_size=2, max_len=64) if args.quick else dict(batches=8, batch_size=16, max_len=None)
     if PLAID.is_file():
-        fit_batches = 2 if args.quick else 34  # a fit on PLAID draws 34 batches per epoch
+        fit_batches = plaid_fit_batches(2 if args.quick else 34)  # a fit on PLAID draws 34 batches per epoch
         rows += [
-            ("series recipe, a PLAID fit's own batches, masked BatchNorm", prepare_series_fit(True, fit_batches)),
-            ("series recipe, a PLAID fit's own batches, torch's BatchNorm", prepare_series_fit(False, fit_batches)),
+            ("series recipe, a PLAID fit's own batches, masked BatchNorm", prepare_series(True, fit_batches)),
+            ("series recipe, a PLAID fit's own batches, torch's BatchNorm", prepare_series(False, fit_batches)),
         ]  # fmt: skip
+    unbucketed = random_series_batches(**series)
     rows += [
-        ("series recipe network, PLAID lengths unbucketed, masked BatchNorm", prepare_series(True, **series)),
-        ("series recipe network, PLAID lengths unbucketed, torch's BatchNorm", prepare_series(False, **series)),
+        ("series recipe network, PLAID lengths unbucketed, masked BatchNorm", prepare_series(True, unbucketed)),
+        ("series recipe network, PLAID lengths unbucketed, torch's BatchNorm", prepare_series(False, unbucketed)),
     ]
     rates = bench.interleaved_windows([step for _, step in rows], windows, calls)
     lines = ["| training step | samples/s | masked / torch's |", "|---|---:|---:|"]

@@ -220,3 +220,31 @@ def test_masked_batchnorm_statistics_in_fp32_under_bf16_autocast():
     assert out.dtype == torch.bfloat16
     expected = valid_columns(x.float(), lengths).var(dim=1)  # unbiased, as running_var keeps it
     torch.testing.assert_close(bn.running_var, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("options", [dict(affine=False), dict(track_running_stats=False)])
+def test_masked_batchnorm_without_affine_or_running_statistics(options):
+    torch.manual_seed(0)
+    lengths = [9, 3]
+    x = torch.randn(2, 4, 9, dtype=torch.float64) * 2 - 1
+    keep = ~padding_mask(torch.tensor(lengths), 9)
+    masked, plain = MaskedBatchNorm1d(4, **options).double(), torch.nn.BatchNorm1d(4, **options).double()
+    xm = x.clone().requires_grad_()
+    xr = valid_columns(x, lengths)[None].clone().requires_grad_()
+    out, ref = masked(xm, keep), plain(xr)
+    torch.testing.assert_close(valid_columns(out, lengths), ref[0])
+    w = torch.randn(4, sum(lengths), dtype=torch.float64)
+    (valid_columns(out, lengths) * w).sum().backward()
+    (ref[0] * w).sum().backward()
+    torch.testing.assert_close(valid_columns(xm.grad, lengths), xr.grad[0])
+    if masked.running_var is not None:
+        torch.testing.assert_close(masked.running_var, plain.running_var)
+
+
+def test_masked_batchnorm_keeps_the_layout_and_rejects_a_single_value():
+    x = torch.randn(2, 3, 8)
+    keep = ~padding_mask(torch.tensor([8, 2]), 8)
+    out = MaskedBatchNorm1d(3)(x, keep)
+    assert out.shape == x.shape and out.is_contiguous()  # the next convolution reads it without a copy
+    with pytest.raises(ValueError, match="more than 1 value"):  # torch's own message, as for BatchNorm1d
+        MaskedBatchNorm1d(3)(x[:1], ~padding_mask(torch.tensor([1]), 8))

@@ -164,7 +164,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     ``masked=False`` ignores ``keep`` (torch's BatchNorm over every position, as in vdcnn-res
     before masked statistics existed); a batch without padding takes torch's kernel either way
     (the same statistics). Parameters and buffers are BatchNorm1d's, so state dicts are unchanged.
-    In training mode with padding, the output is zero at padded positions.
+    In training mode with padding, padded positions of the output hold the bias (callers zero them).
     """
 
     def __init__(self, num_features: int, masked: bool = True, **kwargs: object) -> None:
@@ -174,16 +174,76 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
         if not (self.masked and self.training and keep is not None) or bool(keep.all()):
             return super().forward(x)
-        return _on_valid_rows(super().forward, x, keep)
+        valid = keep.to(torch.float32 if x.dtype in _LOW_PRECISION else x.dtype)
+        count = valid.sum()
+        if count < 2:  # torch's own error for a single value per channel
+            return _on_valid_rows(super().forward, x, keep)
+        ones = valid.new_ones(self.num_features)
+        weight = ones if self.weight is None else self.weight
+        bias = ones.mul(0) if self.bias is None else self.bias
+        out, mean, var = _MaskedBatchNorm.apply(x.to(valid.dtype), valid, weight, bias, self.eps)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var * count / (count - 1)).to(self.running_var.dtype), factor)
+        return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.masked else ", masked=False")
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)  # statistics in fp32, as torch's BatchNorm under autocast
+
+
+class _MaskedBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm of x (B, C, L) with the mean and variance of the positions where
+    ``keep`` (B, 1, L, 1.0 valid, 0.0 padding) is 1: ``(out, mean, var)``, var biased.
+
+    BatchNorm's forward and backward written out with counts over valid positions: a handful of
+    elementwise passes and two reductions by matrix products, in x's own (B, C, L) layout, so the
+    next convolution gets a contiguous input (benchmarks/masked_norm_cost.py). The output at padded
+    positions is ``bias`` (every caller zeroes padding after the norm); no gradient reaches x there.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, keep: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        count = keep.sum()
+        keep_t = keep.transpose(1, 2)  # (B, L, 1): sums over valid positions as (B, C, L) @ (B, L, 1)
+        mean = torch.bmm(x, keep_t).sum(0)[:, 0] / count  # (C,)
+        centred = (x - mean[:, None]).mul_(keep)  # zero at padding
+        var = torch.linalg.vecdot(centred, centred).sum(0) / count
+        rstd = (var + eps).rsqrt()
+        scale = weight * rstd
+        out = (centred * scale[:, None]).add_(bias[:, None])
+        ctx.save_for_backward(centred, keep, rstd, scale, count)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        centred, keep, rstd, scale, count = ctx.saved_tensors
+        grad_valid = torch.bmm(grad, keep.transpose(1, 2)).sum(0)[:, 0]  # (C,) sum over valid positions
+        grad_centred = torch.linalg.vecdot(grad, centred).sum(0)  # padding: centred is zero
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # BatchNorm's input gradient: scale * (g - mean(g) - x_hat * mean(g * x_hat)), valid positions
+            grad_x = (grad * scale[:, None]).sub_((scale * grad_valid / count)[:, None]).mul_(keep)
+            grad_x.addcmul_(centred, (-scale * rstd * rstd * grad_centred / count)[:, None])
+        if ctx.needs_input_grad[2]:
+            grad_weight = grad_centred * rstd
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad.sum((0, 2))  # the padded outputs are the bias too
+        return grad_x, None, grad_weight, grad_bias, None
+
+
 def _on_valid_rows(norm: Callable[[Tensor], Tensor], x: Tensor, keep: Tensor) -> Tensor:
     """A BatchNorm's forward applied to the valid positions of x (B, C, L) as rows (n, C): torch's
     own kernel keeps the statistics (and running estimates) of those rows; scattered back, padding
-    zero. Twice as fast as masked moments written with elementwise ops (benchmarks/masked_norm_cost.py)."""
+    zero. For norms that take one argument (SyncBatchNorm) and batches with fewer than two valid
+    values; the transposed layout it leaves slows the next convolution, so MaskedBatchNorm1d
+    otherwise computes in place (:class:`_MaskedBatchNorm`)."""
     valid = keep.squeeze(1)  # (B, L)
     rows = norm(x.transpose(1, 2)[valid])  # (n, C)
     out = x.new_zeros(x.shape[0], x.shape[2], x.shape[1]).index_put((valid,), rows.to(x.dtype))  # (B, L, C)

@@ -65,6 +65,7 @@ def test_the_apart_overlay_trains_both_branches_on_their_own_losses_and_fuses_th
     hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["branch_loss"] == {"sum": 0.0, "cnn": 1.0, "ngrams": 1.0}
     assert list(hparams["arch"]["input_ngram_orders"]) == [2, 3, 4, 5]
+    assert hparams["arch"]["head_norm"] == "none"
     capsys.readouterr()
     run("test", "--ckpt_path", ckpt, "--data.test", REPO / "data" / "ag_news_sample" / "test.csv", *SHORT)
     out = capsys.readouterr().out

@@ -151,6 +151,9 @@ class MaskedAvgPool1d(nn.Module):
         return x.mul(keep).sum(dim=-1, keepdim=True) / count
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)  # statistics in fp32, as torch's BatchNorm under autocast
+
+
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics count a batch's valid positions only.
 
@@ -178,11 +181,10 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         count = valid.sum()
         if count < 2:  # torch's own error for a single value per channel
             return _on_valid_rows(super().forward, x, keep)
-        ones = valid.new_ones(self.num_features)
-        weight = ones if self.weight is None else self.weight
-        bias = ones.mul(0) if self.bias is None else self.bias
+        weight = valid.new_ones(self.num_features) if self.weight is None else self.weight
+        bias = valid.new_zeros(self.num_features) if self.bias is None else self.bias
         out, mean, var = _MaskedBatchNorm.apply(x.to(valid.dtype), valid, weight, bias, self.eps)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        if self.running_mean is not None and self.running_var is not None:  # None unless track_running_stats
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             with torch.no_grad():
@@ -192,9 +194,6 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.masked else ", masked=False")
-
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)  # statistics in fp32, as torch's BatchNorm under autocast
 
 
 class _MaskedBatchNorm(torch.autograd.Function):

@@ -42,6 +42,11 @@ def test_objective_adds_each_branch_loss_and_progress_sees_the_model_loss(task, 
     assert float(out["model_loss"]) == pytest.approx(float(expected_model), rel=1e-4)
     assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-4)
     assert out["loss"].requires_grad and not out["model_loss"].requires_grad
+    # What the chance warning reads: each branch's own loss, for the branches that have one.
+    assert set(out["branch_losses"]) == set(own)
+    for name, part in out["branch_losses"].items():
+        assert float(part) == pytest.approx(float(module._loss(branches[name], data["labels"])), rel=1e-4)
+        assert not part.requires_grad
 
 
 def test_off_by_default_returns_the_plain_loss_and_keeps_the_hyperparameters():

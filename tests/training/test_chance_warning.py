@@ -49,3 +49,28 @@ def test_a_centred_head_is_advised_only_where_the_head_is_not_centred_already():
         EpochSummary()._warn_if_at_chance(trainer(epoch=3), centred, CHANCE)
     message = str(caught[0].message)
     assert "head_norm" not in message and "try a lower --model.optim.lr" in message
+
+
+APART = SimpleNamespace(arch=SimpleNamespace(num_classes=20, head_norm="none"), sum_weight=0.0)
+
+
+def test_a_stuck_cnn_branch_is_named_while_the_bag_learns():
+    """configs/text/apart.yaml on long documents: the CNN's head dies while the bag learns."""
+    with pytest.warns(UserWarning) as caught:
+        EpochSummary()._warn_if_at_chance(trainer(epoch=3), APART, 1.2 * CHANCE, {"cnn": CHANCE, "ngrams": 0.5 * CHANCE})
+    message = str(caught[0].message)
+    assert message.startswith(f"the CNN branch's own training loss ({CHANCE:.3f}) is still at chance")
+    assert "--model.arch.head_norm batch" in message
+
+
+@pytest.mark.parametrize("sum_weight", [0.0, 1.0])
+def test_an_untrained_sum_is_not_judged_and_learning_branches_do_not_warn(sum_weight, recwarn):
+    module = SimpleNamespace(arch=MODULE.arch, sum_weight=sum_weight)
+    # The summed logits of two branches trained apart may score above ln C while both learn.
+    EpochSummary()._warn_if_at_chance(trainer(epoch=3), module, 1.2 * CHANCE if not sum_weight else 0.5 * CHANCE, {"cnn": 0.6 * CHANCE, "ngrams": 0.5 * CHANCE})
+    assert not [w for w in recwarn if "still at chance" in str(w.message)]
+
+
+def test_a_stuck_bag_is_named():
+    with pytest.warns(UserWarning, match="the n-gram bag's own training loss .* try a lower --model.optim.lr"):
+        EpochSummary()._warn_if_at_chance(trainer(epoch=3), MODULE, 0.5 * CHANCE, {"ngrams": CHANCE})

@@ -227,8 +227,9 @@ class VDCNNClassifier(pl.LightningModule):
         logits = self.model.combine({k: z.detach() if k in self.sum_detach else z for k, z in branches.items()})
         loss = self._loss(logits, batch["labels"], weighted=True)
         objective = loss if self.sum_weight == 1.0 else self.sum_weight * loss
+        own = {}
         for name, weight in self.branch_loss.items():
-            part = self._loss(branches[name], batch["labels"], weighted=True)
+            own[name] = part = self._loss(branches[name], batch["labels"], weighted=True)
             self.log(f"train/loss_{name}", part)
             objective = objective + weight * part
         self._stop_if_diverged(objective)
@@ -238,8 +239,11 @@ class VDCNNClassifier(pl.LightningModule):
             self.train_acc(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)  # the model's own loss, also with branch losses
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        # With branch losses the optimiser gets the whole objective; progress lines report the model's loss.
-        return {"loss": objective, "model_loss": loss.detach()} if objective is not loss else loss
+        # With branch losses the optimiser gets the whole objective; progress lines report the model's
+        # loss, and the chance warning also reads each branch's own loss.
+        if objective is loss:
+            return loss
+        return {"loss": objective, "model_loss": loss.detach(), "branch_losses": {k: v.detach() for k, v in own.items()}}
 
     def _outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's logits (B, C) and what calibration fits on: each branch's own logits

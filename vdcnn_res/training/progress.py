@@ -83,6 +83,7 @@ class EpochSummary(pl.Callback):
         self.mode = mode
         self.chance_warning_after = chance_warning_after  # share of the budget; 0 or more than 1: never
         self._losses: list[float] = []
+        self._branch_losses: dict[str, list[float]] = {}  # each branch's own loss, where it has one
         self._start = 0.0
         self._warned = False
         self._validated = False
@@ -101,12 +102,15 @@ class EpochSummary(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._losses = []
+        self._branch_losses = {}
         self._validated = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
         loss = outputs.get("model_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._losses.append(float(loss.detach()))
+        for name, part in (outputs.get("branch_losses", {}) if isinstance(outputs, dict) else {}).items():
+            self._branch_losses.setdefault(name, []).append(float(part))
         # ModelCheckpoint names files with a logged "epoch" when there is one: count from 1 there too.
         pl_module.log("epoch", float(trainer.current_epoch + 1), on_step=True, on_epoch=False, logger=False)
 
@@ -169,7 +173,7 @@ class EpochSummary(pl.Callback):
             line += f"{name} {shown_loss}acc {_percent(metric('val/acc'))} macro-F1 {_percent(metric('val/f1_macro'))}  "
         line += format_duration(time.perf_counter() - self._start) + ("  (best)" if improved else "")
         _say(trainer, line)
-        self._warn_if_at_chance(trainer, pl_module, loss)
+        self._warn_if_at_chance(trainer, pl_module, loss, {k: sum(v) / len(v) for k, v in self._branch_losses.items() if v})
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One line when early stopping ended the run: after which epoch, why, and the best epoch."""
@@ -190,14 +194,21 @@ class EpochSummary(pl.Callback):
             line += f" Best epoch: {self.best_epoch} ({monitor} {format_metric(monitor, self.best_value)})."
         _say(trainer, line)
 
-    def _warn_if_at_chance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: float) -> None:
+    def _warn_if_at_chance(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: float, branch_losses: dict[str, float] | None = None
+    ) -> None:
         """One warning when the training loss is still at chance (ln C, the loss of a uniform guess
         over C classes, label smoothing included) after a share of the budget: the plateau of
         docs/longdoc_plateau.md. Classes of very unequal size make the prior's loss lower than
-        ln C, so this check only sees a run stuck at a uniform guess."""
+        ln C, so this check only sees a run stuck at a uniform guess.
+
+        ``branch_losses`` are the mean own losses of the branches trained on one
+        (``model.branch_loss``). A branch stuck at chance is named even while the other one
+        learns: the bag's progress would otherwise hide a dead CNN head. The model's loss is
+        checked only when it is trained (``branch_loss.sum`` above 0)."""
         arch = getattr(pl_module, "arch", None)
         classes = getattr(arch, "num_classes", 0)
-        if self._warned or classes < 2 or math.isnan(loss) or self.chance_warning_after <= 0:
+        if self._warned or classes < 2 or self.chance_warning_after <= 0:
             return
         if trainer.max_epochs and trainer.max_epochs > 0:
             done = (trainer.current_epoch + 1) / trainer.max_epochs
@@ -206,16 +217,27 @@ class EpochSummary(pl.Callback):
         else:
             return
         chance = math.log(classes)
-        if done >= self.chance_warning_after and loss >= 0.97 * chance:
-            self._warned = True
-            centred = getattr(arch, "head_norm", "none") != "none"
-            warnings.warn(
-                f"the training loss ({loss:.3f}) is still at chance (ln {classes} = {chance:.3f}) after "
-                f"{100 * done:.0f} % of the budget: the head is probably stuck (docs/longdoc_plateau.md); "
-                + ("try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch, or a lower --model.optim.lr"),
-                stacklevel=2,
-            )
-
+        if done < self.chance_warning_after:
+            return
+        candidates = [("", loss)] if getattr(pl_module, "sum_weight", 1.0) > 0 else []
+        candidates += sorted((branch_losses or {}).items())
+        stuck = next(((name, value) for name, value in candidates if not math.isnan(value) and value >= 0.97 * chance), None)
+        if stuck is None:
+            return
+        self._warned = True
+        name, value = stuck
+        centred = getattr(arch, "head_norm", "none") != "none"
+        head_fix = "try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch, or a lower --model.optim.lr"
+        what, why, fix = {
+            "": ("the training loss", "the head is probably stuck (docs/longdoc_plateau.md)", head_fix),
+            "cnn": ("the CNN branch's own training loss", "its head is probably stuck (docs/longdoc_plateau.md)", head_fix),
+            "ngrams": ("the n-gram bag's own training loss", "it is not learning", "try a lower --model.optim.lr"),
+        }[name]
+        warnings.warn(
+            f"{what} ({value:.3f}) is still at chance (ln {classes} = {chance:.3f}) after "
+            f"{100 * done:.0f} % of the budget: {why}; {fix}",
+            stacklevel=2,
+        )
 
 def _train_as_valid(trainer: pl.Trainer) -> bool:
     """Whether the run validates on its own training split (the series recipe's data.train_as_valid)."""

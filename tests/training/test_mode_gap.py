@@ -6,6 +6,7 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import EMAWeightAveraging
 from torch.utils.data import DataLoader
 
 from vdcnn_res.model.config import ModelConfig
@@ -43,10 +44,10 @@ class _BreakRunningStatistics(pl.Callback):
                 m.running_mean.fill_(50.0)
 
 
-def _fit(tmp_path, broken: bool, masked_norm: bool = True) -> tuple[EvalModeGap, list[str]]:
+def _fit(tmp_path, broken: bool, masked_norm: bool = True, averaging: bool = False) -> tuple[EvalModeGap, list[str]]:
     pl.seed_everything(0)
     gap = EvalModeGap(threshold=10.0)
-    callbacks = [_BreakRunningStatistics(), gap] if broken else [gap]
+    callbacks = ([_BreakRunningStatistics()] if broken else []) + ([EMAWeightAveraging()] if averaging else []) + [gap]
     trainer = pl.Trainer(max_epochs=15, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
                          limit_val_batches=0)  # fmt: skip
@@ -71,6 +72,11 @@ def test_warns_when_eval_mode_is_far_below_training_mode(tmp_path):
 def test_the_warning_names_masked_norm_when_it_is_off(tmp_path):
     _, messages = _fit(tmp_path, broken=True, masked_norm=False)
     assert len(messages) == 1 and "set model.arch.masked_norm true" in messages[0]
+
+
+def test_the_warning_names_weight_averaging_when_a_callback_averages(tmp_path):
+    _, messages = _fit(tmp_path, broken=True, averaging=True)
+    assert len(messages) == 1 and "with weight averaging" in messages[0] and "update_bn" in messages[0]
 
 
 def test_silent_when_the_modes_agree(tmp_path):

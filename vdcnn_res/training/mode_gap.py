@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import WeightAveraging
 
 __all__ = ["EvalModeGap", "eval_mode_accuracy"]
 
@@ -69,6 +70,13 @@ class EvalModeGap(pl.Callback):
                 else "inputs of very different scales make each batch's statistics differ (for series: "
                 "data.normalize zscore), as do small batches"
             )
+            if any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks):
+                # Lightning's weight averaging (EMA, SWA) leaves BatchNorm's statistics those of the
+                # last weights, not of the averaged ones it evaluates with.
+                fix = (
+                    "with weight averaging, the averaged weights need their own BatchNorm statistics "
+                    "(torch.optim.swa_utils.update_bn); else drop the averaging callback, or " + fix
+                )
             warnings.warn(
                 f"on {n} training examples the model scores {eval_acc:.1f} % in eval mode against "
                 f"{self.last[0]:.1f} % in training mode (last epoch): BatchNorm's running statistics "

@@ -71,6 +71,7 @@ def test_an_untrained_sum_is_not_judged_and_learning_branches_do_not_warn(sum_we
     assert not [w for w in recwarn if "still at chance" in str(w.message)]
 
 
-def test_a_stuck_bag_is_named():
-    with pytest.warns(UserWarning, match="the n-gram bag's own training loss .* try a lower --model.optim.lr"):
-        EpochSummary()._warn_if_at_chance(trainer(epoch=3), MODULE, 0.5 * CHANCE, {"ngrams": CHANCE})
+def test_a_slow_bag_is_not_judged(recwarn):
+    """On long documents the bag sees little signal and learns late, not never (its loss falls in epoch 2)."""
+    EpochSummary()._warn_if_at_chance(trainer(epoch=3), MODULE, 0.5 * CHANCE, {"ngrams": CHANCE})
+    assert not [w for w in recwarn if "still at chance" in str(w.message)]

@@ -203,9 +203,10 @@ class EpochSummary(pl.Callback):
         ln C, so this check only sees a run stuck at a uniform guess.
 
         ``branch_losses`` are the mean own losses of the branches trained on one
-        (``model.branch_loss``). A branch stuck at chance is named even while the other one
-        learns: the bag's progress would otherwise hide a dead CNN head. The model's loss is
-        checked only when it is trained (``branch_loss.sum`` above 0)."""
+        (``model.branch_loss``). A CNN branch stuck at chance is named even while the bag learns:
+        the bag's progress would otherwise hide a dead head. The bag is not judged (a linear model
+        on weak signal learns late, it does not get stuck). The model's loss is checked only
+        when it is trained (``branch_loss.sum`` above 0)."""
         arch = getattr(pl_module, "arch", None)
         classes = getattr(arch, "num_classes", 0)
         if self._warned or classes < 2 or self.chance_warning_after <= 0:
@@ -220,24 +221,22 @@ class EpochSummary(pl.Callback):
         if done < self.chance_warning_after:
             return
         candidates = [("", loss)] if getattr(pl_module, "sum_weight", 1.0) > 0 else []
-        candidates += sorted((branch_losses or {}).items())
+        if "cnn" in (branch_losses or {}):  # the bag has no head to die; on weak signal it is just slow
+            candidates.append(("cnn", branch_losses["cnn"]))
         stuck = next(((name, value) for name, value in candidates if not math.isnan(value) and value >= 0.97 * chance), None)
         if stuck is None:
             return
         self._warned = True
         name, value = stuck
+        what, head = ("the CNN branch's own training loss", "its head") if name == "cnn" else ("the training loss", "the head")
         centred = getattr(arch, "head_norm", "none") != "none"
-        head_fix = "try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch, or a lower --model.optim.lr"
-        what, why, fix = {
-            "": ("the training loss", "the head is probably stuck (docs/longdoc_plateau.md)", head_fix),
-            "cnn": ("the CNN branch's own training loss", "its head is probably stuck (docs/longdoc_plateau.md)", head_fix),
-            "ngrams": ("the n-gram bag's own training loss", "it is not learning", "try a lower --model.optim.lr"),
-        }[name]
         warnings.warn(
-            f"{what} ({value:.3f}) is still at chance (ln {classes} = {chance:.3f}) after "
-            f"{100 * done:.0f} % of the budget: {why}; {fix}",
+            f"{what} ({value:.3f}) is still at chance (ln {classes} = {chance:.3f}) after {100 * done:.0f} % of the "
+            f"budget: {head} is probably stuck (docs/longdoc_plateau.md); "
+            + ("try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch, or a lower --model.optim.lr"),
             stacklevel=2,
         )
+
 
 def _train_as_valid(trainer: pl.Trainer) -> bool:
     """Whether the run validates on its own training split (the series recipe's data.train_as_valid)."""

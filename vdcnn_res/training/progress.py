@@ -233,7 +233,7 @@ class EpochSummary(pl.Callback):
         warnings.warn(
             f"{what} ({value:.3f}) is still at chance (ln {classes} = {chance:.3f}) after {100 * done:.0f} % of the "
             f"budget: {head} is probably stuck (docs/longdoc_plateau.md); "
-            + ("try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch, or a lower --model.optim.lr"),
+            + ("try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch or layer, or a lower --model.optim.lr"),
             stacklevel=2,
         )
 

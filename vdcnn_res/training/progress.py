@@ -20,6 +20,7 @@ import warnings
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelSummary
 from pytorch_lightning.utilities.model_summary import summarize
 from pytorch_lightning.utilities.model_summary.model_summary import _format_summary_table
@@ -83,7 +84,7 @@ class EpochSummary(pl.Callback):
         self.mode = mode
         self.chance_warning_after = chance_warning_after  # share of the budget; 0 or more than 1: never
         self._losses: list[float] = []
-        self._branch_losses: dict[str, list[float]] = {}  # each branch's own loss, where it has one
+        self._branch_losses: dict[str, list[torch.Tensor]] = {}  # each branch's own loss, where it has one
         self._start = 0.0
         self._warned = False
         self._validated = False
@@ -110,7 +111,7 @@ class EpochSummary(pl.Callback):
         if loss is not None:
             self._losses.append(float(loss.detach()))
         for name, part in (outputs.get("branch_losses", {}) if isinstance(outputs, dict) else {}).items():
-            self._branch_losses.setdefault(name, []).append(float(part))
+            self._branch_losses.setdefault(name, []).append(part)  # read once per epoch: no sync per step
         # ModelCheckpoint names files with a logged "epoch" when there is one: count from 1 there too.
         pl_module.log("epoch", float(trainer.current_epoch + 1), on_step=True, on_epoch=False, logger=False)
 
@@ -173,7 +174,7 @@ class EpochSummary(pl.Callback):
             line += f"{name} {shown_loss}acc {_percent(metric('val/acc'))} macro-F1 {_percent(metric('val/f1_macro'))}  "
         line += format_duration(time.perf_counter() - self._start) + ("  (best)" if improved else "")
         _say(trainer, line)
-        self._warn_if_at_chance(trainer, pl_module, loss, {k: sum(v) / len(v) for k, v in self._branch_losses.items() if v})
+        self._warn_if_at_chance(trainer, pl_module, loss, {k: float(torch.stack(v).mean()) for k, v in self._branch_losses.items() if v})
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One line when early stopping ended the run: after which epoch, why, and the best epoch."""
@@ -220,15 +221,14 @@ class EpochSummary(pl.Callback):
         chance = math.log(classes)
         if done < self.chance_warning_after:
             return
-        candidates = [("", loss)] if getattr(pl_module, "sum_weight", 1.0) > 0 else []
+        candidates = [("the training loss", "the head", loss)] if getattr(pl_module, "sum_weight", 1.0) > 0 else []
         if "cnn" in (branch_losses or {}):  # the bag has no head to die; on weak signal it is just slow
-            candidates.append(("cnn", branch_losses["cnn"]))
-        stuck = next(((name, value) for name, value in candidates if not math.isnan(value) and value >= 0.97 * chance), None)
+            candidates.append(("the CNN branch's own training loss", "its head", branch_losses["cnn"]))
+        stuck = next((c for c in candidates if not math.isnan(c[2]) and c[2] >= 0.97 * chance), None)
         if stuck is None:
             return
         self._warned = True
-        name, value = stuck
-        what, head = ("the CNN branch's own training loss", "its head") if name == "cnn" else ("the training loss", "the head")
+        what, head, value = stuck
         centred = getattr(arch, "head_norm", "none") != "none"
         warnings.warn(
             f"{what} ({value:.3f}) is still at chance (ln {classes} = {chance:.3f}) after {100 * done:.0f} % of the "

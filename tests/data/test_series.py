@@ -165,12 +165,13 @@ def test_missing_values_are_filled_and_reported_once(tmp_path):
         (lambda rows: rows[4].update(series=[[1.0, 2.0]] * 3), "has 3 channels, but the model reads 2"),
     ],
 )
-def test_bad_rows_name_the_file_and_row(tmp_path, change, words):
+@pytest.mark.parametrize("normalize", ["auto", "zscore", "none"])
+def test_bad_rows_name_the_file_and_row(tmp_path, change, words, normalize):
     rows = series_rows(10, 2)
     change(rows)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
-    with pytest.raises(UserError) as err:
-        SeriesDataModule(train=train, valid_fraction=0.0).setup("fit")
+    with pytest.raises(UserError) as err:  # auto measures the scales first: a bad row must not break that
+        SeriesDataModule(train=train, valid_fraction=0.0, normalize=normalize).setup("fit")
     message = str(err.value)
     assert words in message and "data row 5 of" in message and "train.jsonl" in message and "\n" not in message
 
@@ -201,7 +202,7 @@ def test_batch_size_auto_resolves_from_the_training_split(tmp_path):
     sizes = [len(b["labels"]) for b in data.train_dataloader()]
     assert sizes == [4] * 10 and data.hparams.batch_size == 4  # the checkpoint records the number
     test = write_jsonl(tmp_path / "test.jsonl", series_rows(6, 2))
-    evaluating = SeriesDataModule(test=test, batch_size="auto")  # no training data: any size, same logits
+    evaluating = SeriesDataModule(test=test, batch_size="auto", normalize="zscore")  # no training data: any size
     evaluating.set_checkpoint_state(2, ["down", "up"])
     evaluating.setup("test")
     assert sum(len(b["labels"]) for b in evaluating.test_dataloader()) == 6
@@ -239,7 +240,7 @@ def test_checkpoint_state_serves_test_and_predict_without_training_data(tmp_path
     rows = series_rows(6, 2)
     test = write_jsonl(tmp_path / "test.jsonl", rows)
     predict = write_jsonl(tmp_path / "predict.jsonl", [{"series": r["series"]} for r in rows])
-    data = SeriesDataModule(test=test, predict=predict)
+    data = SeriesDataModule(test=test, predict=predict, normalize="zscore")
     with pytest.raises(UserError, match="channels is unknown without a training split"):
         _ = data.input_channels
     data.set_checkpoint_state(2, ["down", "up"])
@@ -287,11 +288,12 @@ def test_scale_spread_is_the_widest_10th_to_90th_percentile_ratio_of_series_scal
     assert scale_spread([np.full((1, 4), np.nan), np.array([[0.0, 2.0]])]) == 1.0 and scale_spread([]) == 1.0
 
 
+@pytest.mark.parametrize("setting", [{"normalize": "auto"}, {}], ids=["set", "default"])
 @pytest.mark.parametrize("scales, chosen", [([1.0, 2.0, 0.5], "none"), ([1e-3, 1.0, 1e3], "zscore")])
-def test_normalize_auto_decides_on_the_training_split_and_records_it(tmp_path, scales, chosen, caplog):
+def test_normalize_auto_decides_on_the_training_split_and_records_it(tmp_path, scales, chosen, setting, caplog):
     train = write_jsonl(tmp_path / "train.jsonl", scaled_rows(scales))
     test = write_jsonl(tmp_path / "test.jsonl", scaled_rows([1e3], seed=1))
-    data = SeriesDataModule(train=train, test=test, valid_fraction=0.0, normalize="auto")
+    data = SeriesDataModule(train=train, test=test, valid_fraction=0.0, **setting)  # auto is the default
     with caplog.at_level("INFO"):
         data.setup("test")  # the test split first: the training split decides all the same
     assert data.hparams.normalize == chosen and data.state_dict()["preprocessing"]["normalize"] == chosen

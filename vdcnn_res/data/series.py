@@ -69,9 +69,10 @@ def scale_spread(series: Sequence[np.ndarray]) -> float:
         return 1.0
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: nanstd warns, gives NaN
-        sds = np.stack([np.nanstd(s, axis=1) for s in series])  # (n, C)
+        sds = [np.nanstd(s, axis=1) for s in series]
     spread = 1.0
-    for channel in sds.T:
+    for c in range(max(len(sd) for sd in sds)):  # a series with fewer channels is an error reported later
+        channel = np.array([sd[c] for sd in sds if len(sd) > c])
         scales = channel[np.isfinite(channel) & (channel > _EPS)]
         if len(scales) >= 2:
             low, high = np.percentile(scales, [10, 90])

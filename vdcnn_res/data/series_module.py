@@ -65,9 +65,10 @@ class SeriesDataModule(BucketedDataModule):
             validation split (``valid_fraction: 0`` and no ``valid``): ``val/loss`` is then the
             training loss and ``checkpoint.monitor: val/loss`` keeps the model with the lowest
             one, the published ResNet's choice for sets too small to hold series out.
-        normalize: ``zscore`` (per series and channel), ``none``, or ``auto``: ``zscore`` when the
-            training series' scales differ by more than ``SCALE_SPREAD_LIMIT`` (1,000x between the
-            10th and 90th percentile of their standard deviations, in some channel), else ``none``
+        normalize: ``auto`` (the default, as in the series recipe), ``zscore`` (per series and
+            channel) or ``none``. ``auto`` is ``zscore`` when the training series' scales differ
+            by more than ``SCALE_SPREAD_LIMIT`` (1,000x between the 10th and 90th percentile of
+            their standard deviations, in some channel), else ``none``
             (levels and scales can tell classes apart; z-scores would erase them). The choice is
             logged and recorded in checkpoints and exports.
         missing: null / NaN values: ``interpolate`` (linear, per channel) or ``zero`` (0 after
@@ -92,7 +93,7 @@ class SeriesDataModule(BucketedDataModule):
         classes_file: str | None = None,
         valid_fraction: float = 0.1,
         seed: int = 42,
-        normalize: Literal["zscore", "none", "auto"] = "zscore",
+        normalize: Literal["zscore", "none", "auto"] = "auto",
         missing: Literal["interpolate", "zero"] = "interpolate",
         max_length: int | None = None,
         batch_size: int | Literal["auto"] = 16,

@@ -60,7 +60,7 @@ def test_a_stuck_cnn_branch_is_named_while_the_bag_learns():
         EpochSummary()._warn_if_at_chance(trainer(epoch=3), APART, 1.2 * CHANCE, {"cnn": CHANCE, "ngrams": 0.5 * CHANCE})
     message = str(caught[0].message)
     assert message.startswith(f"the CNN branch's own training loss ({CHANCE:.3f}) is still at chance")
-    assert "--model.arch.head_norm batch" in message
+    assert "--model.arch.head_norm layer --model.arch.hidden_size 512" in message  # docs/results.md §21
 
 
 @pytest.mark.parametrize("sum_weight", [0.0, 1.0])

@@ -229,11 +229,15 @@ class EpochSummary(pl.Callback):
             return
         self._warned = True
         what, head, value = stuck
-        centred = getattr(arch, "head_norm", "none") != "none"
+        if getattr(arch, "head_norm", "none") != "none":
+            advice = "try a lower --model.optim.lr"
+        elif head == "its head":  # the CNN on its own loss (the apart overlay): docs/results.md §21
+            advice = "try --model.arch.head_norm layer --model.arch.hidden_size 512, or a lower --model.optim.lr"
+        else:
+            advice = "try --model.arch.head_norm batch or layer, or a lower --model.optim.lr"
         warnings.warn(
             f"{what} ({value:.3f}) is still at chance (ln {classes} = {chance:.3f}) after {100 * done:.0f} % of the "
-            f"budget: {head} is probably stuck (docs/longdoc_plateau.md); "
-            + ("try a lower --model.optim.lr" if centred else "try --model.arch.head_norm batch or layer, or a lower --model.optim.lr"),
+            f"budget: {head} is probably stuck (docs/longdoc_plateau.md); {advice}",
             stacklevel=2,
         )
 

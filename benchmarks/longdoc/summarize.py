@@ -38,7 +38,7 @@ for p, rs in runs.items():
         elif mode == "steps":
             g = r["grad"]
             print(f"  step {r['step']:4d} lr {r['lr']:.2e} | grad emb {g['embedding']:.3f} stem {g['stem']:.2f} s0 {g['stage0']:.2f} s3 {g['stage3']:.2f} "
-                  f"fc1 {g['fc1']:.2f} fc2 {g['fc2']:.2f} fc {g['fc']:.2f} | kmax {r.get('kmax_mean', 0):.2f}/{r.get('kmax_std', 0):.2f} z{r.get('kmax_zero_frac', 0):.2f} "
+                  f"fc1 {g.get('fc1', float('nan')):.2f} fc2 {g.get('fc2', float('nan')):.2f} fc {g['fc']:.2f} | kmax {r.get('kmax_mean', 0):.2f}/{r.get('kmax_std', 0):.2f} z{r.get('kmax_zero_frac', 0):.2f} "
                   f"| fc1 {r.get('fc1_mean', 0):.2f}/{r.get('fc1_std', 0):.2f} dead {r.get('fc1_dead', 0):.2f} zero {r.get('fc1_zero_frac', 0):.2f} "
                   f"| fc2 {r.get('fc2_mean', 0):.2f}/{r.get('fc2_std', 0):.2f} dead {r.get('fc2_dead', 0):.2f} zero {r.get('fc2_zero_frac', 0):.2f} "
                   f"| logit std {r.get('logit_std', 0):.3f} btw {r.get('logit_between_std', 0):.3f} pmax {r.get('pmax', 0):.3f}")

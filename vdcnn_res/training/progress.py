@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -174,7 +175,8 @@ class EpochSummary(pl.Callback):
             line += f"{name} {shown_loss}acc {_percent(metric('val/acc'))} macro-F1 {_percent(metric('val/f1_macro'))}  "
         line += format_duration(time.perf_counter() - self._start) + ("  (best)" if improved else "")
         _say(trainer, line)
-        self._warn_if_at_chance(trainer, pl_module, loss, {k: float(torch.stack(v).mean()) for k, v in self._branch_losses.items() if v})
+        branch_losses = {k: _plateau_loss(torch.stack(v).tolist()) for k, v in self._branch_losses.items() if v}
+        self._warn_if_at_chance(trainer, pl_module, _plateau_loss(self._losses), branch_losses)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """One line when early stopping ended the run: after which epoch, why, and the best epoch."""
@@ -203,7 +205,8 @@ class EpochSummary(pl.Callback):
         docs/longdoc_plateau.md. Classes of very unequal size make the prior's loss lower than
         ln C, so this check only sees a run stuck at a uniform guess.
 
-        ``branch_losses`` are the mean own losses of the branches trained on one
+        ``loss`` and ``branch_losses`` are :func:`_plateau_loss` values (NaN: still falling, not
+        judged). ``branch_losses`` are the own losses of the branches trained on one
         (``model.branch_loss``). A CNN branch stuck at chance is named even while the bag learns:
         the bag's progress would otherwise hide a dead head. The bag is not judged (a linear model
         on weak signal learns late, it does not get stuck). The model's loss is checked only
@@ -236,10 +239,24 @@ class EpochSummary(pl.Callback):
         else:
             advice = "try --model.arch.head_norm batch or layer, or a lower --model.optim.lr"
         warnings.warn(
-            f"{what} ({value:.3f}) is still at chance (ln {classes} = {chance:.3f}) after {100 * done:.0f} % of the "
+            f"{what} ({value:.3f} over the epoch's last steps) is still at chance (ln {classes} = {chance:.3f}) after {100 * done:.0f} % of the "
             f"budget: {head} is probably stuck (docs/longdoc_plateau.md); {advice}",
             stacklevel=2,
         )
+
+
+def _plateau_loss(losses: Sequence[float]) -> float:
+    """The mean loss over an epoch's last quarter of steps, or NaN while it is still falling (5 % or
+    more below the quarter before): a head that starts far above chance and is learning is not
+    stuck, one whose loss has flattened out at chance is (docs/longdoc_plateau.md §15)."""
+    if not losses:
+        return math.nan
+    quarter = max(1, len(losses) // 4)
+    recent = sum(losses[-quarter:]) / quarter
+    before = losses[-2 * quarter : -quarter]
+    if before and recent < 0.95 * sum(before) / len(before):
+        return math.nan
+    return recent
 
 
 def _train_as_valid(trainer: pl.Trainer) -> bool:

@@ -33,6 +33,7 @@ class PlateauProbe(Callback):
         self.every = every
         self.acts: dict[str, torch.Tensor] = {}
         self.losses: list[float] = []
+        self.cnn_losses: list[float] = []  # the CNN branch's own loss, where it has one (model.branch_loss)
         self.correct = self.seen = 0
 
     def _w(self, rec: dict) -> None:
@@ -85,6 +86,8 @@ class PlateauProbe(Callback):
         # the model's own loss (of the summed logits), not the objective with branch losses
         loss = outputs.get("model_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss))
+        if isinstance(outputs, dict) and "cnn" in outputs.get("branch_losses", {}):
+            self.cnn_losses.append(float(outputs["branch_losses"]["cnn"]))
         if "fc" in self.acts:
             self.correct += int((self.acts["fc"].argmax(-1) == batch["labels"]).sum())
             self.seen += len(batch["labels"])
@@ -102,6 +105,11 @@ class PlateauProbe(Callback):
         if h:
             rec["train_loss_1st_half"] = sum(self.losses[:h]) / h
             rec["train_loss_2nd_half"] = sum(self.losses[h:]) / (len(self.losses) - h)
+        # the CNN's own loss by quarter of the epoch: flattened out at chance (dead) or still falling?
+        q = len(self.cnn_losses) // 4
+        if q:
+            rec["cnn_loss_quarters"] = [sum(self.cnn_losses[i * q:(i + 1) * q]) / q for i in range(4)]
         self.losses = []
+        self.cnn_losses = []
         self.correct = self.seen = 0
         self._w(rec)

@@ -83,7 +83,7 @@ def quarters(*means: float, steps: int = 20) -> list[float]:
 
 
 def test_a_loss_still_falling_is_not_judged_and_a_flat_one_is():
-    """The epoch-1 CNN losses, by quarter, of two long-document runs (docs/longdoc_plateau.md §15): a
+    """The epoch-1 CNN losses, by quarter, of two long-document runs (docs/longdoc_plateau.md §16): a
     linear head starts far above chance and is learning; a dead head has flattened out at chance."""
     learning, dead = quarters(4.686, 4.456, 3.589, 2.950), quarters(4.392, 3.007, 2.928, 2.911)
     assert sum(learning) / len(learning) > math.log(18) and math.isnan(_plateau_loss(learning))

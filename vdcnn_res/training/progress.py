@@ -224,20 +224,19 @@ class EpochSummary(pl.Callback):
         chance = math.log(classes)
         if done < self.chance_warning_after:
             return
-        candidates = [("the training loss", "the head", loss)] if getattr(pl_module, "sum_weight", 1.0) > 0 else []
+        # (what, whose head, its loss, the head setting to try where the head is not centred)
+        candidates = [("the training loss", "the head", loss, "--model.arch.head_norm batch or layer")] if getattr(pl_module, "sum_weight", 1.0) > 0 else []  # fmt: skip
         if "cnn" in (branch_losses or {}):  # the bag has no head to die; on weak signal it is just slow
-            candidates.append(("the CNN branch's own training loss", "its head", branch_losses["cnn"]))
+            # the CNN on its own loss (the apart overlay): the long-document setting of docs/results.md §21
+            fix = "--model.arch.head_norm layer --model.arch.hidden_size 512"
+            candidates.append(("the CNN branch's own training loss", "its head", branch_losses["cnn"], fix))
         stuck = next((c for c in candidates if not math.isnan(c[2]) and c[2] >= 0.97 * chance), None)
         if stuck is None:
             return
         self._warned = True
-        what, head, value = stuck
-        if getattr(arch, "head_norm", "none") != "none":
-            advice = "try a lower --model.optim.lr"
-        elif head == "its head":  # the CNN on its own loss (the apart overlay): docs/results.md §21
-            advice = "try --model.arch.head_norm layer --model.arch.hidden_size 512, or a lower --model.optim.lr"
-        else:
-            advice = "try --model.arch.head_norm batch or layer, or a lower --model.optim.lr"
+        what, head, value, fix = stuck
+        centred = getattr(arch, "head_norm", "none") != "none"
+        advice = "try a lower --model.optim.lr" if centred else f"try {fix}, or a lower --model.optim.lr"
         warnings.warn(
             f"{what} ({value:.3f} over the epoch's last steps) is still at chance (ln {classes} = {chance:.3f}) after {100 * done:.0f} % of the "
             f"budget: {head} is probably stuck (docs/longdoc_plateau.md); {advice}",
@@ -248,7 +247,7 @@ class EpochSummary(pl.Callback):
 def _plateau_loss(losses: Sequence[float]) -> float:
     """The mean loss over an epoch's last quarter of steps, or NaN while it is still falling (5 % or
     more below the quarter before): a head that starts far above chance and is learning is not
-    stuck, one whose loss has flattened out at chance is (docs/longdoc_plateau.md §15)."""
+    stuck, one whose loss has flattened out at chance is (docs/longdoc_plateau.md §16)."""
     if not losses:
         return math.nan
     quarter = max(1, len(losses) // 4)

@@ -113,6 +113,8 @@ def test_roundtrip_asdict_and_json():
         ({"embedding_dim": "wide"}, "embedding_dim must be an int >= 1 or .auto."),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+        ({"input_dropout": 1.0}, r"input_dropout must be in \[0, 1\)"),
+        ({"input_dropout": -0.1}, r"input_dropout must be in \[0, 1\)"),
         ({"zero_init_residual": True, "shortcut": False}, "zero_init_residual=True needs shortcut=True"),
     ],
 )

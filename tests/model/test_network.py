@@ -502,6 +502,38 @@ def test_dropout_is_active_only_in_training():
         torch.testing.assert_close(model(ids), model(ids))
 
 
+@pytest.mark.parametrize("input_channels", [0, 2])
+def test_input_dropout_zeroes_whole_positions_in_training_only(input_channels):
+    """``input_dropout`` zeroes every channel of a dropped position (character or time step) and
+    scales the kept ones; in eval mode the model is the one without it."""
+    torch.manual_seed(0)
+    extra = {"input_channels": input_channels} if input_channels else {"input_ngram_orders": (2, 3)}
+    model = small("vdcnn9", input_dropout=0.5, **extra)
+    plain = small("vdcnn9", **extra)
+    plain.load_state_dict(model.state_dict())
+    if input_channels:
+        ids = torch.randn(2, input_channels, 100)
+    else:
+        ids = pad_batch(random_texts([100, 100]), 100)
+    seen = []
+    model.stem.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    plain.stem.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model.train()
+    plain.train()
+    torch.manual_seed(1)
+    model(ids)
+    plain(ids)
+    dropped, full = seen
+    zero = (dropped == 0).all(dim=1)  # (B, L): positions whose every channel is zero
+    assert 0.3 < zero.float().mean() < 0.7
+    torch.testing.assert_close(dropped[~zero.unsqueeze(1).expand_as(dropped)], 2 * full[~zero.unsqueeze(1).expand_as(full)])
+    plain.load_state_dict(model.state_dict())  # the BatchNorm statistics the dropped input moved
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), plain(ids))
+
+
 def test_forward_features_and_head_compose():
     model = small("vdcnn9").eval()
     ids = pad_batch(random_texts([100, 80]), 100)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import ModelConfig
-from vdcnn_res.training.module import VDCNNClassifier
+from vdcnn_res.training.module import DISTILL_TEMPERATURE, VDCNNClassifier, distillation_loss
 
 TINY = {"num_classes": 3, "vocab_size": 20, "blocks_per_stage": (1, 1), "channels": (8, 16), "hidden_size": 8}
 BAG = ModelConfig(**TINY, ngram_orders=(1, 2), ngram_buckets=101, ngram_dim=4)
@@ -66,8 +66,10 @@ def test_off_by_default_returns_the_plain_loss_and_keeps_the_hyperparameters():
     "value, message",
     [
         (1.0, "must map branch names"),
-        ({"bag": 1.0}, "unknown branch 'bag'; valid: \\['cnn', 'ngrams', 'sum'\\]"),
+        ({"bag": 1.0}, "unknown branch 'bag'; valid: \\['cnn', 'ngrams', 'sum', 'distill'\\]"),
         ({"sum": 0}, "sum 0 with no branch weighted trains nothing"),
+        ({"sum": 0, "distill": 1}, "sum 0 with no branch weighted trains nothing"),
+        ({"distill": -1}, "branch_loss.distill must be a number >= 0"),
         ({"ngrams": -1.0}, "branch_loss.ngrams must be a number >= 0"),
         ({"ngrams": True}, "branch_loss.ngrams must be a number >= 0"),
         ({"ngrams": float("nan")}, "branch_loss.ngrams must be a number >= 0"),
@@ -122,3 +124,47 @@ def test_sum_detach_trains_the_bag_only_on_its_own_loss():
 def test_bad_sum_detach_is_one_line(branch_loss, value, message):
     with pytest.raises(UserError, match=message):
         VDCNNClassifier(arch=BAG, branch_loss=branch_loss, sum_detach=value)
+
+
+def test_distillation_loss_is_the_softened_kl_and_zero_when_the_branches_agree():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    t = DISTILL_TEMPERATURE
+    q = F.softmax(teacher / t, dim=1)
+    expected = (q * (q.log() - F.log_softmax(student / t, dim=1))).sum(1).mean() * t * t
+    assert float(distillation_loss(student, teacher)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(distillation_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    # Shifting every logit of a row by one constant changes no distribution.
+    assert float(distillation_loss(teacher + 3.0, teacher)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_distill_teaches_the_cnn_the_bags_predictions_and_leaves_the_bag_alone():
+    """``distill`` adds the CNN's loss against the bag's softened predictions; the bag gets no gradient from it."""
+    weights = {"sum": 0, "cnn": 1, "ngrams": 1, "distill": 0.5}
+    grads = {}
+    for with_distill in (False, True):
+        torch.manual_seed(0)
+        given = weights if with_distill else {k: w for k, w in weights.items() if k != "distill"}
+        module = VDCNNClassifier(arch=BAG, branch_loss=given, label_smoothing=0.0).eval()  # no dropout
+        data = batch()
+        out = module.training_step(data, 0)
+        model = module.model
+        branches = model.branch_logits(model.forward_features(data["input_ids"], data["lengths"]))
+        expected = module._loss(branches["cnn"], data["labels"]) + module._loss(branches["ngrams"], data["labels"])
+        if with_distill:
+            expected = expected + 0.5 * distillation_loss(branches["cnn"], branches["ngrams"])
+            assert module.hparams.branch_loss == weights
+            assert VDCNNClassifier(**module.hparams).branch_loss == {"cnn": 1.0, "ngrams": 1.0, "distill": 0.5}
+        assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-4)
+        assert set(out["branch_losses"]) == {"cnn", "ngrams"}  # the chance warning's: losses against the labels
+        out["loss"].backward()
+        grads[with_distill] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for name in grads[True]:
+        if name.startswith(("ngrams.", "ngram_head.")):
+            torch.testing.assert_close(grads[True][name], grads[False][name])
+    assert not torch.allclose(grads[True]["head.fc.weight"], grads[False]["head.fc.weight"])
+
+
+def test_distill_needs_one_softmax():
+    with pytest.raises(UserError, match="branch_loss.distill softens one softmax .* data.task=multiclass"):
+        VDCNNClassifier(arch=BAG, branch_loss={"ngrams": 1, "distill": 1}, task="multilabel")

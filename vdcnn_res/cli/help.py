@@ -53,7 +53,8 @@ HELP: dict[str, str] = {
     "model.class_weights": "per-class loss weights: [w1, ...] in label-id order, or balanced (from the training counts)",
     "model.threshold": "multi-label only: one decision threshold for every label (null: tuned per label on validation)",
     "model.branch_loss": "each branch's own loss weight beside the sum's, e.g. {ngrams: 1.0} (fit's default with the "
-    "n-gram bag); keys cnn, ngrams, sum",
+    "n-gram bag); keys cnn, ngrams, sum, and distill: the CNN's loss against the bag's softened predictions "
+    "(knowledge distillation, the bag as teacher)",
     "model.sum_detach": "branches whose logits enter the summed loss without gradient, e.g. [ngrams] (each needs its "
     "own branch_loss)",
     # model.arch.*
@@ -71,6 +72,8 @@ HELP: dict[str, str] = {
     "model.arch.kmax": "k of the head's k-max pooling",
     "model.arch.hidden_size": "width of the head's two hidden layers; 0 = one linear layer",
     "model.arch.dropout": "dropout after each hidden layer of the head",
+    "model.arch.input_dropout": "in training, zero the CNN's input at each position (character, or series time step) "
+    "with this probability (token dropout)",
     "model.arch.zero_init_residual": "start each residual block as the identity (its last BatchNorm scale 0)",
     "model.arch.head_norm": "normalisation of the head's input features: auto (batch with the n-gram bag, none "
     "without), none, batch or layer",

@@ -82,6 +82,9 @@ class ModelConfig:
     kmax: int = 8  # k of the head's k-max pooling (paper: 8 -> 512 * 8 = 4096 features)
     hidden_size: int = 2048  # width of the two hidden fully connected layers (paper); 0 = none, one linear layer
     dropout: float = 0.0  # dropout after each hidden fc layer; the paper uses none
+    # In training, the CNN's input at each position (a character's embedding plus its n-grams', or a
+    # series' time step) is zeroed with this probability (token dropout); 0 = the paper's, none.
+    input_dropout: float = 0.0
     zero_init_residual: bool = False  # zero the last BN gamma of each block (starts as identity)
     # Normalisation of the k-max features before fc1 (docs/longdoc_plateau.md): "batch" centres
     # each of the channels * kmax features. Without it they are all positive with a large common
@@ -128,7 +131,7 @@ class ModelConfig:
             raise UserError(f"hidden_size must be >= 0 (0 = no hidden layers), got {self.hidden_size}")
         if self.head not in HEAD_TYPES:
             raise UserError(f"unknown head {self.head!r}; valid choices: {list(HEAD_TYPES)}")
-        for name in ("dropout", "ngram_dropout"):
+        for name in ("dropout", "input_dropout", "ngram_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.head_norm not in get_args(HeadNorm):

@@ -81,6 +81,9 @@ class VDCNNClassifier(pl.LightningModule):
     each on its own loss, whose logits are added at prediction. ``sum_detach`` names branches
     whose logits enter the summed logits' loss without gradient: ``["ngrams"]`` trains the bag
     only on its own loss (as if alone) and the CNN, through the sum, on what the bag gets wrong.
+    ``"distill"`` weighs the CNN's loss against the bag's predictions, both softened at
+    ``DISTILL_TEMPERATURE`` (:func:`distillation_loss`, Hinton et al. 2015): the bag teaches the
+    CNN, and gets no gradient from it, so the CNN alone learns what the bag knows.
     """
 
     def __init__(
@@ -123,6 +126,8 @@ class VDCNNClassifier(pl.LightningModule):
             "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
         }
         branch_loss = _check_branch_loss(branch_loss, arch)
+        if "distill" in branch_loss and self.multilabel:
+            raise UserError("model.branch_loss.distill softens one softmax over the classes: it needs data.task=multiclass")
         # "sum" weighs the loss of the summed logits (1 unless set; 0 trains each branch on its own only).
         self.sum_weight = branch_loss.get("sum", 1.0)
         self.branch_loss = {name: weight for name, weight in branch_loss.items() if name != "sum"}
@@ -229,8 +234,12 @@ class VDCNNClassifier(pl.LightningModule):
         objective = loss if self.sum_weight == 1.0 else self.sum_weight * loss
         own = {}
         for name, weight in self.branch_loss.items():
-            own[name] = part = self._loss(branches[name], batch["labels"], weighted=True)
-            self.log(f"train/loss_{name}", part)
+            if name == "distill":
+                part = distillation_loss(branches["cnn"], branches["ngrams"].detach())
+                self.log("train/loss_distill", part)
+            else:
+                own[name] = part = self._loss(branches[name], batch["labels"], weighted=True)
+                self.log(f"train/loss_{name}", part)
             objective = objective + weight * part
         self._stop_if_diverged(objective)
         if self.multilabel:
@@ -595,6 +604,7 @@ TRAIN_AS_VALID_NO_TEMPERATURE = (
 )
 
 BRANCHES = ("cnn", "ngrams")  # VDCNN.branch_logits' keys
+DISTILL_TEMPERATURE = 2.0  # branch_loss.distill's softening of both branches' logits
 BRANCH_NAMES = {"cnn": "CNN", "ngrams": "n-gram bag"}  # as the test summary names them
 
 
@@ -632,7 +642,7 @@ def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
     weight, kept when it is not 1), or one line naming the problem."""
     if branch_loss is None:
         return {}
-    keys = [*BRANCHES, "sum"]
+    keys = [*BRANCHES, "sum", "distill"]
     if not isinstance(branch_loss, dict):
         raise UserError(f"model.branch_loss must map branch names {keys} to weights, e.g. {{ngrams: 1.0}}; got {branch_loss!r}")
     out = {}
@@ -645,9 +655,18 @@ def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
             out[name] = float(weight)
     if out and not arch.ngram_orders:
         raise UserError("model.branch_loss weighs the CNN's and the n-gram bag's own losses: it needs model.arch.ngram_orders")
-    if out.get("sum") == 0.0 and not set(out) - {"sum"}:
+    if out.get("sum") == 0.0 and not set(out) - {"sum", "distill"}:
         raise UserError("model.branch_loss: sum 0 with no branch weighted trains nothing; weigh cnn and/or ngrams")
     return out
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = DISTILL_TEMPERATURE) -> torch.Tensor:
+    """KL(teacher || student) of the softened class distributions, times temperature**2 so its
+    gradients keep the scale of a cross-entropy's (Hinton et al. 2015); the teacher gets no gradient."""
+    t = temperature
+    log_p = F.log_softmax(student.float() / t, dim=-1)
+    log_q = F.log_softmax(teacher.detach().float() / t, dim=-1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
 
 
 def _check_sum_detach(sum_detach: Any, branch_loss: dict[str, float]) -> list[str]:

@@ -55,17 +55,30 @@ def test_every_config_parses(config, capsys):
     assert printed["model"]["arch"]["ngram_orders"] == ([] if pure else [1, 2, 3, 4, 5])
 
 
-def test_the_apart_overlay_trains_both_branches_on_their_own_losses_and_fuses_them(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra, branch_loss, input_dropout",
+    [
+        ([], {"sum": 0.0, "cnn": 1.0, "ngrams": 1.0}, 0.0),
+        (["--model.branch_loss={sum: 0, cnn: 1, ngrams: 1, distill: 0.5}", "--model.arch.input_dropout=0.1"],
+         {"sum": 0.0, "cnn": 1.0, "ngrams": 1.0, "distill": 0.5}, 0.1),
+    ],
+    ids=["as-shipped", "distill-input-dropout"],
+)
+def test_the_apart_overlay_trains_both_branches_on_their_own_losses_and_fuses_them(
+    tmp_path, capsys, extra, branch_loss, input_dropout
+):
     """configs/text/apart.yaml: the sum's loss off, each branch on its own loss, the CNN reading input
-    n-grams; the checkpoint keeps the setting and test reports each branch alone."""
+    n-grams (with the bag as its teacher, and token dropout, when asked); the checkpoint keeps the
+    setting and test reports each branch alone."""
     overlay = REPO / "configs" / "text" / "apart.yaml"
     run("fit", *TINY, "--config", overlay, *SHORT, "--trainer.max_epochs=1", "--trainer.default_root_dir", tmp_path,
-        "--model.arch.input_ngram_buckets=512")  # fmt: skip
+        "--model.arch.input_ngram_buckets=512", *extra)  # fmt: skip
     ckpt = next((tmp_path / "lightning_logs").rglob("best-*.ckpt"))
     hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
-    assert hparams["branch_loss"] == {"sum": 0.0, "cnn": 1.0, "ngrams": 1.0}
+    assert hparams["branch_loss"] == branch_loss
     assert list(hparams["arch"]["input_ngram_orders"]) == [2, 3, 4, 5]
     assert hparams["arch"]["head_norm"] == "none"
+    assert hparams["arch"]["input_dropout"] == input_dropout
     capsys.readouterr()
     run("test", "--ckpt_path", ckpt, "--data.test", REPO / "data" / "ag_news_sample" / "test.csv", *SHORT)
     out = capsys.readouterr().out

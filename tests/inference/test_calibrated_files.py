@@ -127,6 +127,20 @@ def test_branch_weights_travel_to_the_export_the_onnx_graph_and_test(calibrated,
         logits = session.run(None, {"input_ids": batch["input_ids"].numpy(), "lengths": batch["lengths"].numpy()})[0]
         np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1).numpy(), probs[batch["index"].numpy()], rtol=0, atol=1e-5)
 
+    # The CNN alone, set from Python: the same as a file holding those weights.
+    cnn_alone = Predictor.from_checkpoint(weighted, bf16=False)
+    cnn_alone.branch_weights = {"cnn": 1, "ngrams": 0}
+    assert cnn_alone.branch_weights == {"cnn": 1.0, "ngrams": 0.0}
+    np.testing.assert_allclose(
+        cnn_alone.predict_proba(texts),
+        Predictor.from_checkpoint(_with_branch_weights(hot, tmp_path / "cnn.ckpt", [1.0, 0.0]), bf16=False).predict_proba(texts),
+        rtol=0, atol=1e-6,
+    )  # fmt: skip
+    for bad, message in [({"cnn": 1}, "one weight for each of \\['cnn', 'ngrams'\\]"), ({"cnn": -1, "ngrams": 1}, "finite numbers >= 0"),
+                         ({"cnn": 0, "ngrams": 0}, "all 0 leave no logits")]:  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            cnn_alone.branch_weights = bad
+
     monkeypatch.chdir(tmp_path)
     main(["test", "--ckpt_path", str(weighted), "--data.test", str(SAMPLE / "test.csv"), "--trainer.limit_test_batches=2",
           "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip

@@ -164,6 +164,21 @@ class Predictor:
         self._single("has branch weights per member: [m.branch_weights for m in predictor.members]")
         return dict(zip(("cnn", "ngrams"), self.model.branch_weights.tolist()))
 
+    @branch_weights.setter
+    def branch_weights(self, weights: Mapping[str, float]) -> None:
+        """Reweigh the branches, e.g. ``{"cnn": 1, "ngrams": 0}`` to predict with the CNN alone
+        (the temperature stays the one fitted for the calibrated weights)."""
+        self._single("has branch weights per member: set them on each of predictor.members")
+        names = list(self.branch_weights)
+        if not isinstance(weights, Mapping) or set(weights) != set(names):
+            raise UserError(f"branch_weights needs one weight for each of {names}, e.g. {dict.fromkeys(names, 1.0)}; got {weights!r}")
+        values = [weights[name] for name in names]
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf") for w in values):
+            raise UserError(f"branch weights must be finite numbers >= 0, got {dict(weights)!r}")
+        if not any(values):
+            raise UserError("branch weights all 0 leave no logits; give at least one branch a weight above 0")
+        self.model.branch_weights.copy_(torch.tensor(values, dtype=self.model.branch_weights.dtype))
+
     def _single(self, fix: str) -> None:
         if self.members:
             raise UserError(f"this Predictor is an ensemble of {len(self.members)} models; it {fix}")

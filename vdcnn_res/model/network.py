@@ -328,8 +328,8 @@ class VDCNN(nn.Module):
             if self.input_ngrams is not None:
                 x = x + self.input_ngrams(input_ids, lengths).to(x.dtype)
             x = x.transpose(1, 2).mul(keep)  # (B, E, L)
-        if self.config.input_dropout:  # dropout1d on (B, L, E) zeroes whole positions
-            x = F.dropout1d(x.transpose(1, 2), self.config.input_dropout, self.training).transpose(1, 2)
+        if self.training and self.config.input_dropout:  # dropout1d on (B, L, E) zeroes whole positions
+            x = F.dropout1d(x.transpose(1, 2), self.config.input_dropout).transpose(1, 2)
         x = self.stem(x).mul(keep)  # (B, C0, L)
         for stage in self.stages:
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))

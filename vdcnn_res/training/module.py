@@ -125,9 +125,7 @@ class VDCNNClassifier(pl.LightningModule):
             "label_names": list(label_names) if label_names else None,
             "class_weights": class_weights if class_weights == "balanced" or weights is None else weights,
         }
-        branch_loss = _check_branch_loss(branch_loss, arch)
-        if "distill" in branch_loss and self.multilabel:
-            raise UserError("model.branch_loss.distill softens one softmax over the classes: it needs data.task=multiclass")
+        branch_loss = _check_branch_loss(branch_loss, arch, self.multilabel)
         # "sum" weighs the loss of the summed logits (1 unless set; 0 trains each branch on its own only).
         self.sum_weight = branch_loss.get("sum", 1.0)
         self.branch_loss = {name: weight for name, weight in branch_loss.items() if name != "sum"}
@@ -235,7 +233,7 @@ class VDCNNClassifier(pl.LightningModule):
         own = {}
         for name, weight in self.branch_loss.items():
             if name == "distill":
-                part = distillation_loss(branches["cnn"], branches["ngrams"].detach())
+                part = distillation_loss(branches["cnn"], branches["ngrams"])
                 self.log("train/loss_distill", part)
             else:
                 own[name] = part = self._loss(branches[name], batch["labels"], weighted=True)
@@ -637,7 +635,7 @@ def write_per_class_csv(confusion: torch.Tensor, f1: torch.Tensor, label_names: 
     return path
 
 
-def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
+def _check_branch_loss(branch_loss: Any, arch: ModelConfig, multilabel: bool) -> dict[str, float]:
     """``branch_loss`` as {branch: weight > 0} (zero weights dropped; "sum", the summed logits'
     weight, kept when it is not 1), or one line naming the problem."""
     if branch_loss is None:
@@ -657,6 +655,8 @@ def _check_branch_loss(branch_loss: Any, arch: ModelConfig) -> dict[str, float]:
         raise UserError("model.branch_loss weighs the CNN's and the n-gram bag's own losses: it needs model.arch.ngram_orders")
     if out.get("sum") == 0.0 and not set(out) - {"sum", "distill"}:
         raise UserError("model.branch_loss: sum 0 with no branch weighted trains nothing; weigh cnn and/or ngrams")
+    if "distill" in out and multilabel:
+        raise UserError("model.branch_loss.distill softens one softmax over the classes: it needs data.task=multiclass")
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fixtures.tiny import REPO, SAMPLE, sample_texts
+from fixtures.tiny import QUIET, REPO, SAMPLE, TINY, sample_texts
 from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 
@@ -133,3 +133,61 @@ def test_an_uncalibrated_checkpoint_says_so_in_test(overconfident, capsys, monke
     printed = capsys.readouterr().out
     assert "Calibration: none (temperature 1): NLL " in printed and "vdcnn-res calibrate" in printed
     assert (overconfident.parent / "test" / "overconfident" / "reliability_test.png").is_file()
+
+
+def test_given_branch_weights_are_kept_and_only_their_temperature_is_fitted(overconfident, agreeing_valid, tmp_path, capsys):
+    """--branch_weights '{cnn: 1, ngrams: 0}': the checkpoint predicts with the CNN alone, and its
+    temperature is the one that minimises the validation NLL of the CNN's own logits."""
+    valid, truth = agreeing_valid
+    out = tmp_path / "cnn.ckpt"
+    main(["calibrate", "--ckpt_path", str(overconfident), "--data.valid", str(valid), "--out", str(out),
+          "--branch_weights", "{cnn: 1, ngrams: 0}", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    saved = torch.load(out, weights_only=True)
+    assert saved["state_dict"]["model.branch_weights"].tolist() == [1.0, 0.0]
+    assert saved["calibration"]["branch_weights"] == [1.0, 0.0] and "heldout_nll_mix" not in saved["calibration"]
+    assert "branch weights (cnn/ngrams) 1.00/0.00, given: accuracy " in printed
+
+    cnn = Predictor.from_checkpoint(out, bf16=False)
+    assert cnn.branch_weights == {"cnn": 1.0, "ngrams": 0.0}
+    fitted = cnn.temperature
+    assert fitted == pytest.approx(saved["calibration"]["temperature"]) and fitted != pytest.approx(1.0, abs=0.05)
+    # The same CNN-alone model at other temperatures: the fitted one has the lowest validation NLL.
+    nll_at = {}
+    for factor in (0.8, 1.0, 1.25):
+        cnn.model.temperature.fill_(fitted * factor)
+        nll_at[factor] = _valid_nll(cnn, truth)
+    assert nll_at[1.0] < nll_at[0.8] and nll_at[1.0] < nll_at[1.25]
+    uncalibrated = Predictor.from_checkpoint(overconfident, bf16=False)
+    uncalibrated.branch_weights = {"cnn": 1, "ngrams": 0}  # the CNN alone at the file's temperature (1)
+    assert nll_at[1.0] < _valid_nll(uncalibrated, truth)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ("cnn=1", "--branch_weights must be a mapping of branch to weight, e.g. '{cnn: 1, ngrams: 0}'; got 'cnn=1'"),
+        ("{cnn: 1}", "--branch_weights: branch weights need one weight for each of ['cnn', 'ngrams']"),
+        ("{cnn: 0, ngrams: 0}", "--branch_weights: branch weights all 0 leave no logits"),
+        ("{cnn: -1, ngrams: 1}", "--branch_weights: branch weights must be finite numbers >= 0"),
+    ],
+)
+def test_bad_given_branch_weights_are_one_line_and_nothing_is_written(overconfident, weights, message, capsys):
+    before = _digest(overconfident)
+    code, err = run_cli(["calibrate", "--ckpt_path", overconfident, "--data.valid", VALID, "--branch_weights", weights,
+                         "--trainer.enable_progress_bar=false"], capsys)  # fmt: skip
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"vdcnn-res: error: {message}"), err
+    assert _digest(overconfident) == before
+
+
+def test_given_branch_weights_on_a_model_without_the_bag_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    main(["fit", *TINY, *QUIET, "--model.arch.ngram_orders=[]", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+          "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    capsys.readouterr()
+    cnn_only = tmp_path / "checkpoints" / "last.ckpt"
+    before = _digest(cnn_only)
+    code, err = run_cli(["calibrate", "--ckpt_path", cnn_only, "--data.valid", VALID, "--branch_weights", "{cnn: 1}",
+                         "--trainer.enable_progress_bar=false"], capsys)  # fmt: skip
+    assert code == 2 and err == ["vdcnn-res: error: --branch_weights: this model has one branch (the CNN, no n-gram bag), so it has no branch weights"], err
+    assert _digest(cnn_only) == before

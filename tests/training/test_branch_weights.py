@@ -48,6 +48,29 @@ def test_branches_that_say_the_same_keep_equal_weights():
     assert not cal.mixed and cal.accuracy_after == cal.accuracy_before and "not kept" in cal.summary()
 
 
+@pytest.mark.parametrize("given", [[1.0, 0.0], [0.0, 1.0], [0.5, 1.5]])
+def test_given_weights_are_kept_and_only_the_temperature_of_their_mix_is_fitted(given):
+    branches, labels = _branches()
+    branches[:, 0] += torch.nn.functional.one_hot(labels, branches.shape[-1])  # a CNN that knows a little (pure noise has no temperature)
+    cal = calibrate(branches, labels, given)
+    mix = given[0] * branches[:, 0] + given[1] * branches[:, 1]
+    assert cal.branch_weights == given and cal.heldout_nll_mix is None and cal.heldout_nll_equal is None
+    assert cal.temperature == pytest.approx(calibrate(mix, labels).temperature)  # the mix's own temperature scaling
+    assert cal.nll_before == pytest.approx(float(torch.nn.functional.cross_entropy(mix.double(), labels)))
+    assert cal.nll_after == pytest.approx(float(torch.nn.functional.cross_entropy(mix.double() / cal.temperature, labels)))
+    equal = branches.sum(1)
+    assert cal.accuracy_before == pytest.approx(float((equal.argmax(1) == labels).double().mean()))
+    assert f"branch weights (cnn/ngrams) {given[0]:.2f}/{given[1]:.2f}, given: accuracy " in cal.summary()
+    assert "heldout_nll_mix" not in cal.to_dict() and cal.to_dict()["branch_weights"] == given
+
+
+@pytest.mark.parametrize("given", [[0.0, 0.0], [1.0, -1.0], [1.0, float("inf")], [1.0]])
+def test_given_weights_that_leave_no_sound_mix_are_an_error(given):
+    branches, labels = _branches()
+    with pytest.raises(ValueError, match="branch weights must be two finite numbers >= 0, not both 0"):
+        calibrate(branches, labels, given)
+
+
 def test_one_branch_is_plain_temperature_scaling_and_stores_no_branch_entries():
     branches, labels = _branches()
     one = calibrate(branches[:, 1:], labels)

@@ -162,21 +162,18 @@ class Predictor:
         """Each branch's weight in the logits (``cnn``, and ``ngrams`` with the bag); all 1 unless
         calibration found a weighting that wins on held-out validation texts."""
         self._single("has branch weights per member: [m.branch_weights for m in predictor.members]")
-        return dict(zip(("cnn", "ngrams"), self.model.branch_weights.tolist()))
+        return dict(zip(self.model.branch_names, self.model.branch_weights.tolist()))
 
     @branch_weights.setter
     def branch_weights(self, weights: Mapping[str, float]) -> None:
-        """Reweigh the branches, e.g. ``{"cnn": 1, "ngrams": 0}`` to predict with the CNN alone
-        (the temperature stays the one fitted for the calibrated weights)."""
+        """Reweigh the branches, e.g. ``{"cnn": 1, "ngrams": 0}`` to predict with the CNN alone.
+        The temperature stays the one fitted for the calibrated weights; for probabilities
+        calibrated with the new weights, `vdcnn-res calibrate --branch_weights` refits it."""
         self._single("has branch weights per member: set them on each of predictor.members")
-        names = list(self.branch_weights)
-        if not isinstance(weights, Mapping) or set(weights) != set(names):
-            raise UserError(f"branch_weights needs one weight for each of {names}, e.g. {dict.fromkeys(names, 1.0)}; got {weights!r}")
-        values = [weights[name] for name in names]
-        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf") for w in values):
-            raise UserError(f"branch weights must be finite numbers >= 0, got {dict(weights)!r}")
-        if not any(values):
-            raise UserError("branch weights all 0 leave no logits; give at least one branch a weight above 0")
+        try:
+            values = self.model.branch_weight_values(weights)
+        except ValueError as err:
+            raise UserError(str(err)) from None
         self.model.branch_weights.copy_(torch.tensor(values, dtype=self.model.branch_weights.dtype))
 
     def _single(self, fix: str) -> None:

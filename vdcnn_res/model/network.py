@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import operator
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -351,6 +353,24 @@ class VDCNN(nn.Module):
             return {"cnn": self.head(features)}
         cnn, ngrams = features.split([self.config.num_features, self.config.ngram_dim], dim=1)
         return {"cnn": self.head(cnn), "ngrams": self.ngram_head(ngrams)}
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        """The branches, in ``branch_weights`` order: ``("cnn",)``, or ``("cnn", "ngrams")`` with the bag."""
+        return ("cnn", "ngrams") if self.ngrams is not None else ("cnn",)
+
+    def branch_weight_values(self, weights: Mapping[str, float]) -> list[float]:
+        """``{"cnn": 1, "ngrams": 0}`` -> ``[1.0, 0.0]`` in ``branch_weights`` order; ValueError unless
+        every branch has one finite weight >= 0 and one is above 0."""
+        names = self.branch_names
+        if not isinstance(weights, Mapping) or set(weights) != set(names):
+            raise ValueError(f"branch weights need one weight for each of {list(names)}, e.g. {dict.fromkeys(names, 1.0)}; got {weights!r}")
+        values = [weights[name] for name in names]
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf for w in values):
+            raise ValueError(f"branch weights must be finite numbers >= 0, got {dict(weights)!r}")
+        if not any(values):
+            raise ValueError("branch weights all 0 leave no logits; give at least one branch a weight above 0")
+        return [float(w) for w in values]
 
     def combine(self, branches: dict[str, Tensor]) -> Tensor:
         """The model's logits from its branches': each times its ``branch_weights`` entry, summed,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -161,8 +162,9 @@ class Calibration:
     ece_before: float
     ece_after: float
     # Models with more than one branch (the n-gram bag): the weights used (mean 1; all 1 when
-    # the mix lost on held-out texts), the held-out NLL of the mix and of the equal sum, and the
-    # accuracy before (equal sum) and after (the weights) on the split it was fitted on.
+    # the mix lost on held-out texts; or as given, with no held-out NLL and the NLL and ECE
+    # "before" those of the given mix at T = 1), the held-out NLL of the mix and of the equal
+    # sum, and the accuracy before (equal sum) and after (the weights) on the split it was fitted on.
     branch_weights: list[float] | None = None
     heldout_nll_mix: float | None = None
     heldout_nll_equal: float | None = None
@@ -187,9 +189,14 @@ class Calibration:
             f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
             f"ECE {100 * self.ece_before:.2f} % -> {100 * self.ece_after:.2f} %"
         )
-        if self.branch_weights is None or self.heldout_nll_mix is None:
+        if self.branch_weights is None:
             return line
         weights = "/".join(f"{w:.2f}" for w in self.branch_weights)
+        if self.heldout_nll_mix is None:  # weights given, not fitted
+            return (
+                f"{line}; branch weights (cnn/ngrams) {weights}, given: accuracy {100 * self.accuracy_before:.2f} % "
+                f"(equal weights) -> {100 * self.accuracy_after:.2f} %"
+            )
         verdict = "kept" if self.mixed else "not kept (equal weights)"
         return (
             f"{line}; branch weights (cnn/ngrams) {weights}, {verdict}: held-out NLL {self.heldout_nll_mix:.4f} "
@@ -253,9 +260,10 @@ def fit_branch_weights(branches: Tensor, labels: Tensor, folds: int = 2) -> tupl
     return [2.0 * (1.0 - r), 2.0 * r], t, heldout_mix, heldout_equal
 
 
-def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
+def calibrate(logits: Tensor, labels: Tensor, branch_weights: Sequence[float] | None = None) -> Calibration:
     """Fit T on uncalibrated ``logits`` (N, C) and measure NLL and ECE before and after; with the
-    logits of two branches (N, 2, C), also their weights (module docstring).
+    logits of two branches (N, 2, C), also their weights (module docstring), unless
+    ``branch_weights`` gives them: then T alone is fitted for that mix.
 
     Raises ValueError when there is nothing sound to fit: no or non-finite logits, or an NLL
     minimum at a bound of the search (see the module docstring).
@@ -263,7 +271,7 @@ def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
     if logits.dim() == 3 and logits.shape[1] == 1:
         logits = logits[:, 0]
     if logits.dim() == 3:
-        return _calibrate_branches(logits, labels)
+        return _calibrate_branches(logits, labels, branch_weights)
     if logits.dim() == 2 and labels.shape == logits.shape[:1]:
         rows = _fit_rows(len(labels), logits.shape[-1]).to(logits.device)
         temperature = fit_temperature(logits[rows], labels[rows])
@@ -281,15 +289,23 @@ def calibrate(logits: Tensor, labels: Tensor) -> Calibration:
     )
 
 
-def _calibrate_branches(branches: Tensor, labels: Tensor) -> Calibration:
+def _calibrate_branches(branches: Tensor, labels: Tensor, given: Sequence[float] | None = None) -> Calibration:
     if branches.shape[1] != 2 or labels.shape != branches.shape[:1]:
         raise ValueError(f"branch logits must be (N, 2, C) and labels (N,), got {tuple(branches.shape)} and {tuple(labels.shape)}")
+    if given is not None and (len(given) != 2 or not any(given) or any(not 0 <= w < math.inf for w in given)):
+        raise ValueError(f"branch weights must be two finite numbers >= 0, not both 0; got {list(given)}")
     z, y = _checked(branches, labels)
     rows = _fit_rows(len(y), z.shape[-1])
-    weights, temperature, heldout_mix, heldout_equal = fit_branch_weights(z[rows], y[rows])
+    if given is None:
+        weights, temperature, heldout_mix, heldout_equal = fit_branch_weights(z[rows], y[rows])
+    else:  # the weights are the user's: only the temperature of their mix is fitted
+        weights, heldout_mix, heldout_equal = [float(w) for w in given], None, None
+        temperature = fit_temperature(weights[0] * z[rows, 0] + weights[1] * z[rows, 1], y[rows])
     _check_bounds(temperature, len(y))
-    before = z.sum(1)
-    after = (weights[0] * z[:, 0] + weights[1] * z[:, 1]) / temperature
+    equal = z.sum(1)
+    mix = weights[0] * z[:, 0] + weights[1] * z[:, 1]
+    before = equal if given is None else mix  # given weights: NLL and ECE of their mix at temperature 1 -> T
+    after = mix / temperature
     return Calibration(
         temperature=temperature,
         texts=len(y),
@@ -300,7 +316,7 @@ def _calibrate_branches(branches: Tensor, labels: Tensor) -> Calibration:
         branch_weights=[round(w, 4) for w in weights],
         heldout_nll_mix=heldout_mix,
         heldout_nll_equal=heldout_equal,
-        accuracy_before=float((before.argmax(1) == y).double().mean()),
+        accuracy_before=float((equal.argmax(1) == y).double().mean()),
         accuracy_after=float((after.argmax(1) == y).double().mean()),
     )
 

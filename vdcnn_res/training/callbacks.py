@@ -8,7 +8,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-__all__ = ["CurveRecorder"]
+from vdcnn_res.errors import UserError
+
+__all__ = ["CurveRecorder", "GivenBranchWeights"]
 
 
 class CurveRecorder(pl.Callback):
@@ -75,3 +77,19 @@ class CurveRecorder(pl.Callback):
             f"({self.fit_seconds + self._elapsed():.0f} s)",
             flush=True,
         )
+
+
+class GivenBranchWeights(pl.Callback):
+    """Calibration keeps these branch weights (``{"cnn": 1, "ngrams": 0}``: the CNN alone) and fits
+    only the temperature of their mix; `vdcnn-res calibrate --branch_weights` adds it to `validate`."""
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        self.weights = dict(weights)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(pl_module.model.branch_names) < 2:
+            raise UserError("--branch_weights: this model has one branch (the CNN, no n-gram bag), so it has no branch weights")
+        try:
+            pl_module.given_branch_weights = pl_module.model.branch_weight_values(self.weights)
+        except ValueError as err:
+            raise UserError(f"--branch_weights: {err}") from None

@@ -173,6 +173,9 @@ class VDCNNClassifier(pl.LightningModule):
         self.calibration: Calibration | None = None  # fitted at the latest validation ...
         self.calibration_error: str | None = None  # ... or why none could be
         self._calibration_step: int | None = None  # ... which ran at this global step
+        # Branch weights that calibration keeps instead of fitting them (`vdcnn-res calibrate
+        # --branch_weights`, through training/callbacks.py's GivenBranchWeights); None: fitted.
+        self.given_branch_weights: list[float] | None = None
 
     @property
     def _unit(self) -> str:
@@ -298,7 +301,7 @@ class VDCNNClassifier(pl.LightningModule):
             self.calibration, self.calibration_error = None, TRAIN_AS_VALID_NO_TEMPERATURE
             return
         try:
-            self.calibration, self.calibration_error = calibrate(logits, labels), None
+            self.calibration, self.calibration_error = calibrate(logits, labels, self.given_branch_weights), None
         except ValueError as err:  # e.g. a model still at chance; the end of fit reports the best checkpoint's
             self.calibration, self.calibration_error = None, str(err)
 

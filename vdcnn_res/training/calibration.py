@@ -193,10 +193,10 @@ class Calibration:
             return line
         weights = "/".join(f"{w:.2f}" for w in self.branch_weights)
         if self.heldout_nll_mix is None:  # weights given, not fitted
-            return (
-                f"{line}; branch weights (cnn/ngrams) {weights}, given: accuracy {100 * self.accuracy_before:.2f} % "
-                f"(equal weights) -> {100 * self.accuracy_after:.2f} %"
-            )
+            given = f"{line}; branch weights (cnn/ngrams) {weights}, given"
+            if self.accuracy_before is None or self.accuracy_after is None:
+                return given
+            return f"{given}: accuracy {100 * self.accuracy_before:.2f} % (equal weights) -> {100 * self.accuracy_after:.2f} %"
         verdict = "kept" if self.mixed else "not kept (equal weights)"
         return (
             f"{line}; branch weights (cnn/ngrams) {weights}, {verdict}: held-out NLL {self.heldout_nll_mix:.4f} "

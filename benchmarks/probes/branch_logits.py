@@ -3,8 +3,9 @@
 Run from the repository root, e.g.
     .venv/bin/python benchmarks/probes/branch_logits.py --ckpt <best.ckpt> --data ../shared/data/clinc150
 One JSON line per split: accuracy of the summed logits (what the model predicts), of the CNN's head
-alone and of the bag's head alone, and the mean per-text std of each branch's logits (which branch
-dominates the sum); with --fit_weights, also the validation accuracy of branch weights chosen on
+alone and of the bag's head alone, the shares of texts where one branch is right and the other
+wrong (what any fusion of the two could gain over the bag at most), and the mean per-text std of
+each branch's logits (which branch dominates the sum); with --fit_weights, also the validation accuracy of branch weights chosen on
 the other half of the validation texts (docs/longdoc_plateau.md §12). A probe behind
 docs/results.md §7; it never reads a test split.
 """
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", required=True, help="a folder with train.tsv and valid.tsv (text<TAB>label)")
     ap.add_argument("--train_sample", type=int, default=3000)
+    ap.add_argument("--splits", nargs="+", default=["train", "valid"], choices=["train", "valid"])
     ap.add_argument("--label_offset", type=int, default=1, help="CSV splits: the first class's number (DBpedia 14k: 0)")
     ap.add_argument("--fit_weights", action="store_true",
                     help="also: branch weights fitted on half the validation texts, scored on the other half (both ways)")
@@ -51,15 +53,18 @@ def main() -> None:
     torch.set_num_threads(1)
     p = Predictor.from_checkpoint(a.ckpt, bf16=False)
     index = {n: i for i, n in enumerate(p.label_names)}
-    for split in ("train", "valid"):
+    for split in a.splits:
         texts, labels = read(a.data, split, a.label_offset)
         if split == "train":
             pick = np.random.default_rng(0).permutation(len(texts))[: a.train_sample]
             texts, labels = [texts[i] for i in pick], [labels[i] for i in pick]
         y = np.array([index[l] for l in labels])
         cnn, bag = branches(p, texts)
-        acc = lambda z: round(float((z.argmax(1) == y).mean() * 100), 2)
+        share = lambda hits: round(float(hits.mean() * 100), 2)
+        acc = lambda z: share(z.argmax(1) == y)
         row = {"split": split, "n": len(y), "joint": acc(cnn + bag), "cnn": acc(cnn), "bag": acc(bag),
+               "bag_wrong_cnn_right": share((bag.argmax(1) != y) & (cnn.argmax(1) == y)),
+               "bag_right_cnn_wrong": share((bag.argmax(1) == y) & (cnn.argmax(1) != y)),
                "cnn_logit_std": round(float(cnn.std(1).mean()), 2), "bag_logit_std": round(float(bag.std(1).mean()), 2)}
         if split == "valid" and a.fit_weights:
             row.update(cross_fitted_weights(cnn, bag, y))

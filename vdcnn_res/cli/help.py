@@ -73,7 +73,7 @@ HELP: dict[str, str] = {
     "model.arch.hidden_size": "width of the head's two hidden layers; 0 = one linear layer",
     "model.arch.dropout": "dropout after each hidden layer of the head",
     "model.arch.input_dropout": "in training, zero the CNN's input at each position (character, or series time step) "
-    "with this probability (token dropout)",
+    "with this probability (token dropout); for text, not series (docs/results.md §26)",
     "model.arch.zero_init_residual": "start each residual block as the identity (its last BatchNorm scale 0)",
     "model.arch.head_norm": "normalisation of the head's input features: auto (batch with the n-gram bag, none "
     "without), none, batch or layer",

@@ -67,7 +67,7 @@ def test_series_configs_compose_with_the_recipe(config, capsys):
     # every set says how its labels are numbered: none inherits another set's label_offset
     assert printed["data"]["label_offset"] == yaml.safe_load(config.read_text())["data"]["label_offset"]
     assert printed["model"]["arch"]["head"] == "global_avg" and printed["model"]["arch"]["kernel_sizes"] == [8, 5, 3]
-    assert not {"input_channels", "input_norm"} & set(printed["model"]["arch"])  # linked from the data, never typed
+    assert "input_channels" not in printed["model"]["arch"]  # linked from the data, never typed
     assert "series_column" in printed["data"] and "tokenizer" not in printed["data"]
     assert printed["data"]["batch_size"] == "auto" and printed["data"]["train_as_valid"] is True
     assert printed["data"]["valid_fraction"] == 0 and printed["checkpoint"]["monitor"] == "val/loss"
@@ -153,31 +153,3 @@ def test_a_normalisation_other_than_the_checkpoints_is_refused_in_one_line(tmp_p
         main(["test", "--ckpt_path", str(ckpt), "--data.test", data["test"], "--data.normalize", "none", *QUIET])
     assert exit_.value.code == 2
     assert "data.normalize='none' but the checkpoint was trained on series preprocessed with 'zscore'" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
-def test_zscore_keep_scale_links_into_the_model_and_travels_with_its_files(tmp_path, capsys):
-    """data.normalize=zscore_keep_scale: the data stay as given, the model z-scores them itself
-    (model.arch.input_norm, linked), and test, export and the Predictor all read raw values."""
-    from vdcnn_res import Predictor
-
-    data = write_sets(tmp_path)
-    main(["fit", "--config", str(RECIPE), *TINY_SERIES, *QUIET, "--trainer.default_root_dir", str(tmp_path),
-          "--data.train", data["train"], "--data.label_offset=0", "--data.normalize=zscore_keep_scale"])  # fmt: skip
-    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
-    assert saved["hyper_parameters"]["arch"]["input_norm"] == "zscore_keep_scale"
-    assert saved["SeriesDataModule"]["preprocessing"]["normalize"] == "zscore_keep_scale"
-    assert "input_norm.stats_norm.running_mean" in "".join(saved["state_dict"])
-    capsys.readouterr()
-    main(["test", "--ckpt_path", str(last), "--data.test", data["test"], *QUIET])  # the checkpoint alone
-    assert "on 10 series)" in capsys.readouterr().out
-    main(["export", "--ckpt_path", str(last), "--out_dir", str(tmp_path / "export")])
-    from_ckpt = Predictor.from_checkpoint(last, bf16=False)
-    from_export = Predictor.from_pretrained(tmp_path / "export", bf16=False)
-    assert from_export.model.config.input_norm == "zscore_keep_scale"
-    series = [json.loads(line)["series"] for line in Path(data["predict"]).read_text().splitlines()]
-    np.testing.assert_allclose(from_ckpt.predict_proba(series), from_export.predict_proba(series), atol=1e-6)
-    louder = [(1000 * np.array(s)).tolist() for s in series]  # the same shapes at 1000x: only the scale differs
-    assert not np.allclose(from_ckpt.predict_proba(series), from_ckpt.predict_proba(louder), atol=1e-4)

@@ -304,18 +304,6 @@ def test_normalize_auto_decides_on_the_training_split_and_records_it(tmp_path, s
     assert (abs(data._split("test").series[0][0]).max() > 100) == (chosen == "none")
 
 
-@pytest.mark.parametrize("normalize, input_norm", [("zscore", "none"), ("none", "none"), ("zscore_keep_scale", "zscore_keep_scale")])
-def test_zscore_keep_scale_gives_the_values_as_they_are_and_the_z_scores_to_the_model(tmp_path, normalize, input_norm):
-    test = write_jsonl(tmp_path / "test.jsonl", scaled_rows([1e3]))
-    data = SeriesDataModule(test=test, normalize=normalize)
-    data.set_checkpoint_state(2, ["down", "up"])
-    data.setup("test")
-    assert data.input_norm == input_norm
-    first = np.array(json.loads(Path(test).read_text().splitlines()[0])["series"], dtype=np.float64)
-    expected = first if normalize != "zscore" else SeriesPreprocessing("zscore").apply(first, "x")
-    np.testing.assert_allclose(data._split("test").series[0], expected, rtol=1e-6)
-
-
 def test_normalize_auto_threshold_is_a_thousandfold_spread():
     assert SCALE_SPREAD_LIMIT == 1000.0
     below = [np.array([[0.0, 1.0, 0.0, -1.0]]) * s for s in [1.0] * 10 + [900.0] * 10]

@@ -16,7 +16,6 @@ from vdcnn_res import Predictor
 from vdcnn_res.cli import main
 from vdcnn_res.data.batching import texts_to_batches
 from vdcnn_res.errors import MissingFileError, UserError
-from vdcnn_res.model.config import INPUT_NORM_TYPES
 from vdcnn_res.inference.model_files import (
     CALIBRATED_FORMAT_VERSION,
     CARD_FILE,
@@ -266,13 +265,12 @@ def test_onnx_without_its_packages_is_a_user_error_before_anything_is_written(ck
 # --------------------------------------------------------------------------- series models
 
 
-def _series_model(channels: int = 2, input_norm: str = "none"):
+def _series_model(channels: int = 2):
     from vdcnn_res.model import ModelConfig, build_model
 
     torch.manual_seed(0)
     config = ModelConfig(num_classes=3, input_channels=channels, blocks_per_stage=(1, 1), channels=(8, 16),
-                         kernel_sizes=(8, 5, 3), downsampling="none", head="global_avg", hidden_size=0,
-                         input_norm=input_norm)  # fmt: skip
+                         kernel_sizes=(8, 5, 3), downsampling="none", head="global_avg", hidden_size=0)  # fmt: skip
     return build_model(config).eval()
 
 
@@ -320,33 +318,12 @@ def test_series_config_json_is_validated_strictly(tmp_path, change, words):
     assert words in str(err.value)
 
 
-@pytest.mark.parametrize("normalize, input_norm", [("zscore", "zscore_keep_scale"), ("none", "zscore_keep_scale"), ("zscore_keep_scale", "none")])
-def test_a_model_that_z_scores_its_input_is_paired_with_raw_values_only(tmp_path, normalize, input_norm):
-    from vdcnn_res.data.series import SeriesPreprocessing
-    from vdcnn_res.inference.model_files import read_pretrained, write_pretrained
-
-    model, prep = _series_model(input_norm=input_norm), SeriesPreprocessing(normalize)
-    with pytest.raises(UserError, match=f"normalize={normalize} do not fit a model with input_norm={input_norm}"):
-        write_pretrained(tmp_path, model, prep, ["a", "b", "c"], None)
-    with pytest.raises(UserError, match="zscore_keep_scale goes on both or neither"):
-        Predictor(model, prep, ["a", "b", "c"])
-    assert not (tmp_path / CONFIG_FILE).exists()
-    fits = SeriesPreprocessing("zscore_keep_scale" if input_norm == "zscore_keep_scale" else "none")
-    write_pretrained(tmp_path, model, fits, ["a", "b", "c"], None)
-    config = json.loads((tmp_path / CONFIG_FILE).read_text())
-    config["series"]["normalize"] = normalize
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(UserError, match=f"{CONFIG_FILE}: series preprocessed with normalize={normalize}"):
-        read_pretrained(tmp_path)
-
-
-@pytest.mark.parametrize("input_norm", INPUT_NORM_TYPES)
-def test_series_onnx_has_dynamic_batch_and_length_and_fixed_channels(tmp_path, input_norm):
+def test_series_onnx_has_dynamic_batch_and_length_and_fixed_channels(tmp_path):
     import onnxruntime as ort
 
     from vdcnn_res.inference.onnx import export_onnx
 
-    model = _series_model(channels=3, input_norm=input_norm)
+    model = _series_model(channels=3)
     path = export_onnx(model, tmp_path / ONNX_FILE)  # verifies against PyTorch on two other shapes itself
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     series, lengths = session.get_inputs()

@@ -14,17 +14,12 @@ from torch import nn
 from vdcnn_res.errors import UserError
 from vdcnn_res.model import HEAD_TYPES, ModelConfig, build_model, forward_flops
 from vdcnn_res.model.blocks import EvenSameConv1d
-from vdcnn_res.model.config import DOWNSAMPLING_TYPES, INPUT_NORM_TYPES
+from vdcnn_res.model.config import DOWNSAMPLING_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Every head x downsampling x hidden layers on/off, for series (C = 3, every input_norm) and
-# for text (C = 0, input_norm none).
-VARIANTS = [
-    (head, downsampling, hidden, channels, norm)
-    for head, downsampling, hidden, channels in itertools.product(HEAD_TYPES, DOWNSAMPLING_TYPES, (0, 16), (0, 3))
-    for norm in (INPUT_NORM_TYPES if channels else ("none",))
-]
+# Every head x downsampling x hidden layers on/off, for series (C = 3) and for text (C = 0).
+VARIANTS = list(itertools.product(HEAD_TYPES, DOWNSAMPLING_TYPES, (0, 16), (0, 3)))
 
 
 def tiny(head: str, downsampling: str, hidden: int, channels: int, **kw) -> nn.Module:
@@ -54,10 +49,10 @@ def padded(items: list[torch.Tensor], width: int, fill: float = 0.0) -> torch.Te
     return torch.stack([F.pad(x, (0, width - x.shape[-1]), value=fill) for x in items])
 
 
-@pytest.mark.parametrize("head,downsampling,hidden,channels,input_norm", VARIANTS)
-def test_every_variant_trains_and_is_padding_invariant(head, downsampling, hidden, channels, input_norm):
+@pytest.mark.parametrize("head,downsampling,hidden,channels", VARIANTS)
+def test_every_variant_trains_and_is_padding_invariant(head, downsampling, hidden, channels):
     torch.manual_seed(0)
-    model = tiny(head, downsampling, hidden, channels, input_norm=input_norm)
+    model = tiny(head, downsampling, hidden, channels)
     lengths = [37, 5, 1, 19]
     items = inputs(model, lengths)
     lengths_t = torch.tensor(lengths)
@@ -77,12 +72,12 @@ def test_every_variant_trains_and_is_padding_invariant(head, downsampling, hidde
             torch.testing.assert_close(model(padded(items, 64, fill=7.0), lengths_t), alone, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("head,downsampling,hidden,channels,input_norm", VARIANTS)
-def test_training_mode_ignores_the_batch_mates_padding(head, downsampling, hidden, channels, input_norm):
+@pytest.mark.parametrize("head,downsampling,hidden,channels", VARIANTS)
+def test_training_mode_ignores_the_batch_mates_padding(head, downsampling, hidden, channels):
     """A short and a long input: the same training-mode logits however far the batch is padded,
     and evaluation (running statistics of valid positions) agrees with itself alone."""
     torch.manual_seed(0)
-    model = tiny(head, downsampling, hidden, channels, input_norm=input_norm).train()
+    model = tiny(head, downsampling, hidden, channels).train()
     items = inputs(model, [9, 40])
     lengths = torch.tensor([9, 40])
     tight = model(padded(items, 40), lengths)
@@ -146,8 +141,6 @@ def test_series_input_is_checked():
         ({"kernel_sizes": (8, 3), "downsampling": "conv"}, "needs an odd kernel"),
         ({"head": "avg"}, "unknown head"),
         ({"kernel_sizes": ()}, "kernel_sizes must have at least one"),
-        ({"input_channels": 2, "input_norm": "zscore"}, "unknown input_norm"),
-        ({"input_norm": "zscore_keep_scale"}, "a text model"),
     ],
 )
 def test_bad_series_and_head_settings_are_user_errors(kwargs, words):
@@ -156,9 +149,6 @@ def test_bad_series_and_head_settings_are_user_errors(kwargs, words):
 
 
 def test_series_config_ignores_the_vocabulary_and_round_trips():
-    for norm in INPUT_NORM_TYPES:
-        config = ModelConfig(
-            input_channels=6, vocab_size=0, head="global_avg", hidden_size=0, kernel_sizes=(8, 5, 3), input_norm=norm
-        )
-        again = ModelConfig.from_dict(__import__("dataclasses").asdict(config))
-        assert again == config
+    config = ModelConfig(input_channels=6, vocab_size=0, head="global_avg", hidden_size=0, kernel_sizes=(8, 5, 3))
+    again = ModelConfig.from_dict(__import__("dataclasses").asdict(config))
+    assert again == config

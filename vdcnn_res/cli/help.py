@@ -195,7 +195,7 @@ _BY_KIND: dict[str, dict[str, str]] = {
         "data.max_length": "keep the first max_length values of a series (null: all)",
         "data.batch_size": "series per training batch, or auto: min(16, n // 10) for n training series",
         "data.series_column": "the column holding each row's series (a list, or a list of channel lists)",
-        "data.normalize": "auto (default: zscore when the training series' scales differ > 1,000x, else none), zscore (per series and channel), none (the values as given), or zscore_keep_scale (the model z-scores each series and gives its classifier the series' level and log-scale)",
+        "data.normalize": "auto (default: zscore when the training series' scales differ > 1,000x, else none), zscore (per series and channel), or none (the values as given)",
         "data.missing": "null / NaN values: interpolate (linear, per channel) or zero (0 after normalisation)",
         "data.train_as_valid": "validate on the training split itself (in eval mode) when there is no validation "
         "split: epoch lines then say train-eval",

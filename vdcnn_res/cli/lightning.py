@@ -83,13 +83,12 @@ _DATA_STATE_KEY = "TextDataModule"  # where Lightning keeps TextDataModule.state
 _SERIES_STATE_KEY = "SeriesDataModule"  # ... and SeriesDataModule.state_dict()
 DATA_KINDS = ("text", "series")
 # model.arch keys the data module links in at instantiation (from the checkpoint's data state for eval).
-_LINKED_ARCH = frozenset({"num_classes", "vocab_size", "padding_idx", "input_channels", "input_norm"})
+_LINKED_ARCH = frozenset({"num_classes", "vocab_size", "padding_idx", "input_channels"})
 _DERIVED_HELP = {
     "model.arch.num_classes": "number of classes: linked from data.num_classes, never typed",
     "model.arch.vocab_size": "embedding rows: linked from the data module's tokenizer, never typed",
     "model.arch.padding_idx": "padding id: linked from the data module, never typed",
     "model.arch.input_channels": "series channels (0 = text): linked from the data module, never typed",
-    "model.arch.input_norm": "none | zscore_keep_scale (series z-scored in the model): linked from data.normalize, never typed",
     "model.label_names": "class names: linked from the data module (or the checkpoint), never typed",
     "model.task": "multiclass | multilabel: linked from data.task (or the checkpoint), never typed",
 }
@@ -267,11 +266,6 @@ def _input_channels(data: Any) -> int:
     return int(getattr(data, "input_channels", 0))
 
 
-def _input_norm(data: Any) -> str:
-    """The model's input normalisation for a data module: its series' choice, "none" for text."""
-    return str(getattr(data, "input_norm", "none"))
-
-
 def _task(data: Any) -> str:
     """The model's task for a data module: its data.task (series data: multiclass)."""
     return str(getattr(data, "task", "multiclass"))
@@ -307,7 +301,6 @@ class VDCNNCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.padding_idx", "model.arch.padding_idx", apply_on="instantiate")
         parser.link_arguments("data", "model.arch.input_channels", compute_fn=_input_channels, apply_on="instantiate")
-        parser.link_arguments("data", "model.arch.input_norm", compute_fn=_input_norm, apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
         parser.link_arguments("data", "model.task", compute_fn=_task, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpointWithLast, "checkpoint")  # last.ckpt = the last state

@@ -14,10 +14,8 @@ Preprocessing (:class:`SeriesPreprocessing`), in this order, per series:
    under z-score). A channel without any valid value becomes 0; a series without any valid
    value is an error.
 3. ``normalize="zscore"``: each channel minus its mean, divided by its standard deviation
-   (a constant channel is only centred); ``none`` keeps the values; ``zscore_keep_scale``
-   keeps them too, for the model z-scores them itself and keeps each series' level and scale
-   (``ModelConfig.input_norm``). (The data module's ``normalize="auto"`` picks ``none`` or
-   ``zscore_keep_scale`` from the training series with :func:`scale_spread`.)
+   (a constant channel is only centred); ``none`` keeps the values. (The data module's
+   ``normalize="auto"`` picks one of the two from the training series with :func:`scale_spread`.)
 
 A batch is ``{"input_ids": FloatTensor (B, C, L) right-padded with 0, "lengths": (B,),
 "labels": (B,) (-1 where unknown), "index": (B,)}``. The key is ``input_ids`` because the
@@ -52,9 +50,9 @@ __all__ = [
     "series_to_batches",
 ]
 
-Normalize = Literal["zscore", "none", "zscore_keep_scale"]
+Normalize = Literal["zscore", "none"]
 Missing = Literal["interpolate", "zero"]
-NORMALIZE_KINDS: tuple[str, ...] = ("zscore", "none", "zscore_keep_scale")
+NORMALIZE_KINDS: tuple[str, ...] = ("zscore", "none")
 MISSING_KINDS: tuple[str, ...] = ("interpolate", "zero")
 _EPS = 1e-8
 # normalize="auto" z-scores each series when, in some channel, the 90th percentile of the
@@ -102,15 +100,6 @@ class SeriesPreprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def check_model_input_norm(self, input_norm: str) -> None:
-        """UserError unless a model's ``input_norm`` fits: ``zscore_keep_scale`` on both or neither
-        (the data then give raw values that only such a model z-scores)."""
-        if (self.normalize == "zscore_keep_scale") != (input_norm == "zscore_keep_scale"):
-            raise UserError(
-                f"series preprocessed with normalize={self.normalize} do not fit a model with input_norm={input_norm}: "
-                "zscore_keep_scale goes on both or neither (a fit links them from data.normalize)"
-            )
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> SeriesPreprocessing:

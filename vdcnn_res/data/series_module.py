@@ -66,9 +66,7 @@ class SeriesDataModule(BucketedDataModule):
             training loss and ``checkpoint.monitor: val/loss`` keeps the model with the lowest
             one, the published ResNet's choice for sets too small to hold series out.
         normalize: ``auto`` (the default, as in the series recipe), ``zscore`` (per series and
-            channel), ``none``, or ``zscore_keep_scale``: the values as given to a model that
-            z-scores them itself and gives its classifier each series' level and log-scale
-            (linked into ``model.arch.input_norm``). ``auto`` is ``zscore`` when the training series' scales differ
+            channel) or ``none``. ``auto`` is ``zscore`` when the training series' scales differ
             by more than ``SCALE_SPREAD_LIMIT`` (1,000x between the 10th and 90th percentile of
             their standard deviations, in some channel), else ``none``
             (levels and scales can tell classes apart; z-scores would erase them). The choice is
@@ -95,7 +93,7 @@ class SeriesDataModule(BucketedDataModule):
         classes_file: str | None = None,
         valid_fraction: float = 0.1,
         seed: int = 42,
-        normalize: Literal["zscore", "none", "zscore_keep_scale", "auto"] = "auto",
+        normalize: Literal["zscore", "none", "auto"] = "auto",
         missing: Literal["interpolate", "zero"] = "interpolate",
         max_length: int | None = None,
         batch_size: int | Literal["auto"] = 16,
@@ -157,11 +155,6 @@ class SeriesDataModule(BucketedDataModule):
             f"data.normalize=auto: {hp.normalize} (the training series' scales differ {spread:,.0f}x between "
             f"the 10th and 90th percentile, {relation} {SCALE_SPREAD_LIMIT:,.0f}x)"
         )
-
-    @property
-    def input_norm(self) -> str:
-        """The model's ``input_norm``: ``zscore_keep_scale`` when the data leaves the z-scores to the model."""
-        return "zscore_keep_scale" if self.preprocessing.normalize == "zscore_keep_scale" else "none"
 
     @property
     def input_channels(self) -> int:

@@ -334,8 +334,6 @@ def write_pretrained(
         raise UserError(
             "a series model (input_channels > 0) is saved with its SeriesPreprocessing, a text model with its tokenizer"
         )
-    if series:
-        tokenizer.check_model_input_norm(model.config.input_norm)
     thresholds = model_thresholds(model)
     if series and thresholds is not None:
         raise UserError("multi-label series models are not supported; a series model has one label per series")
@@ -422,10 +420,6 @@ def read_pretrained(directory: str | os.PathLike[str]) -> LoadedModel:
     labels = _label_names(raw["label_names"], config, where)
     if series:
         preprocessing = SeriesPreprocessing.from_dict(raw["series"], where)
-        try:
-            preprocessing.check_model_input_norm(config.input_norm)
-        except UserError as err:
-            raise UserError(f"{where}: {err}") from None
         model = _load_weights(build_model(config), _safetensors(d), str(d))
         return LoadedModel(model, preprocessing, labels, preprocessing.max_length)
     max_length = _max_length(raw["max_length"], where)

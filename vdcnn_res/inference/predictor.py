@@ -124,7 +124,6 @@ class Predictor:
                 "a series model (input_channels > 0) needs its SeriesPreprocessing, a text model its tokenizer"
             )
         if self.is_series:
-            tokenizer.check_model_input_norm(model.config.input_norm)
             max_length = tokenizer.max_length
         elif max_length is None or max_length < 1:
             raise UserError(f"max_length must be >= 1, got {max_length}")

@@ -33,8 +33,6 @@ HeadNorm = Literal["auto", "none", "batch", "layer"]
 HEAD_NORM_TYPES: tuple[str, ...] = ("none", "batch", "layer")  # what "auto" resolves among
 HeadType = Literal["kmax_mlp", "global_avg"]
 HEAD_TYPES: tuple[str, ...] = get_args(HeadType)
-InputNorm = Literal["none", "zscore_keep_scale"]
-INPUT_NORM_TYPES: tuple[str, ...] = get_args(InputNorm)
 # embedding_dim "auto": the paper's 16 for an alphabet (up to ALPHABET_SIZE symbols, bytes
 # included), WIDE_EMBEDDING_DIM for a learned vocabulary larger than that (docs/results.md §16).
 ALPHABET_SIZE = 256
@@ -110,10 +108,6 @@ class ModelConfig:
     # match training's; False = torch's BatchNorm over every position, padding included (files
     # written before the field existed load with False: what they were trained with).
     masked_norm: bool = True
-    # Series models only: "zscore_keep_scale" z-scores each series and channel inside the model
-    # and gives the classifier each one's level and log-scale (series_norm.SeriesZScore); "none"
-    # reads the values as the data module gives them. Linked from data.normalize, never typed.
-    input_norm: InputNorm = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
@@ -159,10 +153,6 @@ class ModelConfig:
                 f"downsampling=conv strides the first conv of a block, which needs an odd kernel; "
                 f"got kernel_sizes {list(self.kernel_sizes)}"
             )
-        if self.input_norm not in INPUT_NORM_TYPES:
-            raise UserError(f"unknown input_norm {self.input_norm!r}; valid choices: {list(INPUT_NORM_TYPES)}")
-        if self.input_norm != "none" and not self.input_channels:
-            raise UserError(f"input_norm={self.input_norm} normalises numeric series; a text model (input_channels 0) needs none")
         if self.input_channels and self.ngram_orders:
             raise UserError("ngram_orders hash token ids; a series model (input_channels > 0) cannot use them")
         self.ngram_orders = _positive_int_tuple("ngram_orders", self.ngram_orders) if self.ngram_orders else ()
@@ -288,10 +278,8 @@ class ModelConfig:
 
     @property
     def num_features(self) -> int:
-        """Width of the CNN's flattened head input: channels[-1] * kmax (k-max) or channels[-1]
-        (average), plus each input channel's level and log-scale with ``input_norm: zscore_keep_scale``."""
-        scale = 2 * self.input_channels if self.input_norm == "zscore_keep_scale" else 0
-        return self.channels[-1] * (self.kmax if self.head == "kmax_mlp" else 1) + scale
+        """Width of the CNN's flattened head input: channels[-1] * kmax (k-max) or channels[-1] (average)."""
+        return self.channels[-1] * (self.kmax if self.head == "kmax_mlp" else 1)
 
     def stage_lengths(self, length: int) -> list[int]:
         """Valid length after each stage for an input of `length` positions (after min padding)."""

@@ -47,7 +47,6 @@ from .layers import (
     padding_mask,
 )
 from .ngrams import HashedNGramBag, PositionalNGramEmbedding
-from .series_norm import SeriesZScore
 
 __all__ = [
     "Stage",
@@ -159,7 +158,6 @@ class VDCNN(nn.Module):
         super().__init__()
         self.config = config = config.resolved()  # "auto" choices made concrete, as exports record them
         c = config
-        self.input_norm = SeriesZScore(c.input_channels) if c.input_norm == "zscore_keep_scale" else None
         if c.input_channels:
             self.embedding = None
             self.stem = nn.Conv1d(c.input_channels, c.channels[0], 3, padding=1)  # the series' channels in
@@ -248,7 +246,7 @@ class VDCNN(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) and m.weight is not None:
+            elif isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.fc.weight, std=0.01)
@@ -322,15 +320,11 @@ class VDCNN(nn.Module):
 
     def cnn_features(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """Ids (B, L) or series (B, C_in, L) of at least min_length, lengths (B,) -> flattened
-        pooled features (B, num_features): k-max (B, C * kmax) or the masked mean (B, C), then the
-        series' levels and log-scales (B, 2 C_in) with ``input_norm``."""
+        pooled features (B, num_features): k-max (B, C * kmax) or the masked mean (B, C)."""
         pad = padding_mask(lengths, input_ids.shape[-1])  # (B, 1, L)
         keep = ~pad
-        scale = None
         if self.embedding is None:
             x = input_ids.mul(keep)  # (B, C_in, L); whatever the caller padded with becomes zero
-            if self.input_norm is not None:
-                x, scale = self.input_norm(x, keep)
         else:
             x = self.embedding(input_ids)  # (B, L, E)
             if self.input_ngrams is not None:
@@ -343,8 +337,8 @@ class VDCNN(nn.Module):
             x, lengths, pad = stage(x, lengths, pad)  # (B, C_i, ceil(L / 2**i))
         if self.final_norm is not None:
             x = F.relu(masked_batch_norm(self.final_norm, x, ~pad))  # padding left as is: the pooling skips it
-        x = self.pool(x, pad).flatten(1)  # (B, C * kmax) or (B, C)
-        return x if scale is None else torch.cat([x, scale.to(x.dtype)], dim=1)
+        x = self.pool(x, pad)  # (B, C, kmax) or (B, C, 1)
+        return x.flatten(1)  # (B, C * kmax) or (B, C)
 
     def forward_features(self, input_ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Token ids (B, L) [+ lengths (B,)] -> features (B, num_features)."""
